@@ -1,0 +1,314 @@
+"""Riegeli episode logs through envlogger: the crash-safe recording format.
+
+Layout on disk is envlogger's own (``DIR/metadata.riegeli`` plus one timestamped shard
+directory per writer session), so ``envlogger.Reader(DIR)`` and
+``tfds.rlds.rlds_base`` read it too. Conventions on top of envlogger's:
+
+* dm_env order: log step 0 is ``restart(obs_0)`` with no action; log step ``j > 0``
+  holds ``obs_j``, the reward and discount of the previous RLDS step, its action
+  (``action``) and its step metadata (``custom_data``). RLDS step ``i`` is rebuilt from
+  log steps ``i`` and ``i + 1`` (the RLDS/envlogger convention).
+* Per-token numeric arrays are stored as raw little-endian bytes (their dtype and width
+  come from the schema); envlogger's per-element proto encoding is about 10x slower
+  (see STACK.md). Plain numpy arrays (as ``EnvLogger(LmEnv)`` writes) read back too.
+* The episode metadata is written twice: with ``set_episode_metadata`` (envlogger's
+  index, for upstream readers) and inside the last step's ``custom_data``, because
+  envlogger writes an episode's index entry only when the next episode starts. Readers
+  here rebuild episodes from the step stream alone, so every episode whose last step was
+  flushed survives a SIGKILL; an episode without its LAST step (the one open at the
+  kill) is skipped and counted.
+* The dataset-level envlogger metadata holds the :class:`SchemaConfig` as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from rlds_lm import _compat
+from rlds_lm import schema as S
+
+SCHEMA_KEY = "rlds_lm_schema"  # dataset metadata key holding SchemaConfig JSON
+EPISODE_METADATA_KEY = "rlds_lm_episode_metadata"  # in the last log step's custom_data
+DEFAULT_WRITER_OPTIONS = "zstd:1"  # measured in benchmarks/record_throughput.py
+
+
+# --------------------------------------------------------------------------------------
+# Encoding between canonical episodes and envlogger step data.
+# --------------------------------------------------------------------------------------
+
+
+def _encode_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out[key] = _encode_tree(value)
+    elif isinstance(value, np.ndarray):
+      if value.dtype == object:  # string vectors
+        out[key] = [str(v) for v in value.tolist()]
+      elif value.dtype == np.uint8 and value.ndim == 3:  # images: envlogger-native
+        out[key] = value
+      else:
+        out[key] = np.ascontiguousarray(value).tobytes()
+    elif isinstance(value, bool):
+      out[key] = np.bool_(value)
+    elif isinstance(value, float):
+      out[key] = np.float64(value)
+    elif isinstance(value, int):
+      out[key] = np.int64(value)
+    else:
+      out[key] = value
+  return out
+
+
+def _decode_leaf(spec: S.FieldSpec, value: Any) -> Any:
+  if spec.is_string:
+    if spec.shape:
+      items = [] if value is None else list(value)
+      return np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in items],
+                        dtype=object)
+    if isinstance(value, np.ndarray):
+      value = value.item()
+    return value.decode() if isinstance(value, bytes) else ("" if value is None else value)
+  dtype = np.dtype(spec.dtype)
+  if isinstance(value, bytes):
+    array = np.frombuffer(value, dtype=dtype)
+    if len(spec.shape) == 2:
+      array = array.reshape(-1, spec.shape[1])
+    return array
+  if value is None:  # envlogger stores empty containers as None
+    shape = tuple(d if isinstance(d, int) else 0 for d in spec.shape)
+    return np.zeros(shape, dtype)
+  array = np.asarray(value)
+  if not spec.shape:
+    return array.astype(dtype).item() if spec.dtype != "bool" else bool(array)
+  return array.astype(dtype, copy=False)
+
+
+def _decode_tree(specs: Mapping[str, Any], value: Any) -> dict[str, Any]:
+  value = value or {}
+  out = {}
+  for key, spec in specs.items():
+    item = value.get(key) if isinstance(value, Mapping) else None
+    if isinstance(spec, S.FieldSpec):
+      out[key] = _decode_leaf(spec, item)
+    else:
+      out[key] = _decode_tree(spec, item)
+  return out
+
+
+def episode_to_log_steps(episode: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
+  """Converts a validated episode into ``(timestep, action, custom_data)`` triples."""
+  import dm_env  # pylint: disable=g-import-not-at-top
+
+  steps = episode[S.STEPS]
+  metadata = _encode_tree({k: v for k, v in episode.items() if k != S.STEPS})
+  out = []
+  n = len(steps)
+  for j in range(n):
+    obs = _encode_tree(steps[j][S.OBSERVATION])
+    if j == 0:
+      out.append((dm_env.restart(obs), None, None))
+      continue
+    prev = steps[j - 1]
+    step_type = dm_env.StepType.LAST if j == n - 1 else dm_env.StepType.MID
+    timestep = dm_env.TimeStep(step_type, np.float64(prev[S.REWARD]),
+                               np.float64(prev[S.DISCOUNT]), obs)
+    custom = _encode_tree({k: v for k, v in prev.items() if k not in _CORE})
+    if j == n - 1:
+      custom[EPISODE_METADATA_KEY] = metadata
+    out.append((timestep, _encode_tree(prev[S.ACTION]), custom))
+  return out
+
+
+_CORE = (S.OBSERVATION, S.ACTION, S.REWARD, S.DISCOUNT, S.IS_FIRST, S.IS_LAST,
+         S.IS_TERMINAL)
+
+
+def log_steps_to_episode(log_steps: list[Any], config: S.SchemaConfig,
+                         episode_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Rebuilds a canonical episode from one episode's envlogger ``StepData`` list.
+
+  Metadata fields that the log does not hold (for example from a bare
+  ``EnvLogger(LmEnv)``) get the schema's empty values; a missing ``episode_id`` is
+  derived from content.
+  """
+  specs = S.step_specs(config)
+  meta_specs = S.episode_metadata_specs(config)
+  n = len(log_steps)
+  last_custom = log_steps[-1].custom_data or {}
+  raw_meta = dict(episode_metadata or {})
+  if isinstance(last_custom, Mapping) and EPISODE_METADATA_KEY in last_custom:
+    raw_meta = dict(last_custom[EPISODE_METADATA_KEY] or {})
+  episode = _decode_tree(meta_specs, raw_meta)
+  meta_step_specs = {k: v for k, v in specs.items() if k not in _CORE}
+  steps = []
+  for i in range(n):
+    obs = _decode_tree(specs[S.OBSERVATION], log_steps[i].timestep.observation)
+    if i < n - 1:
+      nxt = log_steps[i + 1]
+      action = _decode_tree(specs[S.ACTION], nxt.action)
+      custom = {k: v for k, v in (nxt.custom_data or {}).items() if k != EPISODE_METADATA_KEY}
+      step_meta = _decode_tree(meta_step_specs, custom)
+      reward = float(nxt.timestep.reward or 0.0)
+      discount = float(1.0 if nxt.timestep.discount is None else nxt.timestep.discount)
+    else:
+      action = _decode_tree(specs[S.ACTION], None)
+      if config.kind == S.PREFERENCE:
+        action[S.ACT_CHOICE] = -1
+      step_meta = _decode_tree(meta_step_specs, None)
+      reward, discount = 0.0, 1.0
+    if config.kind == S.ROLLOUT:
+      _fill_token_defaults(action, step_meta)
+    steps.append(S.build_step(
+        observation=obs, action=action, reward=reward, discount=discount,
+        is_first=(i == 0), is_last=(i == n - 1),
+        is_terminal=(i == n - 1 and float(log_steps[-1].timestep.discount or 0.0) == 0.0),
+        metadata=step_meta))
+  episode[S.STEPS] = steps
+  if not episode[S.EPISODE_ID]:
+    episode[S.EPISODE_ID] = (S.rollout_episode_id(episode) if config.kind == S.ROLLOUT
+                             else S.preference_episode_id(episode))
+  return episode
+
+
+def _fill_token_defaults(action: dict[str, Any], step_meta: dict[str, Any]) -> None:
+  """Arrays a log may omit (e.g. an EnvLogger without logprobs) default to zeros."""
+  length = action[S.ACT_TOKENS].shape[0]
+  if action[S.ACT_THINKING_MASK].shape[0] != length and not action[S.ACT_THINKING_MASK].size:
+    action[S.ACT_THINKING_MASK] = np.zeros(length, bool)
+  for key in (S.ACTION_LOGPROBS, S.TOKEN_REWARDS):
+    if step_meta[key].shape[0] != length and not step_meta[key].size:
+      step_meta[key] = np.zeros(length, np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Writer and reader.
+# --------------------------------------------------------------------------------------
+
+
+class RiegeliEpisodeWriter:
+  """Appends validated episodes to an envlogger Riegeli log, one flush per episode.
+
+  Each writer session opens a new shard directory, so reopening a log directory never
+  overwrites what is there.
+  """
+
+  def __init__(self, log_dir: str | os.PathLike[str], config: S.SchemaConfig, *,
+               writer_options: str = DEFAULT_WRITER_OPTIONS,
+               max_episodes_per_file: int = 100_000):
+    _compat.patch_numpy_for_envlogger()
+    from envlogger import step_data  # pylint: disable=g-import-not-at-top
+    from envlogger.backends import riegeli_backend_writer  # pylint: disable=g-import-not-at-top
+
+    self._step_data = step_data
+    self.log_dir = os.fspath(log_dir)
+    os.makedirs(self.log_dir, exist_ok=True)
+    self._backend = riegeli_backend_writer.RiegeliBackendWriter(
+        self.log_dir, max_episodes_per_file=max_episodes_per_file,
+        writer_options=writer_options,
+        flush_scheduler=lambda _: False,  # we flush once per closed episode instead
+        metadata={SCHEMA_KEY: config.to_json()})
+    self._closed = False
+
+  def write(self, episode: Mapping[str, Any]) -> None:
+    """Writes one validated episode and flushes it to the file system."""
+    for j, (timestep, action, custom) in enumerate(episode_to_log_steps(episode)):
+      self._backend.record_step(self._step_data.StepData(timestep, action, custom),
+                                is_new_episode=(j == 0))
+    self._backend.set_episode_metadata(
+        _encode_tree({k: v for k, v in episode.items() if k != S.STEPS}))
+    self._backend._data_writer.flush()  # pylint: disable=protected-access
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self._backend.close()
+
+
+@dataclasses.dataclass
+class LogReadStats:
+  """What a log read found: complete episodes and what was skipped, with reasons."""
+
+  episodes: int = 0
+  incomplete_episodes: int = 0  # open when the writer died (no LAST step)
+  orphan_steps: int = 0  # steps before any FIRST step
+
+
+def read_log_config(log_dir: str | os.PathLike[str]) -> S.SchemaConfig:
+  """Reads the :class:`SchemaConfig` stored in a log directory."""
+  path = os.path.join(os.fspath(log_dir), "metadata.riegeli")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{log_dir}: not an rlds_lm Riegeli log (no metadata.riegeli)")
+  reader = _open_reader(log_dir)
+  try:
+    metadata = reader.metadata() or {}
+  finally:
+    reader.close()
+  if SCHEMA_KEY not in metadata:
+    raise ValueError(f"{log_dir}: the log metadata has no {SCHEMA_KEY!r}; pass the "
+                     "SchemaConfig explicitly (e.g. for a bare EnvLogger log)")
+  return S.SchemaConfig.from_json(metadata[SCHEMA_KEY])
+
+
+def _open_reader(log_dir: str | os.PathLike[str]):
+  _compat.patch_numpy_for_envlogger()
+  from envlogger.backends import riegeli_backend_reader  # pylint: disable=g-import-not-at-top
+
+  return riegeli_backend_reader.RiegeliBackendReader(os.fspath(log_dir))
+
+
+def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = None,
+             stats: LogReadStats | None = None) -> Iterator[dict[str, Any]]:
+  """Yields every complete episode of a Riegeli log, in write order.
+
+  Episodes are rebuilt from the step stream: a FIRST step opens one, a LAST step closes
+  it. An episode cut short by a crash (no LAST step) is skipped and counted in
+  ``stats``. Nothing found in the log is executed or unpickled.
+  """
+  import dm_env  # pylint: disable=g-import-not-at-top
+
+  config = config or read_log_config(log_dir)
+  stats = stats if stats is not None else LogReadStats()
+  reader = _open_reader(log_dir)
+  try:
+    index_metadata = _index_metadata_by_first_step(reader)
+    current: list[Any] = []
+    first_index = -1
+    for index, step in enumerate(reader.steps):
+      step_type = step.timestep.step_type
+      if step_type == dm_env.StepType.FIRST:
+        if current:
+          stats.incomplete_episodes += 1
+        current, first_index = [step], index
+        continue
+      if not current:
+        stats.orphan_steps += 1
+        continue
+      current.append(step)
+      if step_type == dm_env.StepType.LAST:
+        stats.episodes += 1
+        yield log_steps_to_episode(current, config, index_metadata.get(first_index))
+        current = []
+    if current:
+      stats.incomplete_episodes += 1
+  finally:
+    reader.close()
+
+
+def _index_metadata_by_first_step(reader) -> dict[int, Any]:
+  """Envlogger's indexed episode metadata, keyed by the episode's first step index."""
+  out = {}
+  try:
+    metadata = reader.episode_metadata()
+    for i in range(len(metadata)):
+      info = reader._get_nth_episode_info(i)  # pylint: disable=protected-access
+      out[int(info.start)] = metadata[i]
+  except Exception:  # noqa: BLE001 - the index is optional: steps carry what we need
+    return {}
+  return out

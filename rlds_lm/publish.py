@@ -1,0 +1,139 @@
+"""Publishing episodes as TFDS datasets.
+
+A published dataset is a plain TFDS directory (``DATA_DIR/NAME/VERSION``) readable with
+``tfds.builder_from_directory``; its ``metadata.json`` holds the
+:class:`~rlds_lm.schema.SchemaConfig` and the lineage. It is written as ``tfrecord``
+(for ``as_dataset`` / tf.data / ``rlds.transformations``) and, by default, also as
+``array_record`` (random access for Grain and trainers, no TensorFlow needed), both
+listed in ``dataset_info.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rlds_lm import schema as S
+from rlds_lm import validate as V
+
+METADATA_SCHEMA = "rlds_lm_schema"  # metadata.json key: SchemaConfig JSON
+METADATA_LINEAGE = "rlds_lm_lineage"  # metadata.json key: dataset lineage JSON
+TFRECORD = "tfrecord"
+ARRAY_RECORD = "array_record"
+DEFAULT_FILE_FORMATS = (TFRECORD, ARRAY_RECORD)
+
+
+def _builder_class():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class EpisodeDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A TFDS builder for rlds_lm episodes with the features of a SchemaConfig."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, name: str, config: S.SchemaConfig, version: str = "1.0.0",
+                 split_episodes: Mapping[str, Any] | None = None, description: str = "",
+                 lineage: Mapping[str, Any] | None = None, validate: bool = True,
+                 **kwargs: Any):
+      self.name = name
+      self.VERSION = tfds.core.Version(version)  # pylint: disable=invalid-name
+      self._schema = config
+      self._split_episodes = dict(split_episodes or {})
+      self._description = description
+      self._lineage = dict(lineage or {})
+      self._validate = validate
+      super().__init__(version=version, **kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=self._description or f"rlds_lm {self._schema.kind} episodes",
+          features=S.episode_features(self._schema),
+          metadata=tfds.core.MetadataDict({
+              METADATA_SCHEMA: self._schema.to_json(),
+              METADATA_LINEAGE: json.dumps(self._lineage, sort_keys=True),
+          }),
+          homepage="https://github.com/rlds-lm/rlds_lm",
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(episodes)
+              for split, episodes in self._split_episodes.items()}
+
+    def _generate_examples(self, episodes: Iterable[Mapping[str, Any]]):
+      for episode in episodes:
+        if self._validate:
+          episode = V.validate_episode(episode, self._schema)
+        yield episode[S.EPISODE_ID], episode
+
+  return EpisodeDatasetBuilder
+
+
+def episode_builder(*, data_dir: str | os.PathLike[str], name: str, config: S.SchemaConfig,
+                    version: str = "1.0.0", split_episodes: Mapping[str, Any] | None = None,
+                    description: str = "", lineage: Mapping[str, Any] | None = None,
+                    file_format: str = TFRECORD, validate: bool = True):
+  """Returns a TFDS builder for ``config``'s episodes (not yet prepared)."""
+  cls = _builder_class()
+  return cls(name=name, config=config, version=version, split_episodes=split_episodes,
+             description=description, lineage=lineage, validate=validate,
+             data_dir=os.fspath(data_dir), file_format=file_format)
+
+
+def publish(
+    split_episodes: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    data_dir: str | os.PathLike[str],
+    name: str,
+    config: S.SchemaConfig,
+    version: str = "1.0.0",
+    description: str = "",
+    lineage: Mapping[str, Any] | None = None,
+    file_formats: tuple[str, ...] = DEFAULT_FILE_FORMATS,
+) -> str:
+  """Writes episodes as a TFDS dataset and returns its directory.
+
+  Every episode is validated; an invalid one aborts the publish with its error (the
+  pipelines in ``pipelines/`` route bad records to a dead-letter output instead).
+
+  Args:
+    split_episodes: split name -> iterable of episodes.
+    data_dir: root TFDS data directory; the dataset lands in ``data_dir/name/version``.
+    name: dataset name (a Python identifier in snake_case).
+    config: the schema of the episodes.
+    version: dataset version, ``MAJOR.MINOR.PATCH``.
+    description: free text for the dataset card.
+    lineage: JSON-serialisable description of inputs and configs.
+    file_formats: first is the primary format; others are added as alternatives.
+
+  Returns:
+    The dataset directory, ready for ``tfds.builder_from_directory``.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if not file_formats or file_formats[0] != TFRECORD:
+    raise ValueError(f"file_formats must start with {TFRECORD!r} (as_dataset needs it); "
+                     f"found {file_formats}")
+  builder = episode_builder(data_dir=data_dir, name=name, config=config, version=version,
+                            split_episodes=split_episodes, description=description,
+                            lineage=lineage)
+  if builder.is_prepared():
+    raise FileExistsError(f"{builder.data_dir} already holds a published dataset; "
+                          "publish a new version or choose another data_dir")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  for file_format in file_formats[1:]:
+    add_file_format(builder.data_dir, file_format)
+  return os.fspath(builder.data_dir)
+
+
+def add_file_format(dataset_dir: str | os.PathLike[str], file_format: str) -> None:
+  """Adds a copy of every shard in ``file_format`` and lists it in dataset_info.json."""
+  from tensorflow_datasets.scripts.cli import convert_format_utils  # pylint: disable=g-import-not-at-top
+
+  convert_format_utils.convert_dataset(
+      out_dir=None, out_file_format=file_format, dataset_version_dir=os.fspath(dataset_dir),
+      num_workers=1, fail_on_error=True)

@@ -1,0 +1,223 @@
+"""Reading published datasets without TensorFlow: random access, Grain, token view.
+
+Everything here runs where only ``tensorflow-datasets``, ``array-record``, ``grain`` and
+NumPy are installed (GPU/TPU hosts with JAX alone): no module imported here imports
+TensorFlow. Opening a dataset reads JSON (``dataset_info.json``, ``features.json``,
+``metadata.json``) and record files; nothing in the dataset directory is executed or
+unpickled.
+
+For tf.data and ``rlds.transformations`` see :mod:`rlds_lm.transforms`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rlds_lm import publish as P
+from rlds_lm import schema as S
+
+
+def open_builder(path: str | os.PathLike[str]):
+  """``tfds.builder_from_directory`` on a published dataset directory."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  return tfds.builder_from_directory(os.fspath(path))
+
+
+def schema_config(builder) -> S.SchemaConfig:
+  """The :class:`SchemaConfig` stored with a published dataset."""
+  metadata = builder.info.metadata or {}
+  if P.METADATA_SCHEMA not in metadata:
+    raise ValueError(f"{builder.data_dir}: not an rlds_lm dataset "
+                     f"(metadata.json has no {P.METADATA_SCHEMA!r})")
+  return S.SchemaConfig.from_json(metadata[P.METADATA_SCHEMA])
+
+
+def dataset_lineage(builder) -> dict[str, Any]:
+  metadata = builder.info.metadata or {}
+  return json.loads(metadata.get(P.METADATA_LINEAGE, "{}"))
+
+
+def data_source(path: str | os.PathLike[str], split: str = "train"):
+  """Random-access source of episodes (array_record); items decode to numpy dicts."""
+  return open_builder(path).as_data_source(split, file_format=P.ARRAY_RECORD)
+
+
+def _to_python(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, Mapping):
+    return {k: _to_python(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray) and value.dtype.kind in "OS":
+    return np.asarray([_to_python(v) for v in value.tolist()], dtype=object)
+  return value
+
+
+def materialize(record: Mapping[str, Any]) -> dict[str, Any]:
+  """Turns a decoded record (lazy steps, bytes strings) into a plain episode dict.
+
+  The result has the canonical in-memory shape: a list of step dicts, ``str`` text.
+  """
+  episode = {k: _to_python(v) for k, v in record.items() if k != S.STEPS}
+  episode[S.STEPS] = [_to_python(record[S.STEPS][i]) for i in range(len(record[S.STEPS]))]
+  return episode
+
+
+# --------------------------------------------------------------------------------------
+# Token-level view.
+# --------------------------------------------------------------------------------------
+
+TOKEN_POSITION = "position"  # int32 []: index of this token in the whole sequence
+TOKEN_PREV = "prev_token"  # int32 []: the token before it (-1 at the very start)
+TOKEN_TURN = "turn"  # int32 []: index of the turn-level step it came from
+
+
+def token_view(episode: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The token-level MDP of a turn-level rollout: one RLDS step per action token.
+
+  The whole sequence is the concatenation, turn by turn, of observation tokens and
+  action tokens. Token step ``j`` has observation ``{position, prev_token, turn}``
+  (the state is the sequence before ``position``), action = the token id, reward =
+  its per-token reward plus, on the last token of a turn, the turn's reward.
+  ``action_logprob``, ``thinking`` and (if present) the teacher row come along. A final
+  step with the final observation and no valid action (action 0) closes the episode,
+  as RLDS requires.
+  """
+  steps = episode[S.STEPS]
+  out: list[dict[str, Any]] = []
+  position = 0
+  prev = -1
+  n = len(steps)
+  terminal = bool(steps[-1][S.IS_TERMINAL])
+  for t, step in enumerate(steps[:-1]):
+    obs_tokens = np.asarray(step[S.OBSERVATION][S.OBS_TOKENS])
+    if obs_tokens.size:
+      position += obs_tokens.size
+      prev = int(obs_tokens[-1])
+    tokens = np.asarray(step[S.ACTION][S.ACT_TOKENS])
+    length = tokens.size
+    token_rewards = np.asarray(step[S.TOKEN_REWARDS], np.float32)
+    teacher = step.get(S.TEACHER)
+    for j in range(length):
+      reward = float(token_rewards[j])
+      if j == length - 1:
+        reward = float(np.float32(reward) + np.float32(step[S.REWARD]))
+      last_token = t == n - 2 and j == length - 1
+      token_step = {
+          S.OBSERVATION: {TOKEN_POSITION: position, TOKEN_PREV: prev, TOKEN_TURN: t},
+          S.ACTION: int(tokens[j]),
+          S.REWARD: np.float32(reward),
+          S.DISCOUNT: np.float32(0.0 if (last_token and terminal) else 1.0),
+          S.IS_FIRST: not out,
+          S.IS_LAST: False,
+          S.IS_TERMINAL: False,
+          "action_logprob": np.float32(step[S.ACTION_LOGPROBS][j]),
+          "thinking": bool(step[S.ACTION][S.ACT_THINKING_MASK][j]),
+      }
+      if teacher is not None:
+        token_step[S.TEACHER] = {k: np.asarray(v)[j] for k, v in teacher.items()}
+      out.append(token_step)
+      position += 1
+      prev = int(tokens[j])
+  final_tokens = np.asarray(steps[-1][S.OBSERVATION][S.OBS_TOKENS])
+  if final_tokens.size:
+    position += final_tokens.size
+    prev = int(final_tokens[-1])
+  final = {
+      S.OBSERVATION: {TOKEN_POSITION: position, TOKEN_PREV: prev, TOKEN_TURN: n - 1},
+      S.ACTION: 0, S.REWARD: np.float32(0.0), S.DISCOUNT: np.float32(1.0),
+      S.IS_FIRST: not out, S.IS_LAST: True, S.IS_TERMINAL: terminal,
+      "action_logprob": np.float32(0.0), "thinking": False,
+  }
+  if steps[0].get(S.TEACHER) is not None:
+    final[S.TEACHER] = {k: np.zeros(np.asarray(v).shape[1:], np.asarray(v).dtype)
+                        for k, v in steps[0][S.TEACHER].items()}
+  out.append(final)
+  return out
+
+
+# --------------------------------------------------------------------------------------
+# Training sequences and padded batches.
+# --------------------------------------------------------------------------------------
+
+SEQ_TOKENS = "tokens"  # int32 [L]: prompt and completion tokens, padded with pad_id
+SEQ_LOSS_MASK = "loss_mask"  # bool [L]: True on action (model) tokens
+SEQ_LOGPROBS = "behaviour_logprobs"  # float32 [L]: behaviour log-probs (0 off-action)
+SEQ_TOPK_IDS = "teacher_topk_ids"  # int32 [L, K]
+SEQ_TOPK_LOGPROBS = "teacher_topk_logprobs"  # float32 [L, K]
+SEQ_REWARD = "reward"  # float32 []: sum of step rewards
+
+
+def episode_to_sequence(record: Mapping[str, Any], max_length: int, *, pad_id: int = 0,
+                        teacher_top_k: int = 0) -> dict[str, np.ndarray]:
+  """Flattens one episode into fixed-length training arrays (truncates at max_length)."""
+  steps = record[S.STEPS]
+  tokens = np.full(max_length, pad_id, np.int32)
+  mask = np.zeros(max_length, bool)
+  logprobs = np.zeros(max_length, np.float32)
+  if teacher_top_k:
+    topk_ids = np.zeros((max_length, teacher_top_k), np.int32)
+    topk_lp = np.zeros((max_length, teacher_top_k), np.float32)
+  reward = np.float32(0.0)
+  pos = 0
+  for i in range(len(steps)):
+    step = steps[i]
+    reward += np.float32(step[S.REWARD])
+    obs = step[S.OBSERVATION][S.OBS_TOKENS]
+    take = min(obs.shape[0], max_length - pos)
+    tokens[pos:pos + take] = obs[:take]
+    pos += take
+    act = step[S.ACTION][S.ACT_TOKENS]
+    take = min(act.shape[0], max_length - pos)
+    if take > 0:
+      tokens[pos:pos + take] = act[:take]
+      mask[pos:pos + take] = True
+      logprobs[pos:pos + take] = step[S.ACTION_LOGPROBS][:take]
+      if teacher_top_k:
+        topk_ids[pos:pos + take] = step[S.TEACHER][S.TEACHER_TOPK_IDS][:take]
+        topk_lp[pos:pos + take] = step[S.TEACHER][S.TEACHER_TOPK_LOGPROBS][:take]
+      pos += take
+    if pos >= max_length:
+      break
+  out = {SEQ_TOKENS: tokens, SEQ_LOSS_MASK: mask, SEQ_LOGPROBS: logprobs,
+         SEQ_REWARD: reward}
+  if teacher_top_k:
+    out[SEQ_TOPK_IDS] = topk_ids
+    out[SEQ_TOPK_LOGPROBS] = topk_lp
+  return out
+
+
+def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_size: int,
+                  max_length: int, seed: int = 0, shuffle: bool = True,
+                  with_teacher: bool = False, pad_id: int = 0, shard_index: int = 0,
+                  shard_count: int = 1, drop_remainder: bool = True):
+  """A Grain ``MapDataset`` of padded ``[batch, max_length]`` batches (no TensorFlow).
+
+  Deterministic: the same dataset, arguments and seed give the same batches. With
+  ``shard_count > 1`` each JAX process reads its own interleaved slice of episodes.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+
+  builder = open_builder(path)
+  config = schema_config(builder)
+  k = config.teacher_top_k if with_teacher else 0
+  if with_teacher and not k:
+    raise ValueError(f"{path}: with_teacher=True but the dataset stores no teacher top-k")
+  source = builder.as_data_source(split, file_format=P.ARRAY_RECORD)
+  ds = grain.MapDataset.source(source)
+  if shard_count > 1:
+    ds = ds[shard_index::shard_count]
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.map(lambda rec: episode_to_sequence(rec, max_length, pad_id=pad_id,
+                                              teacher_top_k=k))
+  return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def stack_sequences(sequences: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([s[k] for s in sequences]) for k in sequences[0]}

@@ -1,0 +1,212 @@
+"""The recorder: what a generation loop calls to log episodes as they happen.
+
+::
+
+    cfg = SchemaConfig(vocab_size=tok.vocab_size, reward_names=("correct",))
+    with Recorder("/tmp/logs", cfg) as rec:
+        for prompt in prompts:
+            ...                                   # sample a completion
+            rec.record(rollout_episode(cfg, [Turn(obs, ids, text, logprobs)],
+                                       prompt_id=pid))
+        # or turn by turn:
+        with rec.episode(prompt_id="p1", task="chat") as ep:
+            ep.add_turn(Turn(...)); ep.add_turn(Turn(...))
+            ep.finish(final_observation)
+
+Every episode is validated against the schema when it is recorded; a rejected episode
+raises :class:`~rlds_lm.validate.EpisodeValidationError` and leaves the recorder usable
+with everything recorded before it intact. Duplicate ``episode_id``\\ s are rejected,
+across reopenings of the same directory too.
+
+Backends:
+
+* ``"riegeli"`` (default): envlogger's Riegeli writer, one flush per episode. A process
+  killed with SIGKILL at any moment loses at most the episode being written; reopening
+  the directory appends a new shard. Publish with :func:`publish_log`.
+* ``"tfds"``: writes a TFDS dataset directly (``tfds.core.SequentialWriter``), no
+  conversion step. Crash safety is per closed shard only: use it where the process is
+  trusted to call :meth:`Recorder.close`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rlds_lm import logs
+from rlds_lm import publish as P
+from rlds_lm import schema as S
+from rlds_lm import validate as V
+
+RIEGELI = "riegeli"
+TFDS = "tfds"
+
+
+class _TfdsBackend:
+  """Appends episodes to a TFDS dataset with ``tfds.core.SequentialWriter``."""
+
+  def __init__(self, directory: str, config: S.SchemaConfig, name: str, split: str,
+               episodes_per_shard: int):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    builder = P.episode_builder(data_dir=directory, name=name, config=config)
+    self.dataset_dir = os.fspath(builder.data_dir)
+    exists = os.path.exists(os.path.join(self.dataset_dir, "dataset_info.json"))
+    self._writer = tfds.core.SequentialWriter(
+        builder.info, max_examples_per_shard=episodes_per_shard, overwrite=not exists,
+        file_format=P.TFRECORD)
+    self._writer.initialize_splits([split], fail_if_exists=False)
+    self._split = split
+
+  def existing_ids(self) -> Iterable[str]:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    try:
+      builder = tfds.builder_from_directory(self.dataset_dir)
+      if self._split not in builder.info.splits or not builder.info.splits[
+          self._split].num_examples:
+        return []
+      ds = builder.as_dataset(self._split, decoders={S.STEPS: tfds.decode.SkipDecoding()})
+      return [ex[S.EPISODE_ID].decode() for ex in tfds.as_numpy(ds)]
+    except Exception:  # noqa: BLE001 - a fresh directory has nothing to read
+      return []
+
+  def write(self, episode: Mapping[str, Any]) -> None:
+    self._writer.add_examples({self._split: [episode]})
+
+  def close(self) -> None:
+    self._writer.close_all()
+
+
+class Recorder:
+  """Validates and logs episodes; see the module docstring.
+
+  Args:
+    directory: the log directory (Riegeli) or TFDS data directory (``backend="tfds"``).
+    config: the schema every episode must match. Reopening a directory written with
+      another schema is refused.
+    backend: ``"riegeli"`` or ``"tfds"``.
+    writer_options: Riegeli writer options (riegeli backend).
+    name: dataset name (tfds backend).
+    split: split to append to (tfds backend).
+    episodes_per_shard: episodes per TFDS shard (tfds backend).
+  """
+
+  def __init__(self, directory: str | os.PathLike[str], config: S.SchemaConfig, *,
+               backend: str = RIEGELI, writer_options: str = logs.DEFAULT_WRITER_OPTIONS,
+               name: str = "lm_episodes", split: str = "train",
+               episodes_per_shard: int = 1000):
+    self.directory = os.fspath(directory)
+    self.config = config
+    self.backend = backend
+    self.num_recorded = 0
+    self.num_rejected = 0
+    if backend == RIEGELI:
+      self._seen = self._existing_riegeli_ids()
+      self._backend: Any = logs.RiegeliEpisodeWriter(self.directory, config,
+                                                     writer_options=writer_options)
+    elif backend == TFDS:
+      self._backend = _TfdsBackend(self.directory, config, name, split, episodes_per_shard)
+      self._seen = set(self._backend.existing_ids())
+    else:
+      raise ValueError(f"Recorder backend: expected {RIEGELI!r} or {TFDS!r}, found {backend!r}")
+    self._closed = False
+
+  def _existing_riegeli_ids(self) -> set[str]:
+    if not os.path.exists(os.path.join(self.directory, "metadata.riegeli")):
+      return set()
+    stored = logs.read_log_config(self.directory)
+    if stored != self.config:
+      raise ValueError(f"{self.directory} holds episodes of another schema:\n  stored   "
+                       f"{stored}\n  recorder {self.config}")
+    return {ep[S.EPISODE_ID] for ep in logs.read_log(self.directory, stored)}
+
+  @property
+  def dataset_dir(self) -> str:
+    """The TFDS dataset directory (tfds backend only)."""
+    return self._backend.dataset_dir
+
+  def record(self, episode: Mapping[str, Any]) -> str:
+    """Validates, de-duplicates and writes one episode; returns its id.
+
+    Raises:
+      EpisodeValidationError: the episode breaks the schema or repeats an id; nothing
+        is written and the recorder stays usable.
+    """
+    if self._closed:
+      raise RuntimeError("Recorder.record after close()")
+    try:
+      normalised = V.validate_episode(episode, self.config)
+      episode_id = normalised[S.EPISODE_ID]
+      if episode_id in self._seen:
+        raise V.EpisodeValidationError(episode_id, S.EPISODE_ID, "an id not yet recorded",
+                                       "a duplicate of an episode already recorded")
+    except V.EpisodeValidationError:
+      self.num_rejected += 1
+      raise
+    self._backend.write(normalised)
+    self._seen.add(episode_id)
+    self.num_recorded += 1
+    return episode_id
+
+  def episode(self, **metadata: Any) -> EpisodeBuilder:
+    """Starts an episode recorded turn by turn; see :class:`EpisodeBuilder`."""
+    return EpisodeBuilder(self, metadata)
+
+  def close(self) -> None:
+    if not self._closed:
+      self._closed = True
+      self._backend.close()
+
+  def __enter__(self) -> Recorder:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+
+class EpisodeBuilder:
+  """Collects turns of one open episode; records it on :meth:`finish`.
+
+  Used as a context manager, an exception inside the block discards the open episode
+  (nothing partial is ever written), and leaving the block without ``finish`` records
+  the episode as truncated (``is_terminal=False``).
+  """
+
+  def __init__(self, recorder: Recorder, metadata: Mapping[str, Any]):
+    self._recorder = recorder
+    self._metadata = dict(metadata)
+    self._turns: list[S.Turn] = []
+    self.episode_id: str | None = None
+
+  def add_turn(self, turn: S.Turn) -> None:
+    if self.episode_id is not None:
+      raise RuntimeError("add_turn after finish()")
+    self._turns.append(turn)
+
+  def finish(self, final_observation: Mapping[str, Any] | None = None, *,
+             terminal: bool = True) -> str:
+    episode = S.rollout_episode(self._recorder.config, self._turns, final_observation,
+                                terminal=terminal, **self._metadata)
+    self.episode_id = self._recorder.record(episode)
+    return self.episode_id
+
+  def __enter__(self) -> EpisodeBuilder:
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None and self.episode_id is None:
+      self.finish(terminal=False)
+
+
+def publish_log(log_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[str],
+                name: str, version: str = "1.0.0", split: str = "train",
+                description: str = "", lineage: Mapping[str, Any] | None = None,
+                file_formats: tuple[str, ...] = P.DEFAULT_FILE_FORMATS) -> str:
+  """Publishes every complete episode of a Riegeli log as a TFDS dataset."""
+  config = logs.read_log_config(log_dir)
+  full_lineage = {"riegeli_log": os.path.abspath(os.fspath(log_dir)), **dict(lineage or {})}
+  return P.publish({split: logs.read_log(log_dir, config)}, data_dir=data_dir,
+                   name=name, config=config, version=version, description=description,
+                   lineage=full_lineage, file_formats=file_formats)

@@ -1,0 +1,88 @@
+"""tf.data views of published datasets, for ``rlds.transformations`` users.
+
+This module imports TensorFlow; trainers use :mod:`rlds_lm.read` instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rlds_lm import _compat
+from rlds_lm import read as R
+from rlds_lm import schema as S
+
+
+def rlds():
+  """The ``rlds`` package (with the reverb stand-in; see :mod:`rlds_lm._compat`)."""
+  return _compat.import_rlds()
+
+
+def as_dataset(path: str | os.PathLike[str], split: str = "train", *,
+               shuffle_files: bool = False, seed: int = 0):
+  """A ``tf.data.Dataset`` of episodes (``steps`` is a nested dataset), deterministic.
+
+  A fresh builder is opened per call: TFDS's ``as_data_source`` switches a builder's
+  file format to array_record, which ``as_dataset`` cannot read.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  builder = R.open_builder(path)
+  read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1
+                                if not shuffle_files else 16)
+  return builder.as_dataset(split, shuffle_files=shuffle_files, read_config=read_config)
+
+
+def token_level(steps):
+  """The token-level view of a turn-level ``steps`` dataset (one step per token).
+
+  Same steps, fields and values as :func:`rlds_lm.read.token_view`, computed in
+  tf.data: the turn-level steps are gathered into ragged tensors once and the token
+  steps are sliced out of them.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  turns = steps.ragged_batch(1 << 30).get_single_element()  # every step, ragged
+  obs = turns[S.OBSERVATION][S.OBS_TOKENS]
+  act = turns[S.ACTION][S.ACT_TOKENS]
+  n_steps = tf.shape(turns[S.REWARD])[0]
+  sequence = tf.concat([obs, act], axis=1)  # per turn: observation then action tokens
+  full = sequence.flat_values
+  turn_start = tf.cumsum(sequence.row_lengths(), exclusive=True)
+  token_turn = tf.cast(act.value_rowids(), tf.int32)
+  within = tf.range(tf.size(act.flat_values, out_type=tf.int64)) - tf.gather(
+      act.row_starts(), act.value_rowids())
+  position = tf.gather(turn_start + obs.row_lengths(), act.value_rowids()) + within
+  prev = tf.where(position > 0, tf.gather(full, tf.maximum(position - 1, 0)), -1)
+  turn_last = within == tf.gather(act.row_lengths(), act.value_rowids()) - 1
+  reward = turns[S.TOKEN_REWARDS].flat_values + tf.where(
+      turn_last, tf.gather(turns[S.REWARD], token_turn), 0.0)
+  discount = tf.where(turn_last, tf.gather(turns[S.DISCOUNT], token_turn), 1.0)
+  n_tokens = tf.size(act.flat_values)
+  body = {
+      S.OBSERVATION: {R.TOKEN_POSITION: tf.cast(position, tf.int32),
+                      R.TOKEN_PREV: tf.cast(prev, tf.int32), R.TOKEN_TURN: token_turn},
+      S.ACTION: act.flat_values,
+      S.REWARD: reward,
+      S.DISCOUNT: discount,
+      S.IS_FIRST: tf.range(n_tokens) == 0,
+      S.IS_LAST: tf.zeros([n_tokens], tf.bool),
+      S.IS_TERMINAL: tf.zeros([n_tokens], tf.bool),
+      "action_logprob": turns[S.ACTION_LOGPROBS].flat_values,
+      "thinking": turns[S.ACTION][S.ACT_THINKING_MASK].flat_values,
+  }
+  final = {
+      S.OBSERVATION: {R.TOKEN_POSITION: tf.cast(tf.size(full), tf.int32),
+                      R.TOKEN_PREV: tf.cond(tf.size(full) > 0, lambda: full[-1],
+                                            lambda: tf.constant(-1, full.dtype)),
+                      R.TOKEN_TURN: n_steps - 1},
+      S.ACTION: tf.constant(0, act.dtype), S.REWARD: tf.constant(0.0),
+      S.DISCOUNT: tf.constant(1.0), S.IS_FIRST: n_tokens == 0,
+      S.IS_LAST: tf.constant(True), S.IS_TERMINAL: turns[S.IS_TERMINAL][-1],
+      "action_logprob": tf.constant(0.0), "thinking": tf.constant(False),
+  }
+  if S.TEACHER in turns:
+    body[S.TEACHER] = {k: v.flat_values for k, v in turns[S.TEACHER].items()}
+    final[S.TEACHER] = {k: tf.zeros(tf.shape(v.flat_values)[1:], v.dtype)
+                        for k, v in turns[S.TEACHER].items()}
+  return tf.data.Dataset.from_tensor_slices(body).concatenate(
+      tf.data.Dataset.from_tensors(final))

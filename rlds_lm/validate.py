@@ -1,0 +1,305 @@
+"""Checks an episode against its :class:`~rlds_lm.schema.SchemaConfig`.
+
+:func:`validate_episode` returns a *normalised* copy (canonical numpy dtypes, strings as
+``str``) or raises :class:`EpisodeValidationError` naming the episode, the field, what
+was expected and what was found. It never modifies its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rlds_lm import schema as S
+
+_LOGPROB_SLACK = 1e-4  # log-probs may exceed 0 by float rounding, not more
+_MASS_SLACK = 1e-3  # top-k probabilities may sum above 1 by rounding, not more
+
+
+class EpisodeValidationError(ValueError):
+  """An episode does not match the schema.
+
+  Attributes:
+    episode_id: the offending episode's id ("" if it has none).
+    field: path of the offending field, e.g. ``steps[0]/action_logprobs``.
+    expected: what the schema requires.
+    found: what the episode holds.
+  """
+
+  def __init__(self, episode_id: str, field: str, expected: str, found: str):
+    self.episode_id = episode_id
+    self.field = field
+    self.expected = expected
+    self.found = found
+    super().__init__(
+        f"episode {episode_id or '<no id>'!r}, field {field!r}: expected {expected}; "
+        f"found {found}")
+
+
+def _describe(value: Any) -> str:
+  if isinstance(value, np.ndarray):
+    return f"array dtype={value.dtype} shape={value.shape}"
+  text = repr(value)
+  return f"{type(value).__name__} {text[:60]}"
+
+
+class _Checker:
+  """Validates one episode; carries the id for error messages."""
+
+  def __init__(self, config: S.SchemaConfig, episode_id: str):
+    self.config = config
+    self.episode_id = episode_id
+
+  def fail(self, field: str, expected: str, found: str):
+    raise EpisodeValidationError(self.episode_id, field, expected, found)
+
+  # -- leaves ----------------------------------------------------------------------
+
+  def leaf(self, path: str, spec: S.FieldSpec, value: Any, lengths: dict[str, int]) -> Any:
+    if spec.is_string:
+      return self._string(path, spec, value)
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if array.dtype == object:
+      self.fail(path, f"{spec.dtype} values", _describe(value))
+    array = self._dtype(path, spec, array)
+    self._shape(path, spec, array, lengths)
+    self._values(path, spec, array)
+    if not spec.shape:
+      return array.item() if spec.dtype != "bool" else bool(array)
+    return array
+
+  def _string(self, path: str, spec: S.FieldSpec, value: Any) -> Any:
+    if spec.shape:  # string vector
+      items = list(value.tolist() if isinstance(value, np.ndarray) else value)
+      out = []
+      for i, item in enumerate(items):
+        if isinstance(item, bytes):
+          item = item.decode("utf-8")
+        if not isinstance(item, str):
+          self.fail(f"{path}[{i}]", "a string", _describe(item))
+        out.append(item)
+      return np.asarray(out, dtype=object)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+      value = value.item()
+    if isinstance(value, bytes):
+      try:
+        value = value.decode("utf-8")
+      except UnicodeDecodeError:
+        self.fail(path, "UTF-8 text", "undecodable bytes")
+    if not isinstance(value, str):
+      self.fail(path, "a string", _describe(value))
+    return value
+
+  def _dtype(self, path: str, spec: S.FieldSpec, array: np.ndarray) -> np.ndarray:
+    want = np.dtype(spec.dtype)
+    kind = array.dtype.kind
+    if want.kind == "b":
+      if kind != "b":
+        self.fail(path, "bool", _describe(array))
+      return array.astype(bool, copy=False)
+    if want.kind == "i":
+      if kind not in "iu":
+        if array.size == 0 and kind == "f":  # np.asarray([]) is float64
+          return array.astype(want)
+        self.fail(path, f"integer values ({spec.dtype})", _describe(array))
+      info = np.iinfo(want)
+      if array.size and (array.min() < info.min or array.max() > info.max):
+        self.fail(path, f"values that fit {spec.dtype}",
+                  f"range [{array.min()}, {array.max()}]")
+      return array.astype(want, copy=False)
+    if want.kind == "u":
+      if kind not in "u":
+        self.fail(path, f"{spec.dtype} values", _describe(array))
+      return array.astype(want, copy=False)
+    # float
+    if kind not in "fiu" or kind == "b":
+      self.fail(path, f"floating-point values ({spec.dtype})", _describe(array))
+    return array.astype(want, copy=False)
+
+  def _shape(self, path: str, spec: S.FieldSpec, array: np.ndarray,
+             lengths: dict[str, int]) -> None:
+    if array.ndim != len(spec.shape):
+      self.fail(path, f"rank {len(spec.shape)} (shape {_shape_text(spec.shape)})",
+                f"shape {array.shape}")
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+      if isinstance(want, int):
+        if got != want:
+          self.fail(path, f"shape {_shape_text(spec.shape)} with dim {axis} == {want}",
+                    f"shape {array.shape}")
+      elif isinstance(want, str):
+        if want in lengths and got != lengths[want]:
+          self.fail(path, f"{want} = {lengths[want]} entries along dim {axis} "
+                          f"(the length of {_LENGTH_SOURCE.get(want, want)})",
+                    f"shape {array.shape}")
+        lengths.setdefault(want, got)
+
+  def _values(self, path: str, spec: S.FieldSpec, array: np.ndarray) -> None:
+    if array.size == 0:
+      return
+    if spec.dtype.startswith("float") and not np.all(np.isfinite(array)):
+      bad = int(np.flatnonzero(~np.isfinite(array.reshape(-1)))[0])
+      self.fail(path, "finite values", f"{array.reshape(-1)[bad]} at flat index {bad}")
+    if spec.kind == "token":
+      lo, hi = int(array.min()), int(array.max())
+      if lo < 0 or hi >= self.config.vocab_size:
+        bad = lo if lo < 0 else hi
+        self.fail(path, f"token ids in [0, {self.config.vocab_size})", f"token id {bad}")
+    elif spec.kind == "logprob" or spec.kind == "topk":
+      if array.max() > _LOGPROB_SLACK:
+        self.fail(path, "log-probabilities <= 0", f"max {array.max()}")
+      if spec.kind == "topk":
+        mass = np.exp(array.astype(np.float64)).sum(axis=-1)
+        if mass.max() > 1.0 + _MASS_SLACK:
+          self.fail(path, "top-k probabilities summing to <= 1 over the full vocabulary",
+                    f"a row summing to {mass.max():.4f}")
+    elif spec.kind == "unit":
+      if array.min() < 0 or array.max() > 1:
+        self.fail(path, "a value in [0, 1]", f"{array.reshape(-1)[0]}")
+    elif spec.kind == "nonneg":
+      if array.min() < 0:
+        self.fail(path, "a value >= 0", f"{array.min()}")
+    elif spec.kind == "counts":
+      if array.min() < 0:
+        self.fail(path, "counts >= 0", f"{array.min()}")
+      sums = array.sum(axis=-1)
+      if np.any(sums != self.config.teacher_sampled_k):
+        self.fail(path, f"each token's counts summing to S = {self.config.teacher_sampled_k}",
+                  f"a row summing to {int(sums[sums != self.config.teacher_sampled_k][0])}")
+    elif spec.kind == "length":
+      if array.min() < 0:
+        self.fail(path, "lengths >= 0", f"{array.min()}")
+
+  # -- structure -------------------------------------------------------------------
+
+  def tree(self, path: str, specs: Mapping[str, Any], value: Any,
+           lengths: dict[str, int]) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+      self.fail(path or "<episode>", "a dict", _describe(value))
+    missing = [k for k in specs if k not in value]
+    if missing:
+      self.fail(_join(path, missing[0]), "a required field", "nothing (missing)")
+    unknown = sorted(k for k in value if k not in specs)
+    if unknown:
+      self.fail(_join(path, unknown[0]), f"one of the schema fields {sorted(specs)}",
+                "an unknown field")
+    out = {}
+    for key, spec in specs.items():
+      sub = _join(path, key)
+      if isinstance(spec, S.FieldSpec):
+        out[key] = self.leaf(sub, spec, value[key], lengths)
+      else:
+        out[key] = self.tree(sub, spec, value[key], lengths)
+    return out
+
+
+_LENGTH_SOURCE = {"T": "action/tokens", "T_obs": "observation/tokens",
+                  "C": "observation/candidate_ids"}
+
+
+def _join(path: str, key: str) -> str:
+  return f"{path}/{key}" if path else key
+
+
+def _shape_text(shape: tuple[Any, ...]) -> str:
+  return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def validate_episode(episode: Mapping[str, Any], config: S.SchemaConfig) -> dict[str, Any]:
+  """Validates ``episode`` against ``config`` and returns a normalised copy.
+
+  Raises:
+    EpisodeValidationError: with the episode id, the field path, the expectation and
+      the finding.
+  """
+  episode_id = episode.get(S.EPISODE_ID, "") if isinstance(episode, Mapping) else ""
+  if isinstance(episode_id, bytes):
+    episode_id = episode_id.decode("utf-8", "replace")
+  checker = _Checker(config, str(episode_id))
+  if not isinstance(episode, Mapping):
+    checker.fail("<episode>", "a dict", _describe(episode))
+  if S.STEPS not in episode:
+    checker.fail(S.STEPS, "a required field", "nothing (missing)")
+  meta_specs = S.episode_metadata_specs(config)
+  metadata = {k: v for k, v in episode.items() if k != S.STEPS}
+  out = checker.tree("", meta_specs, metadata, {})
+  if not out[S.EPISODE_ID]:
+    checker.fail(S.EPISODE_ID, "a non-empty id", "an empty string")
+  steps = episode[S.STEPS]
+  if isinstance(steps, (str, bytes, Mapping)) or not hasattr(steps, "__len__"):
+    checker.fail(S.STEPS, "a list of steps", _describe(steps))
+  if len(steps) < 2:
+    checker.fail(S.STEPS, "at least 2 steps (turns + the final observation)",
+                 f"{len(steps)} step(s)")
+  specs = S.step_specs(config)
+  n = len(steps)
+  normalised = []
+  for i, step in enumerate(steps):
+    path = f"steps[{i}]"
+    lengths: dict[str, int] = {}
+    if config.kind == S.ROLLOUT and isinstance(step, Mapping):
+      action = step.get(S.ACTION)
+      if isinstance(action, Mapping) and S.ACT_TOKENS in action:
+        tokens = np.asarray(action[S.ACT_TOKENS])
+        lengths["T"] = tokens.shape[0] if tokens.ndim == 1 else -1
+    if config.kind == S.PREFERENCE and isinstance(step, Mapping):
+      obs = step.get(S.OBSERVATION)
+      if isinstance(obs, Mapping) and S.OBS_CANDIDATE_IDS in obs:
+        lengths["C"] = len(obs[S.OBS_CANDIDATE_IDS])
+    out_step = checker.tree(path, specs, step, lengths)
+    _check_flags(checker, path, out_step, i, n)
+    _check_step_semantics(checker, config, path, out_step, i, n)
+    normalised.append(out_step)
+  out[S.STEPS] = normalised
+  return out
+
+
+def _check_flags(checker: _Checker, path: str, step: Mapping[str, Any], i: int,
+                 n: int) -> None:
+  if step[S.IS_FIRST] != (i == 0):
+    checker.fail(f"{path}/{S.IS_FIRST}", f"{i == 0} (only the first step is first)",
+                 str(step[S.IS_FIRST]))
+  if step[S.IS_LAST] != (i == n - 1):
+    checker.fail(f"{path}/{S.IS_LAST}", f"{i == n - 1} (only the final step is last)",
+                 str(step[S.IS_LAST]))
+  if step[S.IS_TERMINAL] and i != n - 1:
+    checker.fail(f"{path}/{S.IS_TERMINAL}", "False before the last step", "True")
+
+
+def _check_step_semantics(checker: _Checker, config: S.SchemaConfig, path: str,
+                          step: Mapping[str, Any], i: int, n: int) -> None:
+  obs = step[S.OBSERVATION]
+  if obs[S.OBS_ROLE] not in S.ROLES:
+    checker.fail(f"{path}/{S.OBSERVATION}/{S.OBS_ROLE}", f"one of {S.ROLES}",
+                 repr(obs[S.OBS_ROLE]))
+  last = i == n - 1
+  if config.kind == S.ROLLOUT:
+    length = step[S.ACTION][S.ACT_TOKENS].shape[0]
+    if last and length:
+      checker.fail(f"{path}/{S.ACTION}/{S.ACT_TOKENS}",
+                   "no action on the last step (RLDS: final observation only)",
+                   f"{length} tokens")
+    if not last and length == 0:
+      checker.fail(f"{path}/{S.ACTION}/{S.ACT_TOKENS}", "a non-empty action",
+                   "an empty action (0 tokens)")
+  else:
+    c = len(obs[S.OBS_CANDIDATE_IDS])
+    lengths = obs[S.OBS_CANDIDATE_LENGTHS]
+    total = int(lengths.sum()) if lengths.size else 0
+    if total != obs[S.OBS_CANDIDATE_TOKENS].shape[0]:
+      checker.fail(f"{path}/{S.OBSERVATION}/{S.OBS_CANDIDATE_LENGTHS}",
+                   f"lengths summing to the {obs[S.OBS_CANDIDATE_TOKENS].shape[0]} "
+                   "candidate tokens", f"a sum of {total}")
+    action = step[S.ACTION]
+    if last:
+      return
+    if c < 2:
+      checker.fail(f"{path}/{S.OBSERVATION}/{S.OBS_CANDIDATE_IDS}", "at least 2 candidates",
+                   f"{c}")
+    if not -1 <= action[S.ACT_CHOICE] < c:
+      checker.fail(f"{path}/{S.ACTION}/{S.ACT_CHOICE}", f"-1 (tie) or an index in [0, {c})",
+                   str(action[S.ACT_CHOICE]))
+    if sorted(action[S.ACT_RANKING].tolist()) != list(range(c)):
+      checker.fail(f"{path}/{S.ACTION}/{S.ACT_RANKING}", f"a permutation of 0..{c - 1}",
+                   str(action[S.ACT_RANKING].tolist()))
