@@ -27,14 +27,21 @@ class Problem:
   answer: str
 
 
-def arithmetic_problems(count: int, seed: int = 0, max_operand: int = 20) -> list[Problem]:
-  """``count`` problems ``"a+b="`` / ``"a-b="`` with exact answers, deterministic in seed."""
+def arithmetic_problems(count: int, seed: int = 0, max_operand: int = 50) -> list[Problem]:
+  """``count`` distinct problems ``"a+b="`` / ``"a-b="`` with exact answers, deterministic in seed."""
+  if count > 2 * max_operand * max_operand:
+    raise ValueError(f"only {2 * max_operand ** 2} distinct problems with operands "
+                     f"< {max_operand}; asked for {count}")
   rng = np.random.default_rng(seed)
   out = []
-  for _ in range(count):
+  seen = set()
+  while len(out) < count:
     a, b = (int(x) for x in rng.integers(0, max_operand, size=2))
     op = "+" if rng.random() < 0.5 else "-"
     question = f"{a}{op}{b}="
+    if question in seen:
+      continue
+    seen.add(question)
     answer = str(a + b if op == "+" else a - b)
     out.append(Problem(S.content_id(ARITHMETIC, question, prefix="q-"), question, answer))
   return out

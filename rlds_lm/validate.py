@@ -195,7 +195,7 @@ class _Checker:
 
 
 _LENGTH_SOURCE = {"T": "action/tokens", "T_obs": "observation/tokens",
-                  "C": "observation/candidate_ids"}
+                  "C": "observation/candidate_lengths"}
 
 
 def _join(path: str, key: str) -> str:
@@ -245,12 +245,26 @@ def validate_episode(episode: Mapping[str, Any], config: S.SchemaConfig) -> dict
         lengths["T"] = tokens.shape[0] if tokens.ndim == 1 else -1
     if config.kind == S.PREFERENCE and isinstance(step, Mapping):
       obs = step.get(S.OBSERVATION)
-      if isinstance(obs, Mapping) and S.OBS_CANDIDATE_IDS in obs:
-        lengths["C"] = len(obs[S.OBS_CANDIDATE_IDS])
+      if isinstance(obs, Mapping) and S.OBS_CANDIDATE_LENGTHS in obs:
+        lengths["C"] = len(np.asarray(obs[S.OBS_CANDIDATE_LENGTHS]).reshape(-1))
     out_step = checker.tree(path, specs, step, lengths)
     _check_flags(checker, path, out_step, i, n)
     _check_step_semantics(checker, config, path, out_step, i, n)
     normalised.append(out_step)
+  last, before_last = normalised[-1], normalised[-2]
+  if last[S.REWARD] != 0.0:
+    checker.fail(f"steps[{n - 1}]/{S.REWARD}",
+                 "0.0 on the last step (RLDS: it carries no action, hence no reward)",
+                 str(last[S.REWARD]))
+  if last[S.IS_TERMINAL] != (before_last[S.DISCOUNT] == 0.0):
+    checker.fail(f"steps[{n - 2}]/{S.DISCOUNT}",
+                 "0.0 exactly when the episode terminates (last step is_terminal="
+                 f"{last[S.IS_TERMINAL]})", str(before_last[S.DISCOUNT]))
+  if config.kind == S.PREFERENCE:
+    c = len(normalised[0][S.OBSERVATION][S.OBS_CANDIDATE_LENGTHS])
+    if len(out[S.CANDIDATE_IDS]) != c:
+      checker.fail(S.CANDIDATE_IDS, f"one id per candidate ({c})",
+                   f"{len(out[S.CANDIDATE_IDS])} ids")
   out[S.STEPS] = normalised
   return out
 
@@ -284,7 +298,7 @@ def _check_step_semantics(checker: _Checker, config: S.SchemaConfig, path: str,
       checker.fail(f"{path}/{S.ACTION}/{S.ACT_TOKENS}", "a non-empty action",
                    "an empty action (0 tokens)")
   else:
-    c = len(obs[S.OBS_CANDIDATE_IDS])
+    c = len(obs[S.OBS_CANDIDATE_LENGTHS])
     lengths = obs[S.OBS_CANDIDATE_LENGTHS]
     total = int(lengths.sum()) if lengths.size else 0
     if total != obs[S.OBS_CANDIDATE_TOKENS].shape[0]:
@@ -295,8 +309,8 @@ def _check_step_semantics(checker: _Checker, config: S.SchemaConfig, path: str,
     if last:
       return
     if c < 2:
-      checker.fail(f"{path}/{S.OBSERVATION}/{S.OBS_CANDIDATE_IDS}", "at least 2 candidates",
-                   f"{c}")
+      checker.fail(f"{path}/{S.OBSERVATION}/{S.OBS_CANDIDATE_LENGTHS}",
+                   "at least 2 candidates", f"{c}")
     if not -1 <= action[S.ACT_CHOICE] < c:
       checker.fail(f"{path}/{S.ACTION}/{S.ACT_CHOICE}", f"-1 (tie) or an index in [0, {c})",
                    str(action[S.ACT_CHOICE]))

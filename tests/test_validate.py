@@ -1,0 +1,134 @@
+"""Validation: every rejection names the episode, the field, the expectation and finding."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from conftest import PREFERENCE, ROLLOUT
+from rlds_lm import schema as S
+from rlds_lm import testing as T
+from rlds_lm import validate as V
+
+
+def _episode():
+  return copy.deepcopy(T.fake_rollout(ROLLOUT, seed=7, action_len=5))
+
+
+def _turn(ep):
+  return ep[S.STEPS][0]
+
+
+CASES = {
+    "token id outside the vocabulary": (
+        lambda ep: _turn(ep)[S.ACTION].__setitem__(S.ACT_TOKENS, np.array([1, 2, 3, 4, 259])),
+        "steps[0]/action/tokens", "token ids in [0, 259)", "token id 259"),
+    "negative token id": (
+        lambda ep: _turn(ep)[S.OBSERVATION].__setitem__(S.OBS_TOKENS, np.array([-1, 2])),
+        "steps[0]/observation/tokens", "token ids in [0, 259)", "token id -1"),
+    "NaN log-prob": (
+        lambda ep: _turn(ep)[S.ACTION_LOGPROBS].__setitem__(2, np.nan),
+        "steps[0]/action_logprobs", "finite values", "nan at flat index 2"),
+    "infinite teacher log-prob": (
+        lambda ep: _turn(ep)[S.TEACHER][S.TEACHER_TOPK_LOGPROBS].__setitem__((1, 1), -np.inf),
+        "steps[0]/teacher/topk_logprobs", "finite values", "-inf"),
+    "positive log-prob": (
+        lambda ep: _turn(ep)[S.ACTION_LOGPROBS].__setitem__(0, 0.5),
+        "steps[0]/action_logprobs", "log-probabilities <= 0", "max 0.5"),
+    "lengths disagree": (
+        lambda ep: _turn(ep).__setitem__(S.ACTION_LOGPROBS, np.zeros(4, np.float32)),
+        "steps[0]/action_logprobs", "T = 5 entries along dim 0", "shape (4,)"),
+    "teacher rows disagree": (
+        lambda ep: _turn(ep)[S.TEACHER].__setitem__(
+            S.TEACHER_TOPK_IDS, np.zeros((6, 4), np.int32)),
+        "steps[0]/teacher/topk_ids", "T = 5 entries", "shape (6, 4)"),
+    "wrong dtype": (
+        lambda ep: _turn(ep)[S.ACTION].__setitem__(S.ACT_TOKENS, np.array([1.5, 2, 3, 4, 5])),
+        "steps[0]/action/tokens", "integer values (int32)", "dtype=float64"),
+    "wrong rank": (
+        lambda ep: _turn(ep)[S.TEACHER].__setitem__(
+            S.TEACHER_TOPK_IDS, np.zeros((5,), np.int32)),
+        "steps[0]/teacher/topk_ids", "rank 2", "shape (5,)"),
+    "wrong top-k width": (
+        lambda ep: _turn(ep)[S.TEACHER].__setitem__(
+            S.TEACHER_TOPK_IDS, np.zeros((5, 3), np.int32)),
+        "steps[0]/teacher/topk_ids", "dim 1 == 4", "shape (5, 3)"),
+    "missing field": (
+        lambda ep: _turn(ep).pop(S.TOKEN_REWARDS),
+        "steps[0]/token_rewards", "a required field", "missing"),
+    "missing metadata": (
+        lambda ep: ep.pop(S.PROMPT_ID),
+        "prompt_id", "a required field", "missing"),
+    "unknown field": (
+        lambda ep: _turn(ep).__setitem__("rewardz", 1.0),
+        "steps[0]/rewardz", "one of the schema fields", "an unknown field"),
+    "empty action": (
+        lambda ep: (_turn(ep)[S.ACTION].update({S.ACT_TOKENS: np.zeros(0, np.int32),
+                                                S.ACT_THINKING_MASK: np.zeros(0, bool)}),
+                    _turn(ep).update({S.ACTION_LOGPROBS: np.zeros(0, np.float32),
+                                      S.TOKEN_REWARDS: np.zeros(0, np.float32),
+                                      S.TEACHER: S.empty_teacher(ROLLOUT, 0)})),
+        "steps[0]/action/tokens", "a non-empty action", "0 tokens"),
+    "sampled counts do not sum to S": (
+        lambda ep: _turn(ep)[S.TEACHER][S.TEACHER_SAMPLED_COUNTS].__setitem__((0, 0), 99),
+        "steps[0]/teacher/sampled_counts", "summing to S = 6", "a row summing to"),
+    "top-k mass above one": (
+        lambda ep: _turn(ep)[S.TEACHER].__setitem__(
+            S.TEACHER_TOPK_LOGPROBS, np.full((5, 4), -0.1, np.float32)),
+        "steps[0]/teacher/topk_logprobs", "summing to <= 1", "a row summing to"),
+    "action on the last step": (
+        lambda ep: (ep[S.STEPS][-1][S.ACTION].update({S.ACT_TOKENS: np.array([5]),
+                                                      S.ACT_THINKING_MASK: np.zeros(1, bool)}),
+                    ep[S.STEPS][-1].update({S.ACTION_LOGPROBS: np.zeros(1, np.float32),
+                                            S.TOKEN_REWARDS: np.zeros(1, np.float32),
+                                            S.TEACHER: S.empty_teacher(ROLLOUT, 1)})),
+        "steps[1]/action/tokens", "no action on the last step", "1 tokens"),
+    "reward on the last step": (
+        lambda ep: ep[S.STEPS][-1].__setitem__(S.REWARD, 1.0),
+        "steps[1]/reward", "0.0 on the last step", "1.0"),
+    "is_first twice": (
+        lambda ep: ep[S.STEPS][-1].__setitem__(S.IS_FIRST, True),
+        "steps[1]/is_first", "False", "True"),
+    "text is not a string": (
+        lambda ep: _turn(ep)[S.ACTION].__setitem__(S.ACT_TEXT, 42),
+        "steps[0]/action/text", "a string", "int 42"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rejections_name_episode_field_expected_found(name):
+  mutate, field, expected, found = CASES[name]
+  episode = _episode()
+  mutate(episode)
+  with pytest.raises(V.EpisodeValidationError) as info:
+    V.validate_episode(episode, ROLLOUT)
+  error = info.value
+  assert error.episode_id == episode.get(S.EPISODE_ID, "")
+  assert error.field == field
+  assert expected in error.expected, error
+  assert found in error.found, error
+  message = str(error)
+  assert field in message and expected in message and (episode.get(S.EPISODE_ID, "") in message)
+
+
+def test_valid_episode_is_normalised_not_modified():
+  episode = _episode()
+  episode[S.STEPS][0][S.ACTION][S.ACT_TOKENS] = [int(t) for t in
+                                                 episode[S.STEPS][0][S.ACTION][S.ACT_TOKENS]]
+  before = copy.deepcopy(episode)
+  out = V.validate_episode(episode, ROLLOUT)
+  assert out[S.STEPS][0][S.ACTION][S.ACT_TOKENS].dtype == np.int32
+  T.assert_episodes_equal(episode, before)
+
+
+def test_preference_checks_choice_and_ranking():
+  episode = T.fake_preference(PREFERENCE, seed=1, candidates=3)
+  V.validate_episode(episode, PREFERENCE)
+  bad = copy.deepcopy(episode)
+  bad[S.STEPS][0][S.ACTION][S.ACT_RANKING] = np.array([0, 0, 1], np.int32)
+  with pytest.raises(V.EpisodeValidationError, match="permutation"):
+    V.validate_episode(bad, PREFERENCE)
+  bad = copy.deepcopy(episode)
+  bad[S.STEPS][0][S.ACTION][S.ACT_CHOICE] = 3
+  with pytest.raises(V.EpisodeValidationError, match="choice"):
+    V.validate_episode(bad, PREFERENCE)
