@@ -81,7 +81,8 @@ CASES = {
                                                       S.ACT_THINKING_MASK: np.zeros(1, bool)}),
                     ep[S.STEPS][-1].update({S.ACTION_LOGPROBS: np.zeros(1, np.float32),
                                             S.TOKEN_REWARDS: np.zeros(1, np.float32),
-                                            S.TEACHER: S.empty_teacher(ROLLOUT, 1)})),
+                                            S.TEACHER: T.fake_teacher(ROLLOUT, np.array([5]),
+                                                                      np.random.default_rng(0))})),
         "steps[1]/action/tokens", "no action on the last step", "1 tokens"),
     "reward on the last step": (
         lambda ep: ep[S.STEPS][-1].__setitem__(S.REWARD, 1.0),
