@@ -98,7 +98,7 @@ def quickstart(workdir: str, *, prompts: int = 100, samples: int = 3, top_k: int
       lineage={"command": "rlds-lm quickstart", "seed": seed})
 
   _progress("4/4 reading it back (Grain, no TensorFlow) and summarising")
-  batches = R.grain_batches(dataset_dir, batch_size=32, max_length=16, seed=seed,
+  batches = R.grain_batches(dataset_dir, batch_size=min(32, total), max_length=16, seed=seed,
                             with_teacher=True)
   first = batches[0]
   summary = inspect_data.summarize(dataset_dir, show=2)

@@ -53,6 +53,7 @@ class _TfdsBackend:
     builder = P.episode_builder(data_dir=directory, name=name, config=config)
     self.dataset_dir = os.fspath(builder.data_dir)
     exists = os.path.exists(os.path.join(self.dataset_dir, "dataset_info.json"))
+    os.makedirs(self.dataset_dir, exist_ok=True)
     self._writer = tfds.core.SequentialWriter(
         builder.info, max_examples_per_shard=episodes_per_shard, overwrite=not exists,
         file_format=P.TFRECORD)

@@ -95,11 +95,11 @@ class SentencePieceTokenizer:
 
 
 def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike[str], *,
-                        vocab_size: int = 200, model_type: str = "bpe") -> SentencePieceTokenizer:
+                        vocab_size: int = 512, model_type: str = "bpe") -> SentencePieceTokenizer:
   """Trains a small SentencePiece model locally and returns it loaded.
 
   Ids: pad=0, bos=1, eos=2, unk=3 (the layout Gemma uses), byte fallback on so every
-  string round-trips.
+  string round-trips (the 256 byte pieces need ``vocab_size`` of about 300 or more).
   """
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 

@@ -1,0 +1,488 @@
+"""Read throughput into padded ``[batch, length]`` training batches, by reader.
+
+One run publishes the same synthetic episodes twice with ``rlds_lm.publish.publish``
+(tfrecord + array_record): without teacher data and with teacher top-64 (vocabulary
+32,000). The reference padded arrays are ``rlds_lm.read.episode_to_sequence`` of the
+in-memory episodes. Every reader yields batches of the same fields (``tokens``,
+``loss_mask``, ``behaviour_logprobs``, ``reward`` and, with teacher data,
+``teacher_topk_ids`` / ``teacher_topk_logprobs``) for one epoch in shuffled order:
+
+* ``tf.data + Python``: ``rlds_lm.transforms.as_dataset`` (tfrecord), shuffled, each
+  episode's nested steps pulled through ``tfds.as_numpy`` and flattened by
+  ``episode_to_sequence`` in Python.
+* ``tf.data graph``: the same dataset flattened in-graph (``ragged_batch`` of the steps,
+  concat, pad, scatter of the teacher rows), ``map(num_parallel_calls=AUTOTUNE)``,
+  ``batch``, ``prefetch``.
+* ``Grain``: ``rlds_lm.read.grain_batches`` (array_record, no TensorFlow), iterated as
+  is (Grain's default ``ReadOptions``: 16 threads), and with ``mp_prefetch`` over 2
+  worker processes.
+* ``numpy memmap``: the reference arrays saved once as ``.npy`` and opened with
+  ``mmap_mode="r"``; a batch is a fancy-indexed copy of 32 random rows.
+* ``HF datasets``: the reference arrays in Arrow (``Dataset.from_dict(...).save_to_disk``
+  with fixed-shape features), ``load_from_disk(...).with_format("numpy")``,
+  ``shuffle(seed)`` then ``iter(batch_size)``.
+
+Tokens/s counts ``batch * length`` per batch (what a trainer consumes); "real" counts
+action (loss-mask) tokens. Every reader's first (warm-up) epoch is checked against the
+reference sums. All data sits in the page cache (warm reads).
+
+    python -m benchmarks.read_throughput --out docs/
+    python -m benchmarks.read_throughput --quick
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _common as C
+from benchmarks import _episodes as E
+
+NAME = "read_throughput"
+VOCAB_SIZE = 32_000
+TEACHER_TOP_K = 64
+GOAL_TOKENS_PER_S = 540_000  # one H100 training a 110M-parameter decoder, per host
+TF_SHUFFLE_BUFFER = 1024
+
+
+def _quiet() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  tfds.disable_progress_bar()
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  logging.getLogger("datasets").setLevel(logging.ERROR)
+  try:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    if not flags.FLAGS.is_parsed():  # Grain's multiprocessing reads absl flags
+      flags.FLAGS.mark_as_parsed()
+  except ImportError:
+    pass
+  try:
+    import datasets  # pylint: disable=g-import-not-at-top
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+  except ImportError:
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# Readers. Each is a function epoch(seed) -> iterator of batch dicts.
+# --------------------------------------------------------------------------------------
+
+
+def tf_python_reader(path: str, length: int, k: int, batch: int) -> Callable:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+  from rlds_lm import transforms as TR  # pylint: disable=g-import-not-at-top
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    ds = TR.as_dataset(path).shuffle(TF_SHUFFLE_BUFFER, seed=seed).prefetch(
+        tf.data.AUTOTUNE)
+    pending = []
+    for ex in tfds.as_numpy(ds):
+      pending.append(R.episode_to_sequence({S.STEPS: list(ex[S.STEPS])}, length,
+                                           teacher_top_k=k))
+      if len(pending) == batch:
+        yield R.stack_sequences(pending)
+        pending = []
+
+  return epoch
+
+
+def tf_graph_to_sequence(length: int, k: int):
+  """The in-graph equivalent of ``rlds_lm.read.episode_to_sequence`` (pad id 0)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+
+  def pad(flat, shape_tail=()):
+    flat = flat[:length]
+    n = tf.shape(flat)[0]
+    paddings = [[0, length - n]] + [[0, 0]] * len(shape_tail)
+    out = tf.pad(flat, paddings)
+    return tf.ensure_shape(out, (length,) + tuple(shape_tail))
+
+  def fn(episode):
+    turns = episode[S.STEPS].ragged_batch(1 << 20).get_single_element()
+    obs = turns[S.OBSERVATION][S.OBS_TOKENS]
+    act = turns[S.ACTION][S.ACT_TOKENS]
+    tokens = tf.concat([obs, act], axis=1).flat_values  # obs_0, act_0, obs_1, ...
+    mask = tf.concat([tf.zeros_like(obs, tf.bool), tf.ones_like(act, tf.bool)],
+                     axis=1).flat_values
+    logprobs = tf.concat([tf.zeros_like(obs, tf.float32), turns[S.ACTION_LOGPROBS]],
+                         axis=1).flat_values
+    out = {
+        R.SEQ_TOKENS: pad(tokens), R.SEQ_LOSS_MASK: pad(mask),
+        R.SEQ_LOGPROBS: pad(logprobs), R.SEQ_REWARD: tf.reduce_sum(turns[S.REWARD]),
+    }
+    if k:
+      positions = tf.where(mask)[:, 0]  # where the action tokens sit in the sequence
+      keep = positions < length
+      index = tf.boolean_mask(positions, keep)[:, None]
+      for key, field in ((R.SEQ_TOPK_IDS, S.TEACHER_TOPK_IDS),
+                         (R.SEQ_TOPK_LOGPROBS, S.TEACHER_TOPK_LOGPROBS)):
+        rows = tf.boolean_mask(turns[S.TEACHER][field].flat_values, keep)
+        out[key] = tf.ensure_shape(
+            tf.scatter_nd(index, rows, tf.constant([length, k], tf.int64)), (length, k))
+    return out
+
+  return fn
+
+
+def tf_graph_reader(path: str, length: int, k: int, batch: int) -> Callable:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import transforms as TR  # pylint: disable=g-import-not-at-top
+
+  fn = tf_graph_to_sequence(length, k)
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    ds = (TR.as_dataset(path).shuffle(TF_SHUFFLE_BUFFER, seed=seed)
+          .map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    yield from tfds.as_numpy(ds)
+
+  return epoch
+
+
+def grain_reader(path: str, length: int, k: int, batch: int,
+                 workers: int = 0) -> Callable:
+  import grain  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    ds = R.grain_batches(path, batch_size=batch, max_length=length, seed=seed,
+                         with_teacher=bool(k))
+    if not workers:
+      yield from ds
+      return
+    it = iter(ds.to_iter_dataset().mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers)))
+    try:
+      yield from it
+    finally:
+      close = getattr(it, "close", None)
+      if close is not None:
+        close()
+
+  return epoch
+
+
+def memmap_reader(directory: str, n: int, batch: int) -> Callable:
+  arrays = {name[:-4]: np.load(os.path.join(directory, name), mmap_mode="r")
+            for name in sorted(os.listdir(directory)) if name.endswith(".npy")}
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    order = np.random.default_rng(seed).permutation(n)
+    for start in range(0, n - batch + 1, batch):
+      index = np.sort(order[start:start + batch])
+      yield {key: arr[index] for key, arr in arrays.items()}
+
+  return epoch
+
+
+def hf_reader(directory: str, batch: int) -> Callable:
+  import datasets  # pylint: disable=g-import-not-at-top
+
+  ds = datasets.load_from_disk(directory).with_format("numpy")
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    yield from ds.shuffle(seed=seed).iter(batch_size=batch, drop_last_batch=True)
+
+  return epoch
+
+
+# --------------------------------------------------------------------------------------
+# Data.
+# --------------------------------------------------------------------------------------
+
+
+def hf_features(length: int, k: int):
+  import datasets  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+
+  features = {
+      R.SEQ_TOKENS: datasets.Sequence(datasets.Value("int32"), length=length),
+      R.SEQ_LOSS_MASK: datasets.Sequence(datasets.Value("bool"), length=length),
+      R.SEQ_LOGPROBS: datasets.Sequence(datasets.Value("float32"), length=length),
+      R.SEQ_REWARD: datasets.Value("float32"),
+  }
+  if k:
+    features[R.SEQ_TOPK_IDS] = datasets.Array2D((length, k), "int32")
+    features[R.SEQ_TOPK_LOGPROBS] = datasets.Array2D((length, k), "float32")
+  return datasets.Features(features)
+
+
+def checksums(batch: dict[str, np.ndarray]) -> dict[str, float]:
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+
+  out = {
+      "real_tokens": int(np.count_nonzero(batch[R.SEQ_LOSS_MASK])),
+      "token_sum": int(np.asarray(batch[R.SEQ_TOKENS], np.int64).sum()),
+      "logprob_sum": float(np.asarray(batch[R.SEQ_LOGPROBS], np.float64).sum()),
+      "reward_sum": float(np.asarray(batch[R.SEQ_REWARD], np.float64).sum()),
+  }
+  if R.SEQ_TOPK_IDS in batch:
+    out["topk_id_sum"] = int(np.asarray(batch[R.SEQ_TOPK_IDS], np.int64).sum())
+    out["topk_logprob_sum"] = float(np.asarray(batch[R.SEQ_TOPK_LOGPROBS],
+                                               np.float64).sum())
+  return out
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+  if set(a) != set(b):
+    return False
+  return all(np.isclose(a[key], b[key], rtol=1e-6, atol=1e-3) for key in a)
+
+
+def run_epoch(epoch: Callable, seed: int, shapes: dict[str, tuple[int, ...]],
+              verify: bool) -> dict[str, Any]:
+  batches = real = 0
+  sums: dict[str, float] = {}
+  for batch in epoch(seed):
+    batches += 1
+    real += int(np.count_nonzero(batch["loss_mask"]))
+    if verify:
+      for key, shape in shapes.items():
+        got = tuple(np.shape(batch[key]))
+        if got != shape:
+          raise AssertionError(f"field {key}: shape {got}, expected {shape}")
+      for key, value in checksums(batch).items():
+        sums[key] = sums.get(key, 0) + value
+  return {"batches": batches, "real_tokens": real, "sums": sums}
+
+
+# --------------------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------------------
+
+
+def run(args) -> dict[str, Any]:
+  _quiet()
+  import datasets  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import publish as P  # pylint: disable=g-import-not-at-top
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+
+  n = 256 if args.quick else args.episodes
+  batch, length = args.batch, args.length
+  repeats = args.repeats or (1 if args.quick else 3)
+  n -= n % batch  # whole batches only, so every reader's epoch covers every episode
+  prompt_len, action_len = (24, 40), (104, 152)
+  scratch = args.workdir or tempfile.mkdtemp(prefix="rlds_lm_bench_read_")
+  os.makedirs(scratch, exist_ok=True)
+  settings = {
+      "episodes": n, "batch_size": batch, "length": length, "turns_per_episode": 1,
+      "prompt_tokens_range": list(prompt_len), "action_tokens_range": list(action_len),
+      "vocab_size": VOCAB_SIZE, "teacher_top_k": TEACHER_TOP_K, "repeats": repeats,
+      "warmup_epochs": 1, "tf_shuffle_buffer": TF_SHUFFLE_BUFFER,
+      "goal_tokens_per_s": GOAL_TOKENS_PER_S, "reward_names": [E.REWARD_NAME],
+      "scratch_dir": scratch,
+  }
+  rows: list[dict[str, Any]] = []
+  datasets_info: list[dict[str, Any]] = []
+  try:
+    for k in (0, TEACHER_TOP_K):
+      config = S.SchemaConfig(vocab_size=VOCAB_SIZE, teacher_top_k=k,
+                              reward_names=(E.REWARD_NAME,))
+      t0 = time.perf_counter()
+      episodes = E.make_rollouts(config, n, prompt_len=prompt_len, action_len=action_len,
+                                 seed=7 + k)
+      build_s = time.perf_counter() - t0
+
+      t0 = time.perf_counter()
+      path = P.publish({"train": episodes}, data_dir=os.path.join(scratch, f"tfds-k{k}"),
+                       name=f"bench_read_k{k}", config=config)
+      publish_s = time.perf_counter() - t0
+
+      reference = R.stack_sequences([R.episode_to_sequence(ep, length, teacher_top_k=k)
+                                     for ep in episodes])
+      del episodes
+      ref_sums = checksums(reference)
+      shapes = {key: (batch,) + value.shape[1:] for key, value in reference.items()}
+
+      memmap_dir = os.path.join(scratch, f"memmap-k{k}")
+      os.makedirs(memmap_dir)
+      for key, value in reference.items():
+        np.save(os.path.join(memmap_dir, f"{key}.npy"), value)
+
+      t0 = time.perf_counter()
+      hf_dir = os.path.join(scratch, f"hf-k{k}")
+      datasets.Dataset.from_dict(
+          {key: value for key, value in reference.items()},
+          features=hf_features(length, k)).save_to_disk(hf_dir)
+      hf_build_s = time.perf_counter() - t0
+      del reference
+
+      sizes = {
+          "tfds_tfrecord": C.disk_usage_by_format(path).get("tfrecord", 0),
+          "tfds_array_record": C.disk_usage_by_format(path).get("array_record", 0),
+          "memmap_npy": C.disk_usage(memmap_dir)["du_bytes"],
+          "hf_arrow": C.disk_usage(hf_dir)["du_bytes"],
+      }
+      datasets_info.append({
+          "teacher_top_k": k, "episodes": n, "real_tokens": ref_sums["real_tokens"],
+          "build_s": build_s, "publish_s": publish_s, "hf_build_s": hf_build_s,
+          "bytes": sizes, "reference_sums": ref_sums,
+      })
+      print(f"[top-k {k}] {n} episodes, {ref_sums['real_tokens']} action tokens; "
+            f"published in {publish_s:.1f} s; sizes "
+            + ", ".join(f"{key} {v / 2**20:.1f} MiB" for key, v in sizes.items()),
+            flush=True)
+
+      readers = [
+          ("tf.data + Python episode_to_sequence", "tf_python",
+           tf_python_reader(path, length, k, batch)),
+          ("tf.data graph (map+batch+prefetch)", "tf_graph",
+           tf_graph_reader(path, length, k, batch)),
+          ("Grain grain_batches (default ReadOptions)", "grain",
+           grain_reader(path, length, k, batch)),
+          ("Grain grain_batches + mp_prefetch(2 workers)", "grain_mp2",
+           grain_reader(path, length, k, batch, workers=2)),
+          ("numpy memmap (.npy)", "memmap", memmap_reader(memmap_dir, n, batch)),
+          ("HF datasets (Arrow, numpy format)", "hf_datasets", hf_reader(hf_dir, batch)),
+      ]
+      for label, key, epoch in readers:
+        try:
+          warm = run_epoch(epoch, 0, shapes, verify=True)
+          verified = warm["batches"] == n // batch and _same(warm["sums"], ref_sums)
+          if not verified:
+            print(f"  {label}: MISMATCH {warm['batches']} batches, sums {warm['sums']} "
+                  f"vs {ref_sums}", flush=True)
+          seconds = []
+          for rep in range(repeats):
+            start = time.perf_counter()
+            res = run_epoch(epoch, rep + 1, shapes, verify=False)
+            seconds.append(time.perf_counter() - start)
+          median = float(np.median(seconds))
+          padded = res["batches"] * batch * length
+          row = {
+              "teacher_top_k": k, "reader": label, "key": key, "seconds": seconds,
+              "median_s": median, "batches_per_epoch": res["batches"],
+              "tokens_per_s": padded / median,
+              "real_tokens_per_s": res["real_tokens"] / median,
+              "batches_per_s": res["batches"] / median, "verified": verified,
+          }
+          print(f"  {label}: {C.fmt_rate(row['tokens_per_s'])} tok/s "
+                f"({C.fmt_rate(row['real_tokens_per_s'])} real)", flush=True)
+        except Exception as e:  # noqa: BLE001 - a failing reader is a result too
+          row = {"teacher_top_k": k, "reader": label, "key": key,
+                 "error": f"{type(e).__name__}: {e}"[:500]}
+          print(f"  {label}: FAILED {row['error']}", flush=True)
+        rows.append(row)
+
+      memmap = next((r for r in rows if r["teacher_top_k"] == k and r["key"] == "memmap"
+                     and "error" not in r), None)
+      hf = next((r for r in rows if r["teacher_top_k"] == k and r["key"] == "hf_datasets"
+                 and "error" not in r), None)
+      for row in rows:
+        if row["teacher_top_k"] != k or "error" in row:
+          continue
+        row["ratio_to_memmap"] = row["tokens_per_s"] / memmap["tokens_per_s"] if memmap \
+            else None
+        row["beats_hf_datasets"] = row["tokens_per_s"] > hf["tokens_per_s"] if hf else None
+        row["meets_goal"] = row["tokens_per_s"] >= GOAL_TOKENS_PER_S
+  finally:
+    if not args.keep and not args.workdir:
+      shutil.rmtree(scratch, ignore_errors=True)
+  return {"benchmark": NAME, "quick": bool(args.quick), "machine": C.machine_info(),
+          "settings": settings, "datasets": datasets_info, "rows": rows}
+
+
+def markdown(data: dict[str, Any]) -> str:
+  s = data["settings"]
+  lines = [f"## Read throughput (`{NAME}`)", ""]
+  if data["quick"]:
+    lines += ["**Quick run (`--quick`): small sizes, not representative.**", ""]
+  lines += [
+      f"`python -m benchmarks.{NAME} --out docs/` — {s['episodes']:,} single-turn "
+      f"episodes ({s['prompt_tokens_range'][0]}-{s['prompt_tokens_range'][1]} prompt + "
+      f"{s['action_tokens_range'][0]}-{s['action_tokens_range'][1]} action tokens), "
+      f"published once with `rlds_lm.publish.publish`; batches `[{s['batch_size']}, "
+      f"{s['length']}]`, one shuffled epoch per run, median of {s['repeats']} runs after "
+      f"one warm-up epoch that is checked against the reference arrays. Tokens/s counts "
+      f"batch x length per batch; real = action (loss-mask) tokens. Warm page cache. "
+      f"Machine: {C.machine_line(data['machine'])}.",
+      "",
+      f"Goal: {s['goal_tokens_per_s'] // 1000}k tokens/s per host (what one H100 "
+      "consumes training a 110M-parameter decoder).",
+      "",
+  ]
+  table = []
+  for r in data["rows"]:
+    teacher = f"top-{r['teacher_top_k']}" if r["teacher_top_k"] else "none"
+    if "error" in r:
+      table.append([teacher, r["reader"], "failed", "—", "—", "—", "—",
+                    r["error"][:80].replace("|", "/")])
+      continue
+    table.append([
+        teacher, r["reader"], C.fmt_rate(r["tokens_per_s"]),
+        C.fmt_rate(r["real_tokens_per_s"]), f"{r['batches_per_s']:,.1f}",
+        f"{r['ratio_to_memmap']:.3f}" if r.get("ratio_to_memmap") is not None else "—",
+        "yes" if r.get("beats_hf_datasets") else ("—" if r["key"] == "hf_datasets"
+                                                  else "no"),
+        ("yes" if r["meets_goal"] else f"no ({r['tokens_per_s'] / s['goal_tokens_per_s']:.2f}x)")
+        + ("" if r["verified"] else " UNVERIFIED"),
+    ])
+  lines.append(C.markdown_table(
+      ["teacher", "reader", "tokens/s", "real tokens/s", "batches/s", "ratio to memmap",
+       "beats HF datasets", f"meets {s['goal_tokens_per_s'] // 1000}k tok/s"], table,
+      ["l", "l", "r", "r", "r", "r", "l", "l"]))
+  lines += ["", "On disk and build time (same data):", ""]
+  table = []
+  for d in data["datasets"]:
+    b = d["bytes"]
+    table.append([
+        f"top-{d['teacher_top_k']}" if d["teacher_top_k"] else "none",
+        f"{d['publish_s']:.1f}", f"{b['tfds_tfrecord'] / 2**20:.1f}",
+        f"{b['tfds_array_record'] / 2**20:.1f}", f"{b['memmap_npy'] / 2**20:.1f}",
+        f"{b['hf_arrow'] / 2**20:.1f}",
+    ])
+  lines.append(C.markdown_table(
+      ["teacher", "publish s (tfrecord + array_record)", "tfrecord MiB",
+       "array_record MiB", "memmap .npy MiB", "HF Arrow MiB"], table))
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  parser = C.base_parser(__doc__.split("\n\n")[0])
+  parser.add_argument("--episodes", type=int, default=2048)
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--length", type=int, default=192)
+  args = parser.parse_args(argv)
+  start = time.perf_counter()
+  data = run(args)
+  data["total_wall_s"] = time.perf_counter() - start
+  path = C.write_json(NAME, args.quick, data)
+  section = markdown(data)
+  print(section)
+  print(f"wrote {path}")
+  if args.out:
+    print(f"updated {C.update_markdown(args.out, NAME, section)}")
+  print(f"total {data['total_wall_s']:.0f} s")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,124 @@
+"""Recorder -> Riegeli log -> published TFDS dataset, read back with real readers."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import AGENTIC, PREFERENCE, ROLLOUT, agentic, preferences, rollouts
+from rlds_lm import logs
+from rlds_lm import read as R
+from rlds_lm import recorder
+from rlds_lm import schema as S
+from rlds_lm import testing as T
+from rlds_lm import validate as V
+
+
+def _published_by_id(path):
+  source = R.data_source(path)
+  return {ep[S.EPISODE_ID]: ep for ep in (R.materialize(source[i]) for i in range(len(source)))}
+
+
+@pytest.mark.parametrize("config,make", [(ROLLOUT, rollouts), (AGENTIC, agentic),
+                                         (PREFERENCE, preferences)],
+                         ids=["rollout-teacher", "agentic-image", "preference"])
+def test_record_publish_read_round_trip(tmp_path, config, make):
+  episodes = make()
+  with recorder.Recorder(tmp_path / "log", config) as rec:
+    ids = [rec.record(e) for e in episodes]
+  assert ids == [e[S.EPISODE_ID] for e in episodes]
+  path = recorder.publish_log(tmp_path / "log", data_dir=tmp_path / "data", name="rt")
+  builder = tfds.builder_from_directory(path)
+  assert R.schema_config(builder) == config
+  assert builder.info.splits["train"].num_examples == len(episodes)
+  back = _published_by_id(path)
+  for episode in episodes:
+    T.assert_episodes_equal(back[episode[S.EPISODE_ID]], V.validate_episode(episode, config))
+
+
+def test_reopen_appends_without_overwriting_and_rejects_duplicates(tmp_path):
+  episodes = rollouts(6)
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+    for e in episodes[:3]:
+      rec.record(e)
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+    with pytest.raises(V.EpisodeValidationError, match="duplicate"):
+      rec.record(episodes[0])
+    for e in episodes[3:]:
+      rec.record(e)
+  back = [e[S.EPISODE_ID] for e in logs.read_log(tmp_path)]
+  assert back == [e[S.EPISODE_ID] for e in episodes]
+  assert len([d for d in os.listdir(tmp_path) if os.path.isdir(tmp_path / d)]) == 2
+
+
+def test_reopen_with_another_schema_is_refused(tmp_path):
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+    rec.record(rollouts(1)[0])
+  with pytest.raises(ValueError, match="another schema"):
+    recorder.Recorder(tmp_path, AGENTIC)
+
+
+def test_rejection_keeps_recorder_usable_and_loses_nothing(tmp_path):
+  good = rollouts(4)
+  bad = T.fake_rollout(ROLLOUT, seed=99)
+  bad[S.STEPS][0][S.ACTION_LOGPROBS][0] = np.nan
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+    rec.record(good[0])
+    rec.record(good[1])
+    with pytest.raises(V.EpisodeValidationError, match="action_logprobs"):
+      rec.record(bad)
+    rec.record(good[2])
+    with pytest.raises(V.EpisodeValidationError, match="duplicate"):
+      rec.record(good[2])
+    rec.record(good[3])
+    assert (rec.num_recorded, rec.num_rejected) == (4, 2)
+  assert [e[S.EPISODE_ID] for e in logs.read_log(tmp_path)] == [e[S.EPISODE_ID] for e in good]
+
+
+def test_turn_by_turn_episode_and_discard_on_exception(tmp_path):
+  obs = S.observation(AGENTIC, np.array([5, 6], np.int32), "hi", "user")
+  with recorder.Recorder(tmp_path, AGENTIC) as rec:
+    with rec.episode(prompt_id="p0", task="chat") as ep:
+      ep.add_turn(S.Turn(obs, np.array([7, 8, 9]), "yo", rewards={"correct": 1.0}))
+      ep.add_turn(S.Turn(S.observation(AGENTIC, np.array([10]), "tool out", "tool"),
+                         np.array([11]), rewards={"correct": 0.0}))
+      ep.finish()
+    with pytest.raises(RuntimeError):
+      with rec.episode(prompt_id="p1") as ep:
+        ep.add_turn(S.Turn(obs, np.array([1]), rewards={"correct": 0.0}))
+        raise RuntimeError("generation failed")
+    with rec.episode(prompt_id="p2") as ep:  # left without finish(): truncated
+      ep.add_turn(S.Turn(obs, np.array([3]), rewards={"correct": 0.0}))
+  back = list(logs.read_log(tmp_path))
+  assert [e[S.PROMPT_ID] for e in back] == ["p0", "p2"]
+  assert [len(e[S.STEPS]) for e in back] == [3, 2]
+  assert [s[S.OBSERVATION][S.OBS_ROLE] for s in back[0][S.STEPS]] == ["user", "tool", "final"]
+  assert back[0][S.STEPS][-1][S.IS_TERMINAL] and not back[1][S.STEPS][-1][S.IS_TERMINAL]
+
+
+def test_direct_to_tfds_backend(tmp_path):
+  episodes = rollouts(5)
+  with recorder.Recorder(tmp_path, ROLLOUT, backend=recorder.TFDS, name="direct",
+                         episodes_per_shard=2) as rec:
+    for e in episodes[:3]:
+      rec.record(e)
+  with recorder.Recorder(tmp_path, ROLLOUT, backend=recorder.TFDS, name="direct") as rec:
+    with pytest.raises(V.EpisodeValidationError, match="duplicate"):
+      rec.record(episodes[0])
+    for e in episodes[3:]:
+      rec.record(e)
+    path = rec.dataset_dir
+  builder = tfds.builder_from_directory(path)
+  assert R.schema_config(builder) == ROLLOUT
+  back = {ex[S.EPISODE_ID].decode(): ex for ex in tfds.as_numpy(builder.as_dataset("train"))}
+  assert sorted(back) == sorted(e[S.EPISODE_ID] for e in episodes)
+  first = back[episodes[0][S.EPISODE_ID]]
+  steps = list(first[S.STEPS])
+  np.testing.assert_array_equal(steps[0][S.ACTION][S.ACT_TOKENS],
+                                episodes[0][S.STEPS][0][S.ACTION][S.ACT_TOKENS])
+
+
+def test_unknown_backend_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="backend"):
+    recorder.Recorder(tmp_path, ROLLOUT, backend="parquet")
