@@ -212,44 +212,29 @@ def _check_feature(path: str, spec: S.FieldSpec, feature) -> None:
   assert tuple(feature.shape) == want, (path, feature.shape, want)
 
 
-def _leaf_storage(config: S.SchemaConfig) -> tuple[dict[str, str], str]:
-  """Storage text of every leaf (metadata paths, then ``steps/...``) and a note.
+def _leaf_storage(config: S.SchemaConfig) -> dict[str, str]:
+  """Storage text of every leaf (metadata paths, then ``steps/...``).
 
-  Uses ``episode_features(config)`` and checks it against the specs. If building the
-  features fails, each leaf is tried alone and the note says what failed.
+  Walks ``episode_features(config)`` and asserts that it has exactly the leaves of the
+  specs, each with the spec's dtype and shape.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   meta = dict(S.iter_specs(S.episode_metadata_specs(config)))
   step = {f"{S.STEPS}/{p}": s for p, s in S.iter_specs(S.step_specs(config))}
   specs = {**meta, **step}
-  try:
-    features = S.episode_features(config)
-  except Exception as e:  # noqa: BLE001 - reported in the generated doc
-    note = (f"**Note (generated):** `episode_features(SchemaConfig(kind={config.kind!r}))`"
-            f" currently raises `{type(e).__name__}: {e}`; the storage column shows what "
-            "each leaf's feature would be, one leaf at a time.")
-    storage = {}
-    for path, spec in specs.items():
-      try:
-        feature = S._feature(spec)  # pylint: disable=protected-access
-        _check_feature(path, spec, feature)
-        storage[path] = _storage_text(feature)
-      except Exception as leaf_error:  # noqa: BLE001
-        storage[path] = f"fails: `{type(leaf_error).__name__}`"
-    return storage, note
   found: dict[str, Any] = {}
-  for path, feature in _feature_leaves(features):
+  for path, feature in _feature_leaves(S.episode_features(config)):
     if path == S.STEPS:
       assert isinstance(feature, tfds.features.Dataset), feature
       for sub, leaf in _feature_leaves(feature.feature, S.STEPS + "/"):
         found[sub] = leaf
     else:
       found[path] = feature
-  assert set(found) == set(specs), (sorted(set(found) ^ set(specs)))
+  assert set(found) == set(specs), sorted(set(found) ^ set(specs))
   for path, spec in specs.items():
     _check_feature(path, spec, found[path])
-  return {path: _storage_text(found[path]) for path in specs}, ""
+  return {path: _storage_text(found[path]) for path in specs}
 
 
 def _table(rows: list[tuple[str, S.FieldSpec]], storage: Mapping[str, str],
@@ -293,14 +278,12 @@ def _group(step_rows: list[tuple[str, S.FieldSpec]]) -> dict[str, list]:
 
 
 def tables_block(config: S.SchemaConfig, used: set[str]) -> str:
-  storage, note = _leaf_storage(config)
+  storage = _leaf_storage(config)
   meta_rows = list(S.iter_specs(S.episode_metadata_specs(config)))
   step_rows = list(S.iter_specs(S.step_specs(config)))
   groups = _group(step_rows)
   present = True
   out: list[str] = []
-  if note:
-    out += [note, ""]
   titles = [
       ("Episode metadata (top level of the episode)", meta_rows, ""),
       ("Step: RLDS core fields (paths relative to `steps[i]`)", groups["core"], "steps/"),
@@ -510,10 +493,7 @@ def preference(candidates: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _validated_and_encoded(episode: Mapping[str, Any], config: S.SchemaConfig) -> dict:
   normalised = V.validate_episode(episode, config)
-  try:
-    S.episode_features(config).encode_example(copy.deepcopy(normalised))
-  except NotImplementedError:
-    pass  # reported in the tables block (preference features)
+  S.episode_features(config).encode_example(copy.deepcopy(normalised))
   return normalised
 
 
@@ -562,8 +542,6 @@ def validation_block(rollout: Mapping[str, Any], pref: Mapping[str, Any]) -> str
   ]
   lines = []
   for title, mutate, episode, config in cases:
-    for sub in (episode[S.STEPS][0].get(S.TEACHER) or {}).values():
-      assert isinstance(sub, np.ndarray)
     lines.append(f"# {title}")
     lines.append(_error_of(mutate, episode, config))
   return "```text\n" + "\n".join(lines) + "\n```\n"
@@ -612,7 +590,8 @@ def ids_block(ep: Mapping[str, Any], other: Mapping[str, Any],
   lines = [
       f'single-turn rollout ("5", sample 0):   {ep[S.EPISODE_ID]}',
       f'same prompt, sample 1 answers "6":     {other[S.EPISODE_ID]}',
-      f"recomputed from the episode:           {S.rollout_episode_id(ep)}",
+      f"recomputed from the validated copy:    "
+      f"{S.rollout_episode_id(V.validate_episode(ep, ROLLOUT_CFG))}",
       f"after re-scoring (rewards changed):    {S.rollout_episode_id(rescored)}",
       f"preference over the two:               {pref[S.EPISODE_ID]}",
       f'content_id("arithmetic", "2+3=", prefix="q-") = '
