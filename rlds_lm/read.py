@@ -83,7 +83,8 @@ def token_view(episode: Mapping[str, Any]) -> list[dict[str, Any]]:
   The whole sequence is the concatenation, turn by turn, of observation tokens and
   action tokens. Token step ``j`` has observation ``{position, prev_token, turn}``
   (the state is the sequence before ``position``), action = the token id, reward =
-  its per-token reward plus, on the last token of a turn, the turn's reward.
+  its per-token reward plus, on the last token of a turn, the turn's reward; the turn's
+  discount sits on its last token (1.0 elsewhere).
   ``action_logprob``, ``thinking`` and (if present) the teacher row come along. A final
   step with the final observation and no valid action (action 0) closes the episode,
   as RLDS requires.
@@ -107,12 +108,11 @@ def token_view(episode: Mapping[str, Any]) -> list[dict[str, Any]]:
       reward = float(token_rewards[j])
       if j == length - 1:
         reward = float(np.float32(reward) + np.float32(step[S.REWARD]))
-      last_token = t == n - 2 and j == length - 1
       token_step = {
           S.OBSERVATION: {TOKEN_POSITION: position, TOKEN_PREV: prev, TOKEN_TURN: t},
           S.ACTION: int(tokens[j]),
           S.REWARD: np.float32(reward),
-          S.DISCOUNT: np.float32(0.0 if (last_token and terminal) else 1.0),
+          S.DISCOUNT: np.float32(step[S.DISCOUNT] if j == length - 1 else 1.0),
           S.IS_FIRST: not out,
           S.IS_LAST: False,
           S.IS_TERMINAL: False,

@@ -137,7 +137,7 @@ class SchemaConfig:
   """
 
   kind: str = ROLLOUT
-  vocab_size: int = 256
+  vocab_size: int = 259  # ByteTokenizer: 256 bytes + pad, bos, eos
   tokenizer: str = "byte"
   teacher_top_k: int = 0
   teacher_sampled_k: int = 0
@@ -394,27 +394,48 @@ def _canonical_bytes(value: Any) -> bytes:
   return json.dumps(value, sort_keys=True).encode()
 
 
+def _as_stored(specs: Mapping[str, Any], value: Mapping[str, Any]) -> dict[str, Any]:
+  """Values cast to their stored dtypes, so an id computed before storage (from Python
+  lists or float64) equals the id recomputed from the stored episode."""
+  out = {}
+  for key, spec in specs.items():
+    if key not in value:
+      continue
+    if not isinstance(spec, FieldSpec):
+      out[key] = _as_stored(spec, value[key])
+    elif spec.is_string:
+      item = value[key]
+      out[key] = (item.decode() if isinstance(item, bytes) else
+                  [str(v) for v in item] if spec.shape else str(item))
+    else:
+      out[key] = np.asarray(value[key]).astype(spec.dtype)
+  return out
+
+
 def rollout_episode_id(episode: Mapping[str, Any]) -> str:
-  """Content id of a rollout: prompt, policy, sampler, sample index and all actions."""
+  """Content id of a rollout: prompt, policy, sampler, sample index and all tokens."""
+  meta = _as_stored(episode_metadata_specs(SchemaConfig()), episode)
   steps = episode[STEPS]
   return content_id(
-      episode.get(PROMPT_ID, ""),
-      episode.get(SAMPLE_INDEX, 0),
-      episode.get(POLICY, {}),
-      episode.get(SAMPLER, {}),
-      [np.asarray(s[OBSERVATION][OBS_TOKENS]) for s in steps],
-      [np.asarray(s[ACTION][ACT_TOKENS]) for s in steps],
+      meta.get(PROMPT_ID, ""),
+      meta.get(SAMPLE_INDEX, 0),
+      meta.get(POLICY, {}),
+      meta.get(SAMPLER, {}),
+      [np.asarray(s[OBSERVATION][OBS_TOKENS]).astype(np.int32) for s in steps],
+      [np.asarray(s[ACTION][ACT_TOKENS]).astype(np.int32) for s in steps],
       prefix="ep-")
 
 
 def preference_episode_id(episode: Mapping[str, Any]) -> str:
   """Content id of a judgement: prompt, candidates, judge and decision."""
+  config = SchemaConfig(kind=PREFERENCE)
+  meta = _as_stored(episode_metadata_specs(config), episode)
   first = episode[STEPS][0]
   return content_id(
-      episode.get(PROMPT_ID, ""),
-      list(episode.get(CANDIDATE_IDS, [])),
-      episode.get(JUDGE, {}),
-      first[ACTION],
+      meta.get(PROMPT_ID, ""),
+      meta.get(CANDIDATE_IDS, []),
+      meta.get(JUDGE, {}),
+      _as_stored(step_specs(config)[ACTION], first[ACTION]),
       prefix="pref-")
 
 
@@ -573,9 +594,12 @@ def rollout_episode(
         REWARDS: dict(turn.rewards) if turn.rewards is not None
                  else {name: 0.0 for name in config.reward_names},
     }
-    if config.has_teacher or turn.teacher is not None:
-      step_metadata[TEACHER] = (dict(turn.teacher) if turn.teacher is not None
-                                else empty_teacher(config, length))
+    if config.has_teacher and turn.teacher is None:
+      raise ValueError(f"rollout_episode: turn {i} has no teacher data, but the schema "
+                       f"stores it (teacher_top_k={config.teacher_top_k}, "
+                       f"teacher_sampled_k={config.teacher_sampled_k})")
+    if turn.teacher is not None:
+      step_metadata[TEACHER] = dict(turn.teacher)
     steps.append(build_step(
         observation=turn.observation,
         action={ACT_TOKENS: turn.action_tokens, ACT_TEXT: turn.action_text,

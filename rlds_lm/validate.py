@@ -256,11 +256,18 @@ def validate_episode(episode: Mapping[str, Any], config: S.SchemaConfig) -> dict
     checker.fail(f"steps[{n - 1}]/{S.REWARD}",
                  "0.0 on the last step (RLDS: it carries no action, hence no reward)",
                  str(last[S.REWARD]))
+  if last[S.DISCOUNT] != 1.0:
+    checker.fail(f"steps[{n - 1}]/{S.DISCOUNT}", "1.0 on the last step (a placeholder: "
+                 "the discount that ended the episode sits on the step before)",
+                 str(last[S.DISCOUNT]))
   if last[S.IS_TERMINAL] != (before_last[S.DISCOUNT] == 0.0):
     checker.fail(f"steps[{n - 2}]/{S.DISCOUNT}",
                  "0.0 exactly when the episode terminates (last step is_terminal="
                  f"{last[S.IS_TERMINAL]})", str(before_last[S.DISCOUNT]))
   if config.kind == S.PREFERENCE:
+    if out[S.JUDGE][S.JUDGE_KIND] not in S.JUDGE_KINDS:
+      checker.fail(f"{S.JUDGE}/{S.JUDGE_KIND}", f"one of {S.JUDGE_KINDS}",
+                   repr(out[S.JUDGE][S.JUDGE_KIND]))
     c = len(normalised[0][S.OBSERVATION][S.OBS_CANDIDATE_LENGTHS])
     if len(out[S.CANDIDATE_IDS]) != c:
       checker.fail(S.CANDIDATE_IDS, f"one id per candidate ({c})",

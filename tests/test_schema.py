@@ -64,3 +64,25 @@ def test_episode_ids_are_content_derived():
   changed = S.content_id(np.array([1, 2], np.int32)) != S.content_id(np.array([1, 2], np.int64))
   assert changed, "dtype is part of the content"
   assert S.content_id({"a": 1, "b": 2}) == S.content_id({"b": 2, "a": 1})
+
+
+def test_ids_recompute_from_the_stored_episode_whatever_the_input_types():
+  obs = S.observation(ROLLOUT, [1, 2, 3], "q")
+  teacher = T.fake_teacher(ROLLOUT, np.array([4, 5]), np.random.default_rng(0))
+  as_lists = S.rollout_episode(ROLLOUT, [S.Turn(obs, [4, 5], teacher=teacher)],
+                               prompt_id="p", temperature=0.7, top_p=0.9)
+  obs_arrays = S.observation(ROLLOUT, np.array([1, 2, 3], np.int32), "q")
+  as_arrays = S.rollout_episode(ROLLOUT, [S.Turn(obs_arrays, np.array([4, 5], np.int32),
+                                                 teacher=teacher)],
+                                prompt_id="p", temperature=np.float32(0.7), top_p=0.9)
+  assert as_lists[S.EPISODE_ID] == as_arrays[S.EPISODE_ID]
+  stored = V.validate_episode(as_lists, ROLLOUT)
+  assert S.rollout_episode_id(stored) == as_lists[S.EPISODE_ID]
+  pref = T.fake_preference(PREFERENCE, seed=2)
+  assert S.preference_episode_id(V.validate_episode(pref, PREFERENCE)) == pref[S.EPISODE_ID]
+
+
+def test_teacher_schema_refuses_turns_without_teacher_data():
+  obs = S.observation(ROLLOUT, [1], "q")
+  with pytest.raises(ValueError, match="turn 0 has no teacher data"):
+    S.rollout_episode(ROLLOUT, [S.Turn(obs, [4])], prompt_id="p")
