@@ -10,7 +10,18 @@ import sys
 import time
 from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ chatter
+os.environ.setdefault("GLOG_minloglevel", "2")  # Riegeli / envlogger C++ chatter
+
+
+def _quiet_libraries() -> None:
+  """Progress lines here are ours; silence TFDS progress bars and absl INFO/WARNING."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  os.environ.setdefault("TQDM_DISABLE", "1")  # the array_record conversion's bars
+  tfds.disable_progress_bar()
 
 
 def _progress(message: str) -> None:
@@ -43,6 +54,7 @@ def quickstart(workdir: str, *, prompts: int = 100, samples: int = 3, top_k: int
   from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
   from rlds_lm import toy  # pylint: disable=g-import-not-at-top
 
+  _quiet_libraries()
   start = time.perf_counter()
   log_dir = os.path.join(workdir, "logs", "rollouts")
   data_dir = os.path.join(workdir, "datasets")
