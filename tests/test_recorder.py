@@ -122,3 +122,14 @@ def test_direct_to_tfds_backend(tmp_path):
 def test_unknown_backend_is_refused(tmp_path):
   with pytest.raises(ValueError, match="backend"):
     recorder.Recorder(tmp_path, ROLLOUT, backend="parquet")
+
+
+def test_batched_flush_writes_everything_on_close(tmp_path):
+  episodes = rollouts(7)
+  with recorder.Recorder(tmp_path, ROLLOUT, flush_every=3) as rec:
+    for e in episodes:
+      rec.record(e)
+  assert [e[S.EPISODE_ID] for e in logs.read_log(tmp_path)] == [
+      e[S.EPISODE_ID] for e in episodes]
+  with pytest.raises(ValueError, match="flush_every"):
+    recorder.Recorder(tmp_path / "x", ROLLOUT, flush_every=0)
