@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -192,6 +192,72 @@ def episode_to_sequence(record: Mapping[str, Any], max_length: int, *, pad_id: i
   return out
 
 
+def _key(*parts: str) -> str:
+  return "/".join(parts)
+
+
+class RawSequenceDecoder:
+  """Serialized episode (tf.train.Example bytes) -> the arrays of
+  :func:`episode_to_sequence`, reading only the fields a trainer needs.
+
+  The training fast path: TFDS' generic decoding materialises every field of every step
+  (texts, images, rewards) through Python; this parses the record once and turns the
+  per-step byte strings of the needed per-token arrays into numpy views. Picklable, so
+  Grain worker processes can use it. ``episode_to_sequence(materialize(record))`` gives
+  the same arrays (tests/test_read.py checks both against an independent flattening).
+  """
+
+  _OBS = _key(S.STEPS, S.OBSERVATION, S.OBS_TOKENS)
+  _ACT = _key(S.STEPS, S.ACTION, S.ACT_TOKENS)
+  _LOGPROBS = _key(S.STEPS, S.ACTION_LOGPROBS)
+  _REWARD = _key(S.STEPS, S.REWARD)
+  _TOPK_IDS = _key(S.STEPS, S.TEACHER, S.TEACHER_TOPK_IDS)
+  _TOPK_LOGPROBS = _key(S.STEPS, S.TEACHER, S.TEACHER_TOPK_LOGPROBS)
+
+  def __init__(self, max_length: int, *, pad_id: int = 0, teacher_top_k: int = 0):
+    self.max_length = max_length
+    self.pad_id = pad_id
+    self.teacher_top_k = teacher_top_k
+
+  def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
+    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
+    feature = tf_example_pb2.Example.FromString(raw).features.feature
+    length, k = self.max_length, self.teacher_top_k
+    tokens, mask, logprobs, ids, lps = [], [], [], [], []
+    steps = zip(feature[self._OBS].bytes_list.value, feature[self._ACT].bytes_list.value,
+                feature[self._LOGPROBS].bytes_list.value)
+    for t, (obs, act, lp) in enumerate(steps):
+      obs, act = np.frombuffer(obs, np.int32), np.frombuffer(act, np.int32)
+      tokens += [obs, act]
+      mask += [np.zeros(obs.size, bool), np.ones(act.size, bool)]
+      logprobs += [np.zeros(obs.size, np.float32), np.frombuffer(lp, np.float32)]
+      if k:
+        ids += [np.zeros((obs.size, k), np.int32), np.frombuffer(
+            feature[self._TOPK_IDS].bytes_list.value[t], np.int32).reshape(-1, k)]
+        lps += [np.zeros((obs.size, k), np.float32), np.frombuffer(
+            feature[self._TOPK_LOGPROBS].bytes_list.value[t], np.float32).reshape(-1, k)]
+    out = {
+        SEQ_TOKENS: _pad(np.concatenate(tokens), length, self.pad_id),
+        SEQ_LOSS_MASK: _pad(np.concatenate(mask), length, False),
+        SEQ_LOGPROBS: _pad(np.concatenate(logprobs), length, 0.0),
+        SEQ_REWARD: np.float32(np.sum(np.asarray(feature[self._REWARD].float_list.value,
+                                                 np.float32))),
+    }
+    if k:
+      out[SEQ_TOPK_IDS] = _pad(np.concatenate(ids), length, 0)
+      out[SEQ_TOPK_LOGPROBS] = _pad(np.concatenate(lps), length, 0.0)
+    return out
+
+
+def _pad(array: np.ndarray, length: int, value: Any) -> np.ndarray:
+  """``array[:length]`` padded with ``value`` along axis 0 to exactly ``length`` rows."""
+  out = np.full((length,) + array.shape[1:], value, array.dtype)
+  n = min(length, array.shape[0])
+  out[:n] = array[:n]
+  return out
+
+
 def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_size: int,
                   max_length: int, seed: int = 0, shuffle: bool = True,
                   with_teacher: bool = False, pad_id: int = 0, shard_index: int = 0,
@@ -208,16 +274,20 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
   k = config.teacher_top_k if with_teacher else 0
   if with_teacher and not k:
     raise ValueError(f"{path}: with_teacher=True but the dataset stores no teacher top-k")
-  source = builder.as_data_source(split, file_format=P.ARRAY_RECORD)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  source = builder.as_data_source(
+      split, file_format=P.ARRAY_RECORD,
+      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   ds = grain.MapDataset.source(source)
   if shard_count > 1:
     ds = ds[shard_index::shard_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.map(lambda rec: episode_to_sequence(rec, max_length, pad_id=pad_id,
-                                              teacher_top_k=k))
+  ds = ds.map(RawSequenceDecoder(max_length, pad_id=pad_id, teacher_top_k=k))
   return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def stack_sequences(sequences: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def stack_sequences(sequences) -> dict[str, np.ndarray]:
+  """Stacks per-episode arrays (from :func:`episode_to_sequence`) into one batch."""
   return {k: np.stack([s[k] for s in sequences]) for k in sequences[0]}
