@@ -13,7 +13,12 @@ Two upstream problems are handled here, and nowhere else:
 2. envlogger 1.2's codec uses ``np.unicode_``, removed in NumPy 2. We alias it to
    ``np.str_`` (the same type under its NumPy 2 name) before envlogger encodes anything.
 
-Both are idempotent. Call :func:`import_rlds` / :func:`import_envlogger` instead of
+3. (Only with the optional ``gemma`` extra.) gemma 3.3.0 subclasses
+   ``kauldron.checkpoints.AbstractPartialLoader``, which kauldron 1.4 renamed
+   ``InitTransform`` (the same abstract class); kauldron < 1.4 does not import beside
+   JAX 0.10. :func:`patch_kauldron_for_gemma` aliases the old name to the new one.
+
+All are idempotent. Call :func:`import_rlds` / :func:`import_envlogger` instead of
 importing those packages directly.
 """
 
@@ -110,3 +115,12 @@ def import_envlogger() -> types.ModuleType:
   import envlogger  # pylint: disable=g-import-not-at-top
 
   return envlogger
+
+
+def patch_kauldron_for_gemma() -> None:
+  """Lets gemma 3.3.0's ``gm.ckpts`` import beside kauldron >= 1.4 (see the docstring)."""
+  import kauldron.checkpoints as kd_ckpts  # pylint: disable=g-import-not-at-top
+
+  if (not hasattr(kd_ckpts, "AbstractPartialLoader")
+      and hasattr(kd_ckpts, "InitTransform")):
+    kd_ckpts.AbstractPartialLoader = kd_ckpts.InitTransform

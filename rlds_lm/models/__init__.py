@@ -41,3 +41,4 @@ from rlds_lm.models.sampling import sample_uncached
 from rlds_lm.models.sampling import sampling_logprobs
 from rlds_lm.models.sampling import score
 from rlds_lm.models.sharding import make_mesh
+from rlds_lm.models.teacher_scoring import annotate
