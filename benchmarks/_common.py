@@ -70,7 +70,20 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                       help="scratch directory (default: a fresh temporary directory, "
                            "deleted at the end)")
   parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+  parser.add_argument("--render-only", action="store_true",
+                      help="measure nothing: regenerate the Markdown section from the "
+                           "saved results JSON")
   return parser
+
+
+def spread(seconds: Sequence[float]) -> str:
+  """Slowest over fastest timed run, e.g. '1.3x'."""
+  return f"{max(seconds) / min(seconds):.1f}x" if seconds and min(seconds) > 0 else "—"
+
+
+def load_json(name: str, quick: bool) -> dict[str, Any]:
+  with open(results_path(name, quick), encoding="utf-8") as f:
+    return json.load(f)
 
 
 # --------------------------------------------------------------------------------------
@@ -79,11 +92,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def measure(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
-            setup: Callable[[], Any] | None = None) -> dict[str, Any]:
+            setup: Callable[[], Any] | None = None,
+            warmup_fn: Callable[[], Any] | None = None) -> dict[str, Any]:
   """Runs ``fn`` ``warmup`` + ``repeats`` times; returns the seconds of the timed runs.
 
   ``setup`` (untimed) runs before every call, e.g. to make a fresh output directory.
-  The garbage collector runs before each call and is left enabled during it.
+  ``warmup_fn`` (default ``fn``) is what the untimed warm-up runs call, e.g. the same
+  work on fewer items. The garbage collector runs before each call and stays enabled.
   """
   times = []
   result = None
@@ -91,8 +106,9 @@ def measure(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
     if setup is not None:
       setup()
     gc.collect()
+    call = (warmup_fn or fn) if i < warmup else fn
     start = time.perf_counter()
-    result = fn()
+    result = call()
     elapsed = time.perf_counter() - start
     if i >= warmup:
       times.append(elapsed)
@@ -119,12 +135,27 @@ def _git_commit() -> str:
   try:
     out = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], check=True,
                          capture_output=True, text=True, timeout=10)
-    dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--",
-                            "rlds_lm"], check=True, capture_output=True, text=True,
-                           timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain",
+                            "--untracked-files=no", "--", "rlds_lm"], check=True,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
     return out.stdout.strip() + ("+dirty(rlds_lm)" if dirty else "")
   except (OSError, subprocess.SubprocessError):
     return "unknown"
+
+
+def git_commit() -> str:
+  """HEAD of the repository, with '+dirty(rlds_lm)' if rlds_lm/ has uncommitted edits."""
+  return _git_commit()
+
+
+def commit_line(info: dict[str, Any]) -> str:
+  start, end = info.get("git_commit_start"), info.get("git_commit")
+  if not end:
+    return ""
+  if start and start != end:
+    return f"rlds_lm at commit `{start[:12]}` at the start, `{end[:12]}` at the end."
+  return f"rlds_lm at commit `{end[:12]}`" + (" with uncommitted edits" if "dirty" in end
+                                               else "") + "."
 
 
 def machine_info() -> dict[str, Any]:
@@ -149,8 +180,17 @@ def machine_info() -> dict[str, Any]:
       "python_implementation": platform.python_implementation(),
       "packages": versions,
       "git_commit": _git_commit(),
+      "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
+
+
+def load_line(start: Sequence[float] | None, end: Sequence[float] | None) -> str:
+  """'load average (1 min) 1.2 at start, 3.4 at end' or '' when unknown."""
+  if not start or not end:
+    return ""
+  return (f"Load average (1 min, {os.cpu_count()} CPUs): {start[0]:.1f} at the start, "
+          f"{end[0]:.1f} at the end of the run.")
 
 
 def machine_line(info: dict[str, Any]) -> str:

@@ -7,9 +7,10 @@ in-memory episodes. Every reader yields batches of the same fields (``tokens``,
 ``loss_mask``, ``behaviour_logprobs``, ``reward`` and, with teacher data,
 ``teacher_topk_ids`` / ``teacher_topk_logprobs``) for one epoch in shuffled order:
 
-* ``tf.data + Python``: ``rlds_lm.transforms.as_dataset`` (tfrecord), shuffled, each
-  episode's nested steps pulled through ``tfds.as_numpy`` and flattened by
-  ``episode_to_sequence`` in Python.
+* ``tf.data + Python``: ``rlds_lm.transforms.as_dataset`` (tfrecord), shuffled
+  (buffer of 256 episodes), each episode's nested steps pulled through ``tfds.as_numpy``
+  and flattened by ``episode_to_sequence`` in Python. It is slow (a nested-dataset
+  iterator per episode), so it is timed on its first 4 batches per run.
 * ``tf.data graph``: the same dataset flattened in-graph (``ragged_batch`` of the steps,
   concat, pad, scatter of the teacher rows), ``map(num_parallel_calls=AUTOTUNE)``,
   ``batch``, ``prefetch``.
@@ -24,7 +25,8 @@ in-memory episodes. Every reader yields batches of the same fields (``tokens``,
 
 Tokens/s counts ``batch * length`` per batch (what a trainer consumes); "real" counts
 action (loss-mask) tokens. Every reader's first (warm-up) epoch is checked against the
-reference sums. All data sits in the page cache (warm reads).
+reference: its first batches row by row, a full epoch's sums over every field. All data
+sits in the page cache (warm reads).
 
     python -m benchmarks.read_throughput --out docs/
     python -m benchmarks.read_throughput --quick
@@ -50,7 +52,11 @@ NAME = "read_throughput"
 VOCAB_SIZE = 32_000
 TEACHER_TOP_K = 64
 GOAL_TOKENS_PER_S = 540_000  # one H100 training a 110M-parameter decoder, per host
-TF_SHUFFLE_BUFFER = 1024
+RLDS_LM_READERS = ("tf_python", "tf_graph", "grain", "grain_mp2")  # through rlds_lm
+TF_SHUFFLE_BUFFER = 256  # episodes; the other readers shuffle globally
+TF_MAX_STEPS = 16  # ragged_batch width for an episode's steps (these have 2)
+TF_PYTHON_MAX_BATCHES = 4  # the tf.data + Python reader is timed on this many batches
+VERIFY_BATCHES = 4  # batches checked row by row against the reference arrays
 
 
 def _quiet() -> None:
@@ -120,7 +126,9 @@ def tf_graph_to_sequence(length: int, k: int):
     return tf.ensure_shape(out, (length,) + tuple(shape_tail))
 
   def fn(episode):
-    turns = episode[S.STEPS].ragged_batch(1 << 20).get_single_element()
+    # ragged_batch preallocates its batch width: keep it small (1 << 20 takes seconds
+    # per episode, see docs/benchmarks.md).
+    turns = episode[S.STEPS].ragged_batch(TF_MAX_STEPS).get_single_element()
     obs = turns[S.OBSERVATION][S.OBS_TOKENS]
     act = turns[S.ACTION][S.ACT_TOKENS]
     tokens = tf.concat([obs, act], axis=1).flat_values  # obs_0, act_0, obs_1, ...
@@ -234,6 +242,7 @@ def hf_features(length: int, k: int):
 
 
 def checksums(batch: dict[str, np.ndarray]) -> dict[str, float]:
+  """Sums over every field, to check that a full epoch saw every episode once."""
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
 
   out = {
@@ -249,26 +258,63 @@ def checksums(batch: dict[str, np.ndarray]) -> dict[str, float]:
   return out
 
 
-def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+def _same_sums(a: dict[str, float], b: dict[str, float]) -> bool:
   if set(a) != set(b):
     return False
   return all(np.isclose(a[key], b[key], rtol=1e-6, atol=1e-3) for key in a)
 
 
-def run_epoch(epoch: Callable, seed: int, shapes: dict[str, tuple[int, ...]],
-              verify: bool) -> dict[str, Any]:
+class Verifier:
+  """Checks batches row by row against the reference arrays (rows found by content)."""
+
+  def __init__(self, reference: dict[str, np.ndarray], batch: int):
+    from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+
+    self.reference = reference
+    self.key = R.SEQ_TOKENS
+    self.rows = {reference[self.key][i].tobytes(): i
+                 for i in range(reference[self.key].shape[0])}
+    self.shapes = {key: (batch,) + value.shape[1:] for key, value in reference.items()}
+    self.totals = checksums(reference)
+
+  def check_batch(self, batch: dict[str, np.ndarray]) -> None:
+    if set(batch) != set(self.shapes):
+      raise AssertionError(f"fields {sorted(batch)}, expected {sorted(self.shapes)}")
+    for key, shape in self.shapes.items():
+      got = tuple(np.shape(batch[key]))
+      if got != shape:
+        raise AssertionError(f"field {key}: shape {got}, expected {shape}")
+    tokens = np.asarray(batch[self.key], self.reference[self.key].dtype)
+    for j in range(tokens.shape[0]):
+      i = self.rows.get(tokens[j].tobytes())
+      if i is None:
+        raise AssertionError(f"row {j}: tokens match no reference episode")
+      for key, ref in self.reference.items():
+        if not np.array_equal(np.asarray(batch[key][j]), ref[i]):
+          raise AssertionError(f"row {j} (reference episode {i}): field {key} differs")
+
+
+def run_epoch(epoch: Callable, seed: int, *, max_batches: int | None = None,
+              verifier: Verifier | None = None) -> dict[str, Any]:
+  """Pulls one epoch (or ``max_batches``) of batches; checks them if given a verifier."""
   batches = real = 0
   sums: dict[str, float] = {}
-  for batch in epoch(seed):
-    batches += 1
-    real += int(np.count_nonzero(batch["loss_mask"]))
-    if verify:
-      for key, shape in shapes.items():
-        got = tuple(np.shape(batch[key]))
-        if got != shape:
-          raise AssertionError(f"field {key}: shape {got}, expected {shape}")
-      for key, value in checksums(batch).items():
-        sums[key] = sums.get(key, 0) + value
+  iterator = epoch(seed)
+  try:
+    for batch in iterator:
+      batches += 1
+      real += int(np.count_nonzero(batch["loss_mask"]))
+      if verifier is not None:
+        if batches <= VERIFY_BATCHES:
+          verifier.check_batch(batch)
+        for key, value in checksums(batch).items():
+          sums[key] = sums.get(key, 0) + value
+      if max_batches is not None and batches >= max_batches:
+        break
+  finally:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
   return {"batches": batches, "real_tokens": real, "sums": sums}
 
 
@@ -297,6 +343,8 @@ def run(args) -> dict[str, Any]:
       "prompt_tokens_range": list(prompt_len), "action_tokens_range": list(action_len),
       "vocab_size": VOCAB_SIZE, "teacher_top_k": TEACHER_TOP_K, "repeats": repeats,
       "warmup_epochs": 1, "tf_shuffle_buffer": TF_SHUFFLE_BUFFER,
+      "tf_max_steps": TF_MAX_STEPS, "tf_python_max_batches": TF_PYTHON_MAX_BATCHES,
+      "verify_batches": VERIFY_BATCHES,
       "goal_tokens_per_s": GOAL_TOKENS_PER_S, "reward_names": [E.REWARD_NAME],
       "scratch_dir": scratch,
   }
@@ -319,8 +367,8 @@ def run(args) -> dict[str, Any]:
       reference = R.stack_sequences([R.episode_to_sequence(ep, length, teacher_top_k=k)
                                      for ep in episodes])
       del episodes
-      ref_sums = checksums(reference)
-      shapes = {key: (batch,) + value.shape[1:] for key, value in reference.items()}
+      verifier = Verifier(reference, batch)
+      ref_sums = verifier.totals
 
       memmap_dir = os.path.join(scratch, f"memmap-k{k}")
       os.makedirs(memmap_dir)
@@ -333,7 +381,6 @@ def run(args) -> dict[str, Any]:
           {key: value for key, value in reference.items()},
           features=hf_features(length, k)).save_to_disk(hf_dir)
       hf_build_s = time.perf_counter() - t0
-      del reference
 
       sizes = {
           "tfds_tfrecord": C.disk_usage_by_format(path).get("tfrecord", 0),
@@ -351,6 +398,7 @@ def run(args) -> dict[str, Any]:
             + ", ".join(f"{key} {v / 2**20:.1f} MiB" for key, v in sizes.items()),
             flush=True)
 
+      full = n // batch
       readers = [
           ("tf.data + Python episode_to_sequence", "tf_python",
            tf_python_reader(path, length, k, batch)),
@@ -364,25 +412,27 @@ def run(args) -> dict[str, Any]:
           ("HF datasets (Arrow, numpy format)", "hf_datasets", hf_reader(hf_dir, batch)),
       ]
       for label, key, epoch in readers:
+        max_batches = min(full, TF_PYTHON_MAX_BATCHES) if key == "tf_python" else full
         try:
-          warm = run_epoch(epoch, 0, shapes, verify=True)
-          verified = warm["batches"] == n // batch and _same(warm["sums"], ref_sums)
-          if not verified:
-            print(f"  {label}: MISMATCH {warm['batches']} batches, sums {warm['sums']} "
-                  f"vs {ref_sums}", flush=True)
+          warm = run_epoch(epoch, 0, max_batches=max_batches, verifier=verifier)
+          if warm["batches"] != max_batches:
+            raise AssertionError(f"{warm['batches']} batches, expected {max_batches}")
+          if max_batches == full and not _same_sums(warm["sums"], ref_sums):
+            raise AssertionError(f"epoch sums {warm['sums']} != reference {ref_sums}")
           seconds = []
           for rep in range(repeats):
             start = time.perf_counter()
-            res = run_epoch(epoch, rep + 1, shapes, verify=False)
+            res = run_epoch(epoch, rep + 1, max_batches=max_batches)
             seconds.append(time.perf_counter() - start)
           median = float(np.median(seconds))
           padded = res["batches"] * batch * length
           row = {
               "teacher_top_k": k, "reader": label, "key": key, "seconds": seconds,
-              "median_s": median, "batches_per_epoch": res["batches"],
+              "median_s": median, "batches_per_run": res["batches"],
+              "full_epoch": max_batches == full,
               "tokens_per_s": padded / median,
               "real_tokens_per_s": res["real_tokens"] / median,
-              "batches_per_s": res["batches"] / median, "verified": verified,
+              "batches_per_s": res["batches"] / median, "verified": True,
           }
           print(f"  {label}: {C.fmt_rate(row['tokens_per_s'])} tok/s "
                 f"({C.fmt_rate(row['real_tokens_per_s'])} real)", flush=True)
@@ -391,6 +441,7 @@ def run(args) -> dict[str, Any]:
                  "error": f"{type(e).__name__}: {e}"[:500]}
           print(f"  {label}: FAILED {row['error']}", flush=True)
         rows.append(row)
+      del reference, verifier
 
       memmap = next((r for r in rows if r["teacher_top_k"] == k and r["key"] == "memmap"
                      and "error" not in r), None)
@@ -422,11 +473,35 @@ def markdown(data: dict[str, Any]) -> str:
       f"published once with `rlds_lm.publish.publish`; batches `[{s['batch_size']}, "
       f"{s['length']}]`, one shuffled epoch per run, median of {s['repeats']} runs after "
       f"one warm-up epoch that is checked against the reference arrays. Tokens/s counts "
-      f"batch x length per batch; real = action (loss-mask) tokens. Warm page cache. "
+      f"batch x length per batch; real = action (loss-mask) tokens; spread is the "
+      f"slowest over the fastest timed run. Warm page cache. "
       f"Machine: {C.machine_line(data['machine'])}.",
       "",
+      "Readers (all yield the same fields: tokens, loss mask, behaviour log-probs, "
+      "reward and, with teacher data, the `[batch, length, 64]` top-k ids and "
+      "log-probs):",
+      "",
+      "- tf.data + Python: `rlds_lm.transforms.as_dataset` (tfrecord), "
+      f"`shuffle({s['tf_shuffle_buffer']})`, each episode's nested `steps` pulled "
+      "through `tfds.as_numpy` and flattened by `rlds_lm.read.episode_to_sequence`; "
+      f"timed on {s['tf_python_max_batches']} batches per run (a nested-dataset "
+      "iterator per episode makes it too slow for whole epochs).",
+      "- tf.data graph: the same dataset flattened in-graph (`ragged_batch` of the "
+      "steps, concat, pad, scatter of the teacher rows) in "
+      "`map(num_parallel_calls=AUTOTUNE)`, then `batch`, `prefetch`.",
+      "- Grain: `rlds_lm.read.grain_batches` as of the commit below (array_record "
+      "through `as_data_source`, no TensorFlow), iterated as is (Grain's default "
+      "`ReadOptions`: 16 threads), and with `.to_iter_dataset().mp_prefetch(2 workers)` "
+      "(batches pickled back from 2 worker processes).",
+      "- numpy memmap: the padded arrays saved once as `.npy`, opened with "
+      "`mmap_mode='r'`; a batch is a fancy-indexed copy of 32 random rows.",
+      "- HF datasets: the padded arrays in Arrow (`Dataset.from_dict` with fixed-shape "
+      "`Sequence`/`Array2D` features, `save_to_disk`), `load_from_disk(...)"
+      ".with_format('numpy')`, `shuffle(seed)`, `iter(batch_size)`.",
+      "",
       f"Goal: {s['goal_tokens_per_s'] // 1000}k tokens/s per host (what one H100 "
-      "consumes training a 110M-parameter decoder).",
+      "consumes training a 110M-parameter decoder); the column compares padded "
+      "tokens/s on this 2-CPU machine.",
       "",
   ]
   table = []
@@ -434,21 +509,42 @@ def markdown(data: dict[str, Any]) -> str:
     teacher = f"top-{r['teacher_top_k']}" if r["teacher_top_k"] else "none"
     if "error" in r:
       table.append([teacher, r["reader"], "failed", "—", "—", "—", "—",
-                    r["error"][:80].replace("|", "/")])
+                    r["error"][:80].replace("|", "/"), "—"])
       continue
+    reader = r["reader"] + ("" if r["full_epoch"] else
+                            f" ({r['batches_per_run']} batches per run)")
     table.append([
-        teacher, r["reader"], C.fmt_rate(r["tokens_per_s"]),
+        teacher, reader, C.fmt_rate(r["tokens_per_s"]),
         C.fmt_rate(r["real_tokens_per_s"]), f"{r['batches_per_s']:,.1f}",
-        f"{r['ratio_to_memmap']:.3f}" if r.get("ratio_to_memmap") is not None else "—",
+        f"{r['ratio_to_memmap']:.3g}" if r.get("ratio_to_memmap") is not None else "—",
         "yes" if r.get("beats_hf_datasets") else ("—" if r["key"] == "hf_datasets"
                                                   else "no"),
-        ("yes" if r["meets_goal"] else f"no ({r['tokens_per_s'] / s['goal_tokens_per_s']:.2f}x)")
-        + ("" if r["verified"] else " UNVERIFIED"),
+        "yes" if r["meets_goal"] else f"no ({r['tokens_per_s'] / s['goal_tokens_per_s']:.2f}x)",
+        C.spread(r["seconds"]),
     ])
   lines.append(C.markdown_table(
       ["teacher", "reader", "tokens/s", "real tokens/s", "batches/s", "ratio to memmap",
-       "beats HF datasets", f"meets {s['goal_tokens_per_s'] // 1000}k tok/s"], table,
-      ["l", "l", "r", "r", "r", "r", "l", "l"]))
+       "beats HF datasets", f"meets {s['goal_tokens_per_s'] // 1000}k tok/s", "spread"],
+      table, ["l", "l", "r", "r", "r", "r", "l", "l", "r"]))
+  lines += [""]
+  for k in sorted({r["teacher_top_k"] for r in data["rows"]}):
+    ok = [r for r in data["rows"] if r["teacher_top_k"] == k and "error" not in r]
+    ours = [r for r in ok if r["key"] in RLDS_LM_READERS]
+    hf = next((r for r in ok if r["key"] == "hf_datasets"), None)
+    if not ours:
+      continue
+    best = max(ours, key=lambda r: r["tokens_per_s"])
+    teacher = f"top-{k} teacher" if k else "no teacher"
+    text = (f"- {teacher}: the fastest rlds_lm reader is {best['reader']} at "
+            f"{C.fmt_rate(best['tokens_per_s'])} tokens/s, "
+            f"{best['tokens_per_s'] / s['goal_tokens_per_s']:.2f}x the "
+            f"{s['goal_tokens_per_s'] // 1000}k goal")
+    if hf:
+      text += (f"; HF datasets reads the same data at {C.fmt_rate(hf['tokens_per_s'])} "
+               f"tokens/s ({hf['tokens_per_s'] / best['tokens_per_s']:.1f}x faster)"
+               if hf["tokens_per_s"] > best["tokens_per_s"] else
+               f"; it beats HF datasets ({C.fmt_rate(hf['tokens_per_s'])} tokens/s)")
+    lines.append(text + ".")
   lines += ["", "On disk and build time (same data):", ""]
   table = []
   for d in data["datasets"]:
@@ -462,6 +558,11 @@ def markdown(data: dict[str, Any]) -> str:
   lines.append(C.markdown_table(
       ["teacher", "publish s (tfrecord + array_record)", "tfrecord MiB",
        "array_record MiB", "memmap .npy MiB", "HF Arrow MiB"], table))
+  load = C.load_line(data["machine"].get("load_average_start"),
+                     data["machine"].get("load_average"))
+  if load:
+    lines += ["", load + f" Wall time {data['total_wall_s']:.0f} s. "
+              + C.commit_line(data["machine"])]
   return "\n".join(lines) + "\n"
 
 
@@ -471,9 +572,20 @@ def main(argv=None) -> int:
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--length", type=int, default=192)
   args = parser.parse_args(argv)
+  if args.render_only:
+    data = C.load_json(NAME, args.quick)
+    section = markdown(data)
+    print(section)
+    if args.out:
+      print(f"updated {C.update_markdown(args.out, NAME, section)}")
+    return 0
   start = time.perf_counter()
+  load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+  commit_start = C.git_commit()
   data = run(args)
   data["total_wall_s"] = time.perf_counter() - start
+  data["machine"]["load_average_start"] = load_start
+  data["machine"]["git_commit_start"] = commit_start
   path = C.write_json(NAME, args.quick, data)
   section = markdown(data)
   print(section)

@@ -3,12 +3,15 @@
 What is timed, per teacher top-k width (0, 64, 256; vocabulary 32,000):
 
 * ``Recorder``: construct on a fresh directory, ``record`` every episode (validation,
-  de-duplication, envlogger encoding, one flush per episode), ``close``. Rows for the
-  default writer options and for ``uncompressed``, ``brotli:6`` and
-  ``transpose,brotli:6,chunk_size:1M``.
-* Baseline, same run: the same bytes (every per-token array's buffer and every text of
-  every step) written with plain ``open(path, "wb").write`` per buffer and ``close()``
-  (no fsync). ``ratio`` = Recorder tokens/s / raw tokens/s.
+  de-duplication, envlogger encoding, one flush per episode), ``close``. In memory
+  (tmpfs, where fsync is free: the CPU cost) for the default writer options, the
+  default with ``flush_every=100`` (where the Recorder has that argument),
+  ``uncompressed``, ``brotli:6`` and ``transpose,brotli:6,chunk_size:1M``; on disk for
+  the default options with ``flush_every`` 1 and 100 (the fsync cost).
+* Baselines, same run: the same bytes (every per-token array's buffer and every text of
+  every step) written with plain ``open(path, "wb").write`` per buffer and ``close()``,
+  in memory without fsync (``ratio`` = tokens/s / these raw tokens/s), and on disk with
+  ``flush()`` + ``os.fsync`` after every episode.
 * ``publish_log`` of the default-options log to a fresh TFDS data_dir (tfrecord +
   array_record), in episodes/s.
 * ``validate_episode`` on the same episodes (the part of ``record`` that is validation).
@@ -21,6 +24,7 @@ Episodes are built before any timing. Tokens are action (generated) tokens.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -35,6 +39,9 @@ from benchmarks import _episodes as E
 NAME = "record_throughput"
 VOCAB_SIZE = 32_000
 TOP_KS = (0, 64, 256)
+FLUSH_EVERY = 100  # the extra row that flushes (and fsyncs) every N-th episode only
+MEMORY, DISK = "memory", "disk"  # where a row's files go: tmpfs (/dev/shm) or disk
+WARMUP_EPISODES = 50  # episodes in a Recorder warm-up run
 EXTRA_WRITER_OPTIONS = ("uncompressed", "brotli:6", "transpose,brotli:6,chunk_size:1M")
 
 
@@ -52,18 +59,18 @@ def _quiet() -> None:
     pass
 
 
-class _Dirs:
-  """Hands out fresh subdirectories of a scratch root, numbered."""
+def _fresh_dir(root: str, prefix: str, counter: list[int]) -> str:
+  counter[0] += 1
+  return os.path.join(root, f"{prefix}-{counter[0]:03d}")
 
-  def __init__(self, root: str):
-    self.root = root
-    self.count = 0
-    self.current = ""
 
-  def fresh(self, prefix: str) -> str:
-    self.count += 1
-    self.current = os.path.join(self.root, f"{prefix}-{self.count:03d}")
-    return self.current
+def _tmpfs_root(requested: str | None) -> tuple[str, bool]:
+  """A scratch directory in memory (fsync is free there), or ("", False)."""
+  candidates = [requested] if requested else ["/dev/shm"]
+  for base in candidates:
+    if base and os.path.isdir(base) and os.access(base, os.W_OK):
+      return tempfile.mkdtemp(prefix="rlds_lm_bench_record_", dir=base), True
+  return "", False
 
 
 def run(args) -> dict[str, Any]:
@@ -79,20 +86,44 @@ def run(args) -> dict[str, Any]:
   default_options = logs.DEFAULT_WRITER_OPTIONS
   writer_options = (default_options,) + tuple(
       o for o in EXTRA_WRITER_OPTIONS if o != default_options)
-  scratch = args.workdir or tempfile.mkdtemp(prefix="rlds_lm_bench_record_")
-  os.makedirs(scratch, exist_ok=True)
-  dirs = _Dirs(scratch)
+  has_flush_every = "flush_every" in inspect.signature(R.Recorder).parameters
+
+  disk_root = args.workdir or tempfile.mkdtemp(prefix="rlds_lm_bench_record_")
+  os.makedirs(disk_root, exist_ok=True)
+  mem_root, have_tmpfs = _tmpfs_root(args.tmpfs)
+  if not have_tmpfs:
+    print("no tmpfs found: the 'memory' rows run on disk too", flush=True)
+    mem_root = os.path.join(disk_root, "memory")
+    os.makedirs(mem_root)
+  roots = {MEMORY: mem_root, DISK: disk_root}
+
+  # Recorder rows: (storage, writer_options, flush_every). In memory every writer
+  # option (CPU cost: encoding, compression, validation); on disk the default options
+  # with a durable flush per episode (the crash-safety cost: fsync latency).
+  variants = [(MEMORY, default_options, 1)]
+  if has_flush_every:
+    variants.append((MEMORY, default_options, FLUSH_EVERY))
+  variants += [(MEMORY, o, 1) for o in writer_options[1:]]
+  variants.append((DISK, default_options, 1))
+  if has_flush_every:
+    variants.append((DISK, default_options, FLUSH_EVERY))
 
   settings = {
       "episodes": num_episodes, "turns_per_episode": 1, "prompt_tokens": args.prompt_len,
       "action_tokens": args.action_len, "text_chars_per_token": 4,
       "vocab_size": VOCAB_SIZE, "top_ks": list(TOP_KS), "repeats": repeats,
-      "publish_repeats": publish_repeats, "warmup_runs": 1,
+      "raw_repeats": max(repeats, 5), "publish_repeats": publish_repeats,
+      "warmup_runs": 1, "warmup_episodes": WARMUP_EPISODES,
+      "publish_warmup": "one per process",
       "default_writer_options": default_options, "writer_options": list(writer_options),
-      "reward_names": [E.REWARD_NAME], "scratch_dir": scratch,
+      "recorder_variants": [{"storage": st, "writer_options": o, "flush_every": f}
+                            for st, o, f in variants],
+      "reward_names": [E.REWARD_NAME], "memory_dir": mem_root,
+      "memory_is_tmpfs": have_tmpfs, "disk_dir": disk_root,
   }
   rows: list[dict[str, Any]] = []
   per_k: list[dict[str, Any]] = []
+  counter = [0]
   try:
     for k in TOP_KS:
       config = S.SchemaConfig(vocab_size=VOCAB_SIZE, teacher_top_k=k,
@@ -107,90 +138,105 @@ def run(args) -> dict[str, Any]:
       print(f"[top-k {k}] built {num_episodes} episodes, {tokens} action tokens, "
             f"{raw_bytes / tokens:.0f} raw bytes/token in {build_s:.1f} s", flush=True)
 
-      # Baseline: the same bytes through plain buffered file writes.
-      raw_path = os.path.join(scratch, f"raw-k{k}.bin")
+      def row_of(storage, writer, options, flush_every, res, du, raw_tps):
+        tps = tokens / res["median_s"]
+        return {
+            "top_k": k, "storage": storage, "writer": writer, "writer_options": options,
+            "flush_every": flush_every, "seconds": res["seconds"],
+            "median_s": res["median_s"], "episodes_per_s": num_episodes / res["median_s"],
+            "tokens_per_s": tps, "ratio_to_raw": tps / raw_tps if raw_tps else 1.0,
+            "bytes": du, "du_bytes_per_token": du["du_bytes"] / tokens,
+            "apparent_bytes_per_token": du["apparent_bytes"] / tokens,
+        }
 
-      def raw_write(path=raw_path, buffers=buffers):
-        with open(path, "wb") as f:
-          for bufs in buffers:
-            for b in bufs:
-              f.write(b)
+      # Baselines: the same bytes through plain buffered file writes. In memory without
+      # fsync (the reference of every ratio); on disk with a flush + fsync after every
+      # episode (what a minimal crash-safe appender pays).
+      raw_tps = 0.0
+      for storage, sync in ((MEMORY, False), (DISK, True)):
+        raw_path = os.path.join(roots[storage], f"raw-k{k}.bin")
 
-      raw = C.measure(raw_write, repeats=max(repeats, 5), warmup=1)
-      raw_du = C.disk_usage_file(raw_path)
-      os.remove(raw_path)
-      raw_tps = tokens / raw["median_s"]
-      rows.append({
-          "top_k": k, "writer": "raw file.write", "writer_options": None,
-          "seconds": raw["seconds"], "median_s": raw["median_s"],
-          "episodes_per_s": num_episodes / raw["median_s"], "tokens_per_s": raw_tps,
-          "ratio_to_raw": 1.0, "bytes": raw_du, "du_bytes_per_token":
-          raw_du["du_bytes"] / tokens, "apparent_bytes_per_token":
-          raw_du["apparent_bytes"] / tokens,
-      })
-      print(f"  raw write: {C.fmt_rate(raw_tps)} tok/s", flush=True)
+        def raw_write(path=raw_path, sync=sync, buffers=buffers):
+          with open(path, "wb") as f:
+            for bufs in buffers:
+              for b in bufs:
+                f.write(b)
+              if sync:
+                f.flush()
+                os.fsync(f.fileno())
+
+        res = C.measure(raw_write, repeats=settings["raw_repeats"], warmup=1)
+        du = C.disk_usage_file(raw_path)
+        os.remove(raw_path)
+        row = row_of(storage, "raw file.write" + (" + fsync per episode" if sync else ""),
+                     None, None, res, du, raw_tps)
+        row["fsync_per_episode"] = sync
+        raw_tps = raw_tps or row["tokens_per_s"]
+        rows.append(row)
+        print(f"  [{storage}] raw write{' + fsync' if sync else ''}: "
+              f"{C.fmt_rate(row['tokens_per_s'])} tok/s", flush=True)
 
       # Validation alone (the Recorder does exactly this per episode).
       val = C.measure(lambda episodes=episodes, config=config: [
           V.validate_episode(ep, config) for ep in episodes], repeats=repeats, warmup=1)
 
       default_log = ""
-      for options in writer_options:
-        def record(options=options, config=config, episodes=episodes):
-          directory = dirs.current
-          with R.Recorder(directory, config, writer_options=options) as rec:
+      current = [""]
+      for storage, options, flush_every in variants:
+        def record(options=options, flush_every=flush_every, config=config,
+                   episodes=episodes):
+          extra = {"flush_every": flush_every} if flush_every != 1 else {}
+          with R.Recorder(current[0], config, writer_options=options, **extra) as rec:
             for ep in episodes:
               rec.record(ep)
-          return directory
+          return current[0]
 
-        def fresh(k=k):
-          if dirs.current and os.path.isdir(dirs.current):
-            shutil.rmtree(dirs.current)
-          dirs.fresh(f"log-k{k}")
+        def fresh(storage=storage, k=k):
+          if current[0] and os.path.isdir(current[0]):
+            shutil.rmtree(current[0])
+          current[0] = _fresh_dir(roots[storage], f"log-k{k}", counter)
 
-        res = C.measure(record, repeats=repeats, warmup=1, setup=fresh)
-        log_dir = res["result"]
-        du = C.disk_usage(log_dir)
-        tps = tokens / res["median_s"]
-        row = {
-            "top_k": k, "writer": "Recorder (riegeli)", "writer_options": options,
-            "default_options": options == default_options,
-            "seconds": res["seconds"], "median_s": res["median_s"],
-            "episodes_per_s": num_episodes / res["median_s"], "tokens_per_s": tps,
-            "ratio_to_raw": tps / raw_tps, "bytes": du,
-            "du_bytes_per_token": du["du_bytes"] / tokens,
-            "apparent_bytes_per_token": du["apparent_bytes"] / tokens,
-        }
-        print(f"  Recorder {options!r}: {C.fmt_rate(tps)} tok/s, ratio "
-              f"{row['ratio_to_raw']:.3f}, {row['du_bytes_per_token']:.0f} B/token",
-              flush=True)
-        if options == default_options:
-          default_log = os.path.join(scratch, f"kept-log-k{k}")
-          os.rename(log_dir, default_log)
-          dirs.current = ""
+        res = C.measure(record, repeats=repeats, warmup=1, setup=fresh,
+                        warmup_fn=lambda record=record: record(
+                            episodes=episodes[:WARMUP_EPISODES]))
+        du = C.disk_usage(res["result"])
+        is_default = storage == MEMORY and options == default_options and flush_every == 1
+        row = row_of(storage, "Recorder (riegeli)", options, flush_every, res, du,
+                     raw_tps)
+        row["default_options"] = options == default_options
+        print(f"  [{storage}] Recorder {options!r} flush_every={flush_every}: "
+              f"{C.fmt_rate(row['tokens_per_s'])} tok/s, ratio {row['ratio_to_raw']:.3g}, "
+              f"{row['du_bytes_per_token']:.0f} B/token", flush=True)
+        if is_default:  # kept for publish_log
+          default_log = os.path.join(disk_root, f"kept-log-k{k}")
+          shutil.move(current[0], default_log)
+          current[0] = ""
           row["validation_share"] = val["median_s"] / res["median_s"]
+          row["publish_from_this_log"] = True
         rows.append(row)
-      if dirs.current and os.path.isdir(dirs.current):
-        shutil.rmtree(dirs.current)
-        dirs.current = ""
+        if current[0] and os.path.isdir(current[0]):
+          shutil.rmtree(current[0])
+        current[0] = ""
 
-      # publish_log of the default-options log.
+      # publish_log of the default-options log, to a data_dir on disk.
       def publish(default_log=default_log, k=k):
-        return R.publish_log(default_log, data_dir=dirs.current, name=f"bench_k{k}")
+        return R.publish_log(default_log, data_dir=current[0], name=f"bench_k{k}")
 
       def fresh_pub(k=k):
-        if dirs.current and os.path.isdir(dirs.current):
-          shutil.rmtree(dirs.current)
-        dirs.fresh(f"pub-k{k}")
+        if current[0] and os.path.isdir(current[0]):
+          shutil.rmtree(current[0])
+        current[0] = _fresh_dir(disk_root, f"pub-k{k}", counter)
 
-      pub = C.measure(publish, repeats=publish_repeats, warmup=1, setup=fresh_pub)
+      # The warm-up publish (imports, TFDS/Beam set-up) runs once per process.
+      pub = C.measure(publish, repeats=publish_repeats, warmup=1 if k == TOP_KS[0] else 0,
+                      setup=fresh_pub)
       pub_du = C.disk_usage(pub["result"])
       pub_formats = C.disk_usage_by_format(pub["result"])
-      shutil.rmtree(dirs.current)
-      dirs.current = ""
+      shutil.rmtree(current[0])
+      current[0] = ""
       shutil.rmtree(default_log)
       for row in rows:
-        if row["top_k"] == k and row.get("default_options"):
+        if row["top_k"] == k and row.get("publish_from_this_log"):
           row["publish_episodes_per_s"] = num_episodes / pub["median_s"]
       per_k.append({
           "top_k": k, "episodes": num_episodes, "action_tokens": tokens,
@@ -210,8 +256,11 @@ def run(args) -> dict[str, Any]:
       print(f"  validate: {C.fmt_rate(tokens / val['median_s'])} tok/s; publish_log: "
             f"{num_episodes / pub['median_s']:.0f} episodes/s", flush=True)
   finally:
-    if not args.keep and not args.workdir:
-      shutil.rmtree(scratch, ignore_errors=True)
+    if not args.keep:
+      if not args.workdir:
+        shutil.rmtree(disk_root, ignore_errors=True)
+      if have_tmpfs:
+        shutil.rmtree(mem_root, ignore_errors=True)
 
   return {
       "benchmark": NAME, "quick": bool(args.quick), "machine": C.machine_info(),
@@ -230,36 +279,53 @@ def markdown(data: dict[str, Any]) -> str:
       f"episodes per row, {s['prompt_tokens']} prompt + {s['action_tokens']} action tokens "
       f"each, ~{s['text_chars_per_token']} text characters per token, vocabulary "
       f"{s['vocab_size']:,}, random payloads. Median of {s['repeats']} timed runs after "
-      f"one warm-up. Tokens are action tokens. Machine: {C.machine_line(data['machine'])}.",
+      f"one warm-up run ({s['warmup_episodes']} episodes). Tokens are action tokens. "
+      f"Machine: {C.machine_line(data['machine'])}.",
       "",
-      "`raw` writes the same per-token arrays and texts with plain `file.write` (no "
-      "fsync); `ratio` is Recorder tokens/s over raw tokens/s at the same top-k. "
-      "Bytes/token is allocated disk space (`du`) of the log directory over action "
-      "tokens. `publish_log` (tfrecord + array_record, from the default-options log) "
-      f"is timed separately: median of {s['publish_repeats']} after one warm-up.",
+      "Rows marked *memory* write to a tmpfs (`/dev/shm`), where fsync costs nothing: "
+      "they measure the CPU cost (envlogger encoding, compression, validation) and are "
+      "stable from run to run. Rows marked *disk* write to the machine's disk, where "
+      "the Recorder's per-episode flush fsyncs each of its 4 shard files (`flush_every="
+      f"{FLUSH_EVERY}`: every {FLUSH_EVERY}th episode): they measure the crash-safety "
+      "cost, which is the disk's fsync latency at the time of the run and varied by "
+      "more than 10x between runs on this shared machine. "
+      "`raw` writes the same per-token arrays and texts with plain `file.write`, in "
+      "memory without fsync (the reference: `ratio` is tokens/s over its tokens/s at "
+      "the same top-k) and on disk with a flush + fsync after every episode. "
+      "Bytes/token is allocated space (`du`) of the log directory over action tokens. "
+      "Spread is the slowest over the fastest timed run. `publish_log` (tfrecord + "
+      "array_record, from the memory default-options log to a data_dir on disk) is "
+      f"timed separately: median of {s['publish_repeats']} runs (one warm-up publish "
+      "per process).",
       "",
   ]
+  if not s.get("memory_is_tmpfs", True):
+    lines += ["**No tmpfs was found: the memory rows ran on disk.**", ""]
   table = []
   for r in data["rows"]:
     if r["writer_options"] is None:
-      writer = "raw `file.write`"
+      writer = "raw `file.write`" + (" + fsync per episode" if r.get("fsync_per_episode")
+                                     else "")
     else:
       writer = f"Recorder `{r['writer_options']}`" + (" (default)" if r.get(
           "default_options") else "")
+      if r.get("flush_every", 1) != 1:
+        writer += f", `flush_every={r['flush_every']}`"
     pub = r.get("publish_episodes_per_s")
     table.append([
-        r["top_k"], writer, f"{r['episodes_per_s']:,.0f}", C.fmt_rate(r["tokens_per_s"]),
-        f"{r['ratio_to_raw']:.3f}", f"{r['du_bytes_per_token']:.0f}",
-        f"{pub:,.0f}" if pub else "—",
+        r["top_k"], r.get("storage", "disk"), writer, f"{r['episodes_per_s']:,.0f}",
+        C.fmt_rate(r["tokens_per_s"]), f"{r['ratio_to_raw']:.3g}",
+        f"{r['du_bytes_per_token']:.0f}", f"{pub:,.0f}" if pub else "—",
+        C.spread(r["seconds"]),
     ])
   lines.append(C.markdown_table(
-      ["teacher top-k", "writer", "episodes/s", "tokens/s", "ratio to raw",
-       "bytes/token on disk", "publish_log episodes/s"], table,
-      ["r", "l", "r", "r", "r", "r", "r"]))
+      ["teacher top-k", "storage", "writer", "episodes/s", "tokens/s", "ratio to raw",
+       "bytes/token", "publish_log episodes/s", "spread"], table,
+      ["r", "l", "l", "r", "r", "r", "r", "r", "r"]))
   lines += ["", "Validation (`rlds_lm.validate.validate_episode`, part of every "
             "`Recorder.record`) and the published dataset:", ""]
   table = []
-  default_rows = {r["top_k"]: r for r in data["rows"] if r.get("default_options")}
+  default_rows = {r["top_k"]: r for r in data["rows"] if "validation_share" in r}
   for p in data["per_top_k"]:
     share = default_rows.get(p["top_k"], {}).get("validation_share")
     fmts = p["published_bytes_per_token_by_format"]
@@ -272,8 +338,13 @@ def markdown(data: dict[str, Any]) -> str:
     ])
   lines.append(C.markdown_table(
       ["teacher top-k", "validate tokens/s", "validate episodes/s",
-       f"validation share of Recorder `{default}` time", "publish_log episodes/s",
+       f"validation share of Recorder `{default}` time (memory)", "publish_log episodes/s",
        "publish_log tokens/s", "published bytes/token"], table))
+  load = C.load_line(data["machine"].get("load_average_start"),
+                     data["machine"].get("load_average"))
+  if load:
+    lines += ["", load + f" Wall time {data['total_wall_s']:.0f} s. "
+              + C.commit_line(data["machine"])]
   return "\n".join(lines) + "\n"
 
 
@@ -282,10 +353,23 @@ def main(argv=None) -> int:
   parser.add_argument("--episodes", type=int, default=500)
   parser.add_argument("--prompt-len", type=int, default=32)
   parser.add_argument("--action-len", type=int, default=128)
+  parser.add_argument("--tmpfs", default=None,
+                      help="in-memory scratch for the 'memory' rows (default /dev/shm)")
   args = parser.parse_args(argv)
+  if args.render_only:
+    data = C.load_json(NAME, args.quick)
+    section = markdown(data)
+    print(section)
+    if args.out:
+      print(f"updated {C.update_markdown(args.out, NAME, section)}")
+    return 0
   start = time.perf_counter()
+  load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+  commit_start = C.git_commit()
   data = run(args)
   data["total_wall_s"] = time.perf_counter() - start
+  data["machine"]["load_average_start"] = load_start
+  data["machine"]["git_commit_start"] = commit_start
   path = C.write_json(NAME, args.quick, data)
   section = markdown(data)
   print(section)

@@ -66,7 +66,7 @@ def summarize(path: str | os.PathLike[str], split: str = "train", show: int = 3
       if config.kind == S.ROLLOUT:
         act_tokens += len(step[S.ACTION][S.ACT_TOKENS])
         if not step[S.IS_LAST]:
-          for name, value in step[S.REWARDS].items():
+          for name, value in step.get(S.REWARDS, {}).items():
             totals[name] = totals.get(name, 0.0) + float(value)
     for name, value in totals.items():
       rewards.setdefault(name, []).append(value)
@@ -107,7 +107,7 @@ def episode_text(episode: Mapping[str, Any], config: S.SchemaConfig, tokenizer=N
     action = step[S.ACTION]
     if config.kind == S.ROLLOUT:
       act = action[S.ACT_TEXT] or (tokenizer.decode(action[S.ACT_TOKENS]) if tokenizer else "")
-      named = " ".join(f"{k}={float(v):g}" for k, v in step[S.REWARDS].items())
+      named = " ".join(f"{k}={float(v):g}" for k, v in step.get(S.REWARDS, {}).items())
       lines.append(f"  [{i}]  model: {act!r}  ({len(action[S.ACT_TOKENS])} tokens, "
                    f"reward {float(step[S.REWARD]):g}{' ' + named if named else ''})")
     else:

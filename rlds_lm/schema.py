@@ -72,7 +72,8 @@ ACT_SCORES = "scores"  # float32 [C]: judge score of each candidate.
 # Step metadata (rollout).
 ACTION_LOGPROBS = "action_logprobs"  # float32 [T]: behaviour-policy log p(token).
 TOKEN_REWARDS = "token_rewards"  # float32 [T]: per-token rewards (zeros if none).
-REWARDS = "rewards"  # dict name -> float32 []: named scalar rewards of this turn.
+REWARDS = "rewards"  # dict name -> float32 []: named scalar rewards of this turn
+# (absent when the schema names no rewards).
 TEACHER = "teacher"  # dict: teacher distribution per action token (see TEACHER_*).
 TEACHER_TOPK_IDS = "topk_ids"  # int32 [T, K]: top-k token ids, most likely first.
 TEACHER_TOPK_LOGPROBS = "topk_logprobs"  # float32 [T, K]: log-probs normalised over the
@@ -254,9 +255,10 @@ def step_specs(config: SchemaConfig) -> dict[str, Any]:
       **scalar,
       ACTION_LOGPROBS: FieldSpec("float32", ("T",), "behaviour log-probs", "logprob"),
       TOKEN_REWARDS: FieldSpec("float32", ("T",), "per-token rewards", "finite"),
-      REWARDS: {name: FieldSpec("float32", (), f"reward {name}", "finite")
-                for name in config.reward_names},
   }
+  if config.reward_names:  # an empty FeaturesDict inside steps makes TFDS unreadable
+    step[REWARDS] = {name: FieldSpec("float32", (), f"reward {name}", "finite")
+                     for name in config.reward_names}
   if config.has_teacher:
     teacher: dict[str, FieldSpec] = {
         TEACHER_TOKEN_LOGPROB: FieldSpec("float32", ("T",), "teacher log p(token)", "logprob"),
@@ -498,8 +500,9 @@ def _empty_step_metadata(config: SchemaConfig) -> dict[str, Any]:
   metadata: dict[str, Any] = {
       ACTION_LOGPROBS: np.zeros(0, np.float32),
       TOKEN_REWARDS: np.zeros(0, np.float32),
-      REWARDS: {name: 0.0 for name in config.reward_names},
   }
+  if config.reward_names:
+    metadata[REWARDS] = {name: 0.0 for name in config.reward_names}
   if config.has_teacher:
     metadata[TEACHER] = empty_teacher(config, 0)
   return metadata
@@ -591,9 +594,11 @@ def rollout_episode(
                           else turn.action_logprobs),
         TOKEN_REWARDS: (np.zeros(length, np.float32) if turn.token_rewards is None
                         else turn.token_rewards),
-        REWARDS: dict(turn.rewards) if turn.rewards is not None
-                 else {name: 0.0 for name in config.reward_names},
     }
+    if turn.rewards:
+      step_metadata[REWARDS] = dict(turn.rewards)
+    elif config.reward_names:
+      step_metadata[REWARDS] = {name: 0.0 for name in config.reward_names}
     if config.has_teacher and turn.teacher is None:
       raise ValueError(f"rollout_episode: turn {i} has no teacher data, but the schema "
                        f"stores it (teacher_top_k={config.teacher_top_k}, "

@@ -41,7 +41,11 @@ def token_level(steps):
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  turns = steps.ragged_batch(1 << 30).get_single_element()  # every step, ragged
+  # Every step in one ragged element. The batch width is the episode's own step count:
+  # ragged_batch's cost grows with the width, and a huge constant width stalls in graph
+  # mode (e.g. inside ds.flat_map).
+  num_steps = steps.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+  turns = steps.ragged_batch(num_steps).get_single_element()
   obs = turns[S.OBSERVATION][S.OBS_TOKENS]
   act = turns[S.ACTION][S.ACT_TOKENS]
   n_steps = tf.shape(turns[S.REWARD])[0]

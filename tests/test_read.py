@@ -73,6 +73,10 @@ def test_token_view_numpy_and_tf_agree_with_an_independent_count(published):
   assert len(tf_view) == len(view)
   for a, b in zip(tf_view, view):
     T.assert_episodes_equal(a, b, rtol=1e-6)
+  # In graph mode too (inside flat_map), over every episode of the dataset.
+  token_steps = ds.flat_map(lambda ep: transforms.token_level(ep[S.STEPS]))
+  expected = sum(len(R.token_view(e)) for e in by_id.values())
+  assert sum(1 for _ in token_steps) == expected
 
 
 def test_grain_batches_are_deterministic_and_match_an_independent_flattening(published):

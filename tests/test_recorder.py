@@ -133,3 +133,18 @@ def test_batched_flush_writes_everything_on_close(tmp_path):
       e[S.EPISODE_ID] for e in episodes]
   with pytest.raises(ValueError, match="flush_every"):
     recorder.Recorder(tmp_path / "x", ROLLOUT, flush_every=0)
+
+
+def test_schema_without_rewards_or_teacher_publishes_and_reads(tmp_path):
+  config = S.SchemaConfig()
+  episodes = [T.fake_rollout(config, seed=i) for i in range(3)]
+  assert S.REWARDS not in episodes[0][S.STEPS][0]
+  with recorder.Recorder(tmp_path / "log", config) as rec:
+    for e in episodes:
+      rec.record(e)
+  path = recorder.publish_log(tmp_path / "log", data_dir=tmp_path / "data", name="bare")
+  back = _published_by_id(path)
+  for episode in episodes:
+    T.assert_episodes_equal(back[episode[S.EPISODE_ID]], V.validate_episode(episode, config))
+  from rlds_lm import transforms
+  assert len(list(transforms.as_dataset(path))) == 3
