@@ -224,38 +224,43 @@ class RawSequenceDecoder:
 
     feature = tf_example_pb2.Example.FromString(raw).features.feature
     length, k = self.max_length, self.teacher_top_k
-    tokens, mask, logprobs, ids, lps = [], [], [], [], []
+    # Write each step's arrays straight into the padded outputs: one copy per array.
+    tokens = np.full(length, self.pad_id, np.int32)
+    mask = np.zeros(length, bool)
+    logprobs = np.zeros(length, np.float32)
+    if k:
+      ids = np.zeros((length, k), np.int32)
+      lps = np.zeros((length, k), np.float32)
+      ids_bytes = feature[self._TOPK_IDS].bytes_list.value
+      lps_bytes = feature[self._TOPK_LOGPROBS].bytes_list.value
     steps = zip(feature[self._OBS].bytes_list.value, feature[self._ACT].bytes_list.value,
                 feature[self._LOGPROBS].bytes_list.value)
+    pos = 0
     for t, (obs, act, lp) in enumerate(steps):
-      obs, act = np.frombuffer(obs, np.int32), np.frombuffer(act, np.int32)
-      tokens += [obs, act]
-      mask += [np.zeros(obs.size, bool), np.ones(act.size, bool)]
-      logprobs += [np.zeros(obs.size, np.float32), np.frombuffer(lp, np.float32)]
+      obs = np.frombuffer(obs, np.int32)
+      n = min(obs.size, length - pos)
+      tokens[pos:pos + n] = obs[:n]
+      pos += n
+      n = min(len(act) // 4, length - pos)
+      if n <= 0:
+        break
+      end = pos + n
+      tokens[pos:end] = np.frombuffer(act, np.int32, count=n)
+      mask[pos:end] = True
+      logprobs[pos:end] = np.frombuffer(lp, np.float32, count=n)
       if k:
-        ids += [np.zeros((obs.size, k), np.int32), np.frombuffer(
-            feature[self._TOPK_IDS].bytes_list.value[t], np.int32).reshape(-1, k)]
-        lps += [np.zeros((obs.size, k), np.float32), np.frombuffer(
-            feature[self._TOPK_LOGPROBS].bytes_list.value[t], np.float32).reshape(-1, k)]
+        ids[pos:end] = np.frombuffer(ids_bytes[t], np.int32, count=n * k).reshape(n, k)
+        lps[pos:end] = np.frombuffer(lps_bytes[t], np.float32, count=n * k).reshape(n, k)
+      pos = end
     out = {
-        SEQ_TOKENS: _pad(np.concatenate(tokens), length, self.pad_id),
-        SEQ_LOSS_MASK: _pad(np.concatenate(mask), length, False),
-        SEQ_LOGPROBS: _pad(np.concatenate(logprobs), length, 0.0),
+        SEQ_TOKENS: tokens, SEQ_LOSS_MASK: mask, SEQ_LOGPROBS: logprobs,
         SEQ_REWARD: np.float32(np.sum(np.asarray(feature[self._REWARD].float_list.value,
                                                  np.float32))),
     }
     if k:
-      out[SEQ_TOPK_IDS] = _pad(np.concatenate(ids), length, 0)
-      out[SEQ_TOPK_LOGPROBS] = _pad(np.concatenate(lps), length, 0.0)
+      out[SEQ_TOPK_IDS] = ids
+      out[SEQ_TOPK_LOGPROBS] = lps
     return out
-
-
-def _pad(array: np.ndarray, length: int, value: Any) -> np.ndarray:
-  """``array[:length]`` padded with ``value`` along axis 0 to exactly ``length`` rows."""
-  out = np.full((length,) + array.shape[1:], value, array.dtype)
-  n = min(length, array.shape[0])
-  out[:n] = array[:n]
-  return out
 
 
 def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_size: int,
