@@ -421,3 +421,249 @@ def test_codecs_refuse_bad_vocab_sizes(vocab):
   for cls in (TT.RawCodec, TT.Fp16Codec, TT.PackedCodec):
     with pytest.raises(ValueError, match=r"vocab_size: expected an int in \[1, 2\*\*31\]"):
       cls(vocab)
+
+
+# --------------------------------------------------------------------------------------
+# Tail prior.
+# --------------------------------------------------------------------------------------
+
+
+def _fitted_prior(k: int, *, tokens: int = 256, smoothing: float = 0.05, **layout):
+  """A prior fitted on held-out tokens (another seed than the evaluated ones)."""
+  fit = TT.zipf_logits(tokens, VOCAB, seed=11, **layout)
+  ids, _ = TT.topk(fit, k)
+  weights = TT.tail_weights(np.asarray(TT.log_probs(fit)), np.asarray(ids), chunk=64)
+  return TT.TailPrior.from_weights(weights, smoothing=smoothing)
+
+
+def _independent_prior_kl(true_lp: np.ndarray, ids: np.ndarray, lps: np.ndarray,
+                          log_pi: np.ndarray) -> np.ndarray:
+  """KL(p || top-k + tail mass spread along pi), dense, written without the library."""
+  p = np.exp(true_lp)
+  pi = np.exp(log_pi - np.log(np.exp(log_pi).sum()))
+  out = []
+  for t in range(p.shape[0]):
+    top = np.exp(lps[t].astype(np.float64))
+    off = np.ones(p.shape[1], bool)
+    off[ids[t]] = False
+    q = np.empty(p.shape[1])
+    q[off] = (1 - top.sum()) * pi[off] / pi[off].sum()
+    q[ids[t]] = top
+    out.append(np.sum(p[t] * (np.log(p[t]) - np.log(q))))
+  return np.array(out)
+
+
+def test_prior_reconstruction_is_a_proper_distribution(logits, tokens):
+  arrays = _arrays(logits, tokens, k=16, s=0)
+  prior = _fitted_prior(16)
+  dense = TT.reconstruct(arrays, VOCAB, tail=TT.TAIL_PRIOR, prior=prior).astype(np.float64)
+  assert dense.shape == (TOKENS, VOCAB)
+  assert np.all(dense > 0) and np.all(np.isfinite(dense))
+  np.testing.assert_allclose(dense.sum(-1), 1.0, atol=1e-5)
+  ids, lps = arrays[S.TEACHER_TOPK_IDS], arrays[S.TEACHER_TOPK_LOGPROBS]
+  rows = np.arange(TOKENS)[:, None]
+  np.testing.assert_allclose(dense[rows, ids], np.exp(lps), rtol=1e-6)
+  off = np.ones(dense.shape, bool)
+  off[rows, ids] = False
+  for t in range(TOKENS):  # off the row: proportional to the prior, holding the tail mass
+    ratio = dense[t][off[t]] / np.exp(prior.log_probs[off[t]])
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    np.testing.assert_allclose(dense[t][off[t]].sum(), 1 - np.exp(lps[t].astype(np.float64)).sum(),
+                               rtol=1e-4)
+  # Tails rounded to <= 0 keep MIN_TAIL_MASS, spread along the prior.
+  peaked = {S.TEACHER_TOPK_IDS: np.array([[0, 1]]),
+            S.TEACHER_TOPK_LOGPROBS: np.log(np.array([[0.6, 0.4000001]]))}
+  small = TT.TailPrior.from_weights(np.arange(1.0, 11.0))
+  dense = TT.reconstruct(peaked, 10, tail=TT.TAIL_PRIOR, prior=small)
+  assert np.all(dense > 0) and abs(dense.sum() - 1) < 1e-6
+  # A prior that puts almost all its mass on the row's ids: the off-row prior mass
+  # (~1e-23) is summed id by id, not as 1 - sum(row).
+  log_w = np.full(VOCAB, -60.0)
+  log_w[ids[0]] = 0.0
+  concentrated = TT.TailPrior(log_w)
+  dense = TT.reconstruct(arrays, VOCAB, tail=TT.TAIL_PRIOR, prior=concentrated)
+  np.testing.assert_allclose(dense.astype(np.float64).sum(-1), 1.0, atol=1e-5)
+  assert np.all(dense > 0)
+  want = _independent_prior_kl(_np_log_softmax(logits), ids, lps, concentrated.log_probs)
+  got = TT.kl_divergence(np.asarray(TT.log_probs(logits)), arrays, tail=TT.TAIL_PRIOR,
+                         prior=concentrated)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_uniform_prior_equals_the_uniform_tail(logits, tokens):
+  true_lp = np.asarray(TT.log_probs(logits))
+  uniform = TT.TailPrior.uniform(VOCAB)
+  np.testing.assert_allclose(uniform.log_probs, -np.log(VOCAB), rtol=1e-12)
+  assert uniform == TT.TailPrior.from_weights(np.ones(VOCAB))
+  assert uniform == TT.TailPrior.from_weights(np.arange(VOCAB), smoothing=1.0)
+  for k in (1, 16, 300):
+    arrays = _arrays(logits, tokens, k=k, s=0)
+    np.testing.assert_allclose(
+        TT.reconstruct(arrays, VOCAB, tail=TT.TAIL_PRIOR, prior=uniform),
+        TT.reconstruct(arrays, VOCAB), rtol=1e-6)
+    np.testing.assert_allclose(
+        TT.kl_divergence(true_lp, arrays, tail=TT.TAIL_PRIOR, prior=uniform),
+        TT.kl_divergence(true_lp, arrays), rtol=1e-9, atol=1e-12)
+  full = _arrays(logits, tokens, k=VOCAB, s=0)  # no tail at all
+  np.testing.assert_allclose(
+      TT.kl_divergence(true_lp, full, tail=TT.TAIL_PRIOR, prior=uniform), 0.0, atol=1e-6)
+
+
+def test_marginal_priors_beat_the_uniform_tail_on_frequency_ordered_ids(logits, tokens):
+  arrays = _arrays(logits, tokens, k=16, s=0)
+  ids, lps = arrays[S.TEACHER_TOPK_IDS], arrays[S.TEACHER_TOPK_LOGPROBS]
+  true_lp = _np_log_softmax(logits)
+  uniform = _independent_topk_kl(true_lp, ids, lps).mean()
+  # The generator's own unigram law, and a prior fitted on held-out tokens.
+  unigram = TT.TailPrior(-np.log(np.arange(VOCAB) + 50.0))
+  for prior in (unigram, _fitted_prior(16)):
+    want = _independent_prior_kl(true_lp, ids, lps, prior.log_probs)
+    got = TT.kl_divergence(np.asarray(TT.log_probs(logits)), arrays, tail=TT.TAIL_PRIOR,
+                           prior=prior, chunk=5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert np.all(got >= -1e-9)
+    assert want.mean() < 0.9 * uniform, (want.mean(), uniform)
+  # Dense reconstruction agrees with the sparse KL.
+  dense = TT.reconstruct(arrays, VOCAB, tail=TT.TAIL_PRIOR, prior=unigram)
+  dense_kl = np.sum(np.exp(true_lp) * (true_lp - np.log(dense.astype(np.float64))), -1)
+  np.testing.assert_allclose(
+      TT.kl_divergence(true_lp, arrays, tail=TT.TAIL_PRIOR, prior=unigram), dense_kl,
+      rtol=1e-3, atol=1e-6)
+
+
+def test_fitted_prior_does_not_help_when_contexts_hide_the_tail(tokens):
+  # 1,000 contexts over 1,000 ids: the marginal of the fit sample says nothing about a
+  # token's own layout; a lightly smoothed prior is then no better than uniform.
+  layout = {"contexts": 1000, "vocab_seed": 2}
+  logits = TT.zipf_logits(TOKENS, VOCAB, seed=3, **layout)
+  np.testing.assert_allclose(np.sort(logits, -1), np.sort(TT.zipf_logits(TOKENS, VOCAB, seed=3), -1))
+  arrays = _arrays(logits, tokens, k=16, s=0)
+  true_lp = np.asarray(TT.log_probs(logits))
+  uniform = TT.kl_divergence(true_lp, arrays).mean()
+  prior = TT.kl_divergence(true_lp, arrays, tail=TT.TAIL_PRIOR,
+                           prior=_fitted_prior(16, **layout)).mean()
+  assert prior > 0.95 * uniform, (prior, uniform)
+
+
+def test_tail_weights_and_topk_counts(logits):
+  true_lp = np.asarray(TT.log_probs(logits))
+  ids = np.asarray(TT.topk(logits, 8)[0])
+  got = TT.tail_weights(true_lp, ids, chunk=5)
+  p = np.exp(_np_log_softmax(logits))
+  want = p.copy()
+  want[np.arange(TOKENS)[:, None], ids] = 0
+  np.testing.assert_allclose(got, want.sum(0), rtol=1e-5, atol=1e-12)
+  np.testing.assert_allclose(got.sum(), (1 - np.take_along_axis(p, ids, -1).sum(-1)).sum(),
+                             rtol=1e-5)
+  # Additive over turns.
+  halves = (TT.tail_weights(true_lp[:5], ids[:5]) + TT.tail_weights(true_lp[5:], ids[5:]))
+  np.testing.assert_allclose(halves, got, rtol=1e-12)
+  counts = TT.topk_counts(ids, VOCAB)
+  assert counts.shape == (VOCAB,) and counts.sum() == ids.size
+  np.testing.assert_array_equal(counts, np.bincount(ids.ravel(), minlength=VOCAB))
+
+
+def test_prior_serialisation_round_trip():
+  rng = np.random.default_rng(0)
+  log_w = rng.normal(size=VOCAB) * 3
+  log_w[5] = -np.inf  # raised to the floor, LOG_RANGE nats below the largest
+  prior = TT.TailPrior(log_w)
+  np.testing.assert_allclose(np.exp(prior.log_probs).sum(), 1.0, rtol=1e-12)
+  finite = np.isfinite(log_w)
+  want = log_w[finite] - np.log(np.exp(log_w[finite]).sum())
+  np.testing.assert_allclose(prior.log_probs[finite], want, atol=1e-3)
+  assert prior.log_probs[5] == pytest.approx(prior.log_probs.max() - 65535 / 1024)
+  data = prior.to_bytes()
+  back = TT.TailPrior.from_bytes(data)
+  assert back == prior and back.vocab_size == VOCAB
+  np.testing.assert_array_equal(back.log_probs, prior.log_probs)
+  assert back.to_bytes() == data
+  assert TT.TailPrior(back.log_probs) == prior  # re-quantising is idempotent
+  assert len(TT.TailPrior.uniform(262_144).to_bytes()) < 1000  # constant: compresses away
+  with pytest.raises(ValueError):
+    prior.log_probs[0] = 0.0  # read-only
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d[:3], "expected 4 more byte"),
+    (lambda d: b"XXXX" + d[4:], "expected magic"),
+    (lambda d: d[:4] + b"\x09" + d[5:], "expected format version 1"),
+    (lambda d: d[:-5], "expected a zlib stream"),
+    (lambda d: d + b"\x00", "expected a zlib stream"),
+    (lambda d: d[:5] + _codecs._varint(VOCAB + 1) + d[7:], "expected 2002 bytes"),
+])
+def test_prior_from_bytes_refuses_corrupt_data(mutate, match):
+  data = TT.TailPrior(-np.log(np.arange(VOCAB) + 50.0)).to_bytes()
+  with pytest.raises(ValueError, match=match):
+    TT.TailPrior.from_bytes(mutate(data))
+  rng = np.random.default_rng(1)
+  for _ in range(100):
+    bad = bytearray(data)
+    for i in rng.integers(0, len(bad), size=rng.integers(1, 4)):
+      bad[i] = rng.integers(0, 256)
+    try:
+      TT.TailPrior.from_bytes(bytes(bad))
+    except ValueError:
+      continue
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: TT.TailPrior.from_weights(np.array([1.0, -0.5, 2.0])),
+     r"expected finite weights >= 0, found -0.5 at id 1"),
+    (lambda: TT.TailPrior.from_weights(np.array([1.0, np.nan])),
+     r"expected finite weights >= 0, found nan at id 1"),
+    (lambda: TT.TailPrior.from_weights(np.array([1.0, np.inf])), "finite weights"),
+    (lambda: TT.TailPrior.from_weights(np.zeros(4)), "positive sum, found all 0"),
+    (lambda: TT.TailPrior.from_weights(np.array([1.0, 0.0])),
+     r"found 1 id\(s\) with weight 0 .* pass smoothing > 0"),
+    (lambda: TT.TailPrior.from_weights(np.ones(3), smoothing=1.5), r"smoothing in \[0, 1\]"),
+    (lambda: TT.TailPrior.from_weights(np.ones((2, 3))), r"shape \[V\]"),
+    (lambda: TT.TailPrior.from_weights(np.array(["a"])), "numeric weights"),
+    (lambda: TT.TailPrior(np.array([0.0, np.nan])), r"found nan at id 1"),
+    (lambda: TT.TailPrior(np.array([0.0, np.inf])), r"found inf at id 1"),
+    (lambda: TT.TailPrior(np.full(3, -np.inf)), "all -inf"),
+    (lambda: TT.TailPrior(np.zeros(0)), r"shape \[V\]"),
+    (lambda: TT.TailPrior.uniform(0), r"vocab_size an int in \[1, 2\*\*31\]"),
+    (lambda: TT.topk_counts(np.array([[0, VOCAB]]), VOCAB), r"ids in \[0, 1000\), found id 1000"),
+    (lambda: TT.tail_weights(np.zeros((2, 5)), np.zeros((3, 1), int)), "expected T = 2 rows"),
+    (lambda: TT.tail_weights(np.zeros((2, 5)), np.full((2, 1), 5)), r"ids in \[0, 5\)"),
+])
+def test_prior_refuses_bad_inputs(build, match):
+  with pytest.raises(ValueError, match=match):
+    build()
+
+
+def test_reconstruction_refuses_bad_priors(logits, tokens):
+  arrays = _arrays(logits, tokens, k=4, s=0)
+  true_lp = np.asarray(TT.log_probs(logits))
+  other = TT.TailPrior.uniform(VOCAB + 1)
+  for fn in (lambda **kw: TT.reconstruct(arrays, VOCAB, **kw),
+             lambda **kw: TT.kl_divergence(true_lp, arrays, **kw)):
+    with pytest.raises(ValueError, match=r"prior over V = 1000 ids .* found V = 1001"):
+      fn(tail=TT.TAIL_PRIOR, prior=other)
+    with pytest.raises(ValueError, match="expected a TailPrior with tail='prior', found NoneType"):
+      fn(tail=TT.TAIL_PRIOR)
+    with pytest.raises(ValueError, match="expected a TailPrior .* found ndarray"):
+      fn(tail=TT.TAIL_PRIOR, prior=np.zeros(VOCAB))
+    with pytest.raises(ValueError, match="given with tail='uniform', which ignores it"):
+      fn(prior=TT.TailPrior.uniform(VOCAB))
+
+
+def test_zipf_logits_vocabulary_layouts():
+  plain = TT.zipf_logits(64, 500, seed=1)
+  def column_means(x):
+    return x.mean(0)
+  for layout in ({"shuffle_ids": True, "vocab_seed": 7}, {"contexts": 1, "vocab_seed": 7},
+                 {"contexts": 3, "vocab_seed": 7}):
+    a = TT.zipf_logits(64, 500, seed=1, **layout)
+    np.testing.assert_allclose(np.sort(a, -1), np.sort(plain, -1))  # rows permuted only
+    np.testing.assert_array_equal(a, TT.zipf_logits(64, 500, seed=1, **layout))
+  # One layout shared by two samples (other seeds) when vocab_seed is shared.
+  same = [TT.zipf_logits(256, 500, seed=s, contexts=1, vocab_seed=7) for s in (1, 2)]
+  other = TT.zipf_logits(256, 500, seed=2, contexts=1, vocab_seed=8)
+  assert np.corrcoef(column_means(same[0]), column_means(same[1]))[0, 1] > 0.8
+  assert abs(np.corrcoef(column_means(same[0]), column_means(other))[0, 1]) < 0.3
+  with pytest.raises(ValueError, match="shuffle_ids or contexts, found both"):
+    TT.zipf_logits(2, 10, shuffle_ids=True, contexts=2)
+  with pytest.raises(ValueError, match="contexts an int >= 0"):
+    TT.zipf_logits(2, 10, contexts=-1)

@@ -10,8 +10,11 @@ usual offline-distillation layout), :class:`PackedCodec` (entropy-coded ids, qua
 probabilities). :func:`decode` reads any of them.
 
 Fidelity: :func:`reconstruct` gives the full distribution that stored arrays stand for
-(top-k plus the tail mass spread uniformly, or renormalised top-k, or sampled counts);
-:func:`kl_divergence` computes ``KL(true || reconstruction)`` exactly without building it.
+(top-k plus the tail mass spread uniformly or along a dataset-level :class:`TailPrior`,
+or renormalised top-k, or sampled counts); :func:`kl_divergence` computes
+``KL(true || reconstruction)`` exactly without building it. :func:`tail_weights` (from
+full teacher log-probs) and :func:`topk_counts` (from stored ids) are the statistics a
+prior is fitted from, on tokens other than those evaluated.
 """
 
 from rlds_lm.teacher._codecs import Fp16Codec
@@ -28,8 +31,12 @@ from rlds_lm.teacher._extract import teacher_arrays
 from rlds_lm.teacher._extract import token_logprob
 from rlds_lm.teacher._extract import topk
 from rlds_lm.teacher._fidelity import MIN_TAIL_MASS
+from rlds_lm.teacher._fidelity import TAIL_PRIOR
 from rlds_lm.teacher._fidelity import TAIL_RENORMALIZE
 from rlds_lm.teacher._fidelity import TAIL_UNIFORM
 from rlds_lm.teacher._fidelity import kl_divergence
 from rlds_lm.teacher._fidelity import reconstruct
+from rlds_lm.teacher._prior import TailPrior
+from rlds_lm.teacher._prior import tail_weights
+from rlds_lm.teacher._prior import topk_counts
 from rlds_lm.teacher._synthetic import zipf_logits
