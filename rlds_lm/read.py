@@ -155,7 +155,11 @@ SEQ_REWARD = "reward"  # float32 []: sum of step rewards
 
 def episode_to_sequence(record: Mapping[str, Any], max_length: int, *, pad_id: int = 0,
                         teacher_top_k: int = 0) -> dict[str, np.ndarray]:
-  """Flattens one episode into fixed-length training arrays (truncates at max_length)."""
+  """Flattens one episode into fixed-length training arrays.
+
+  Tokens are the concatenation, turn by turn, of observation and action tokens, cut at
+  ``max_length``; ``reward`` sums every step's reward (not cut).
+  """
   steps = record[S.STEPS]
   tokens = np.full(max_length, pad_id, np.int32)
   mask = np.zeros(max_length, bool)
@@ -163,11 +167,12 @@ def episode_to_sequence(record: Mapping[str, Any], max_length: int, *, pad_id: i
   if teacher_top_k:
     topk_ids = np.zeros((max_length, teacher_top_k), np.int32)
     topk_lp = np.zeros((max_length, teacher_top_k), np.float32)
-  reward = np.float32(0.0)
+  # The reward is the whole episode's, also when its tokens are truncated.
+  reward = np.float32(np.sum([np.float32(steps[i][S.REWARD]) for i in range(len(steps))],
+                             dtype=np.float32))
   pos = 0
   for i in range(len(steps)):
     step = steps[i]
-    reward += np.float32(step[S.REWARD])
     obs = step[S.OBSERVATION][S.OBS_TOKENS]
     take = min(obs.shape[0], max_length - pos)
     tokens[pos:pos + take] = obs[:take]

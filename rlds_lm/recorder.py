@@ -50,9 +50,16 @@ class _TfdsBackend:
                episodes_per_shard: int):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+    from rlds_lm import read  # pylint: disable=g-import-not-at-top
+
     builder = P.episode_builder(data_dir=directory, name=name, config=config)
     self.dataset_dir = os.fspath(builder.data_dir)
     exists = os.path.exists(os.path.join(self.dataset_dir, "dataset_info.json"))
+    if exists:
+      stored = read.schema_config(read.open_builder(self.dataset_dir))
+      if stored != config:
+        raise ValueError(f"{self.dataset_dir} holds episodes of another schema:\n  stored"
+                         f"   {stored}\n  recorder {config}")
     os.makedirs(self.dataset_dir, exist_ok=True)
     self._writer = tfds.core.SequentialWriter(
         builder.info, max_examples_per_shard=episodes_per_shard, overwrite=not exists,
@@ -63,15 +70,12 @@ class _TfdsBackend:
   def existing_ids(self) -> Iterable[str]:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    try:
-      builder = tfds.builder_from_directory(self.dataset_dir)
-      if self._split not in builder.info.splits or not builder.info.splits[
-          self._split].num_examples:
-        return []
-      ds = builder.as_dataset(self._split, decoders={S.STEPS: tfds.decode.SkipDecoding()})
-      return [ex[S.EPISODE_ID].decode() for ex in tfds.as_numpy(ds)]
-    except Exception:  # noqa: BLE001 - a fresh directory has nothing to read
-      return []
+    builder = tfds.builder_from_directory(self.dataset_dir)
+    split = builder.info.splits.get(self._split)
+    if split is None or not split.num_examples:
+      return []  # a fresh dataset; any other read failure is an error, not "empty"
+    ds = builder.as_dataset(self._split, decoders={S.STEPS: tfds.decode.SkipDecoding()})
+    return [ex[S.EPISODE_ID].decode() for ex in tfds.as_numpy(ds)]
 
   def write(self, episode: Mapping[str, Any]) -> None:
     self._writer.add_examples({self._split: [episode]})
@@ -174,14 +178,16 @@ class EpisodeBuilder:
   """Collects turns of one open episode; records it on :meth:`finish`.
 
   Used as a context manager, an exception inside the block discards the open episode
-  (nothing partial is ever written), and leaving the block without ``finish`` records
-  the episode as truncated (``is_terminal=False``).
+  (nothing partial is ever written), and leaving the block without calling ``finish``
+  records the episode as truncated (``is_terminal=False``); a ``finish`` that raised is
+  not retried.
   """
 
   def __init__(self, recorder: Recorder, metadata: Mapping[str, Any]):
     self._recorder = recorder
     self._metadata = dict(metadata)
     self._turns: list[S.Turn] = []
+    self._finish_called = False
     self.episode_id: str | None = None
 
   def add_turn(self, turn: S.Turn) -> None:
@@ -191,6 +197,7 @@ class EpisodeBuilder:
 
   def finish(self, final_observation: Mapping[str, Any] | None = None, *,
              terminal: bool = True) -> str:
+    self._finish_called = True
     episode = S.rollout_episode(self._recorder.config, self._turns, final_observation,
                                 terminal=terminal, **self._metadata)
     self.episode_id = self._recorder.record(episode)
@@ -200,7 +207,7 @@ class EpisodeBuilder:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> None:
-    if exc_type is None and self.episode_id is None:
+    if exc_type is None and not self._finish_called:
       self.finish(terminal=False)
 
 

@@ -112,6 +112,8 @@ class _Checker:
     if want.kind == "u":
       if kind not in "u":
         self.fail(path, f"{spec.dtype} values", _describe(array))
+      if array.size and array.max() > np.iinfo(want).max:
+        self.fail(path, f"values that fit {spec.dtype}", f"max {array.max()}")
       return array.astype(want, copy=False)
     # float
     if kind not in "fiu" or kind == "b":
@@ -156,7 +158,8 @@ class _Checker:
                     f"a row summing to {mass.max():.4f}")
     elif spec.kind == "unit":
       if array.min() < 0 or array.max() > 1:
-        self.fail(path, "a value in [0, 1]", f"{array.reshape(-1)[0]}")
+        flat = array.reshape(-1)
+        self.fail(path, "a value in [0, 1]", f"{flat[(flat < 0) | (flat > 1)][0]}")
     elif spec.kind == "nonneg":
       if array.min() < 0:
         self.fail(path, "a value >= 0", f"{array.min()}")
@@ -286,6 +289,9 @@ def _check_flags(checker: _Checker, path: str, step: Mapping[str, Any], i: int,
                  str(step[S.IS_LAST]))
   if step[S.IS_TERMINAL] and i != n - 1:
     checker.fail(f"{path}/{S.IS_TERMINAL}", "False before the last step", "True")
+  if i < n - 2 and step[S.DISCOUNT] == 0.0:
+    checker.fail(f"{path}/{S.DISCOUNT}", "> 0 before the step whose action ended the "
+                 "episode (a 0 discount ends it)", "0.0")
 
 
 def _check_step_semantics(checker: _Checker, config: S.SchemaConfig, path: str,
@@ -295,6 +301,8 @@ def _check_step_semantics(checker: _Checker, config: S.SchemaConfig, path: str,
     checker.fail(f"{path}/{S.OBSERVATION}/{S.OBS_ROLE}", f"one of {S.ROLES}",
                  repr(obs[S.OBS_ROLE]))
   last = i == n - 1
+  if config.kind == S.ROLLOUT and S.TEACHER in step:
+    _check_teacher_rows(checker, f"{path}/{S.TEACHER}", step[S.TEACHER])
   if config.kind == S.ROLLOUT:
     length = step[S.ACTION][S.ACT_TOKENS].shape[0]
     if last and length:
@@ -324,3 +332,34 @@ def _check_step_semantics(checker: _Checker, config: S.SchemaConfig, path: str,
     if sorted(action[S.ACT_RANKING].tolist()) != list(range(c)):
       checker.fail(f"{path}/{S.ACTION}/{S.ACT_RANKING}", f"a permutation of 0..{c - 1}",
                    str(action[S.ACT_RANKING].tolist()))
+
+
+def _first_duplicate_row(ids: np.ndarray) -> int:
+  """Index of the first row of ``ids`` [T, K] holding an id twice, or -1."""
+  ordered = np.sort(ids, axis=-1)
+  dup = (ordered[:, 1:] == ordered[:, :-1]).any(axis=-1)
+  return int(np.flatnonzero(dup)[0]) if dup.any() else -1
+
+
+def _check_teacher_rows(checker: _Checker, path: str, teacher: Mapping[str, Any]) -> None:
+  """Top-k rows hold distinct ids, most likely first; sampled rows hold distinct ids."""
+  ids = teacher.get(S.TEACHER_TOPK_IDS)
+  if ids is not None and ids.size:
+    row = _first_duplicate_row(ids)
+    if row >= 0:
+      checker.fail(f"{path}/{S.TEACHER_TOPK_IDS}", "distinct ids in each token's top-k",
+                   f"a repeated id at token {row}")
+    steps_up = np.diff(teacher[S.TEACHER_TOPK_LOGPROBS], axis=-1) > _LOGPROB_SLACK
+    if steps_up.any():
+      row = int(np.flatnonzero(steps_up.any(axis=-1))[0])
+      checker.fail(f"{path}/{S.TEACHER_TOPK_LOGPROBS}", "log-probs sorted most likely "
+                   "first (non-increasing)", f"an increase at token {row}")
+  sampled = teacher.get(S.TEACHER_SAMPLED_IDS)
+  if sampled is not None and sampled.size:
+    counts = teacher[S.TEACHER_SAMPLED_COUNTS]
+    # Unused slots (count 0) may repeat id 0: give each a distinct negative stand-in.
+    stand_in = -1 - np.arange(sampled.shape[-1])
+    row = _first_duplicate_row(np.where(counts > 0, sampled, stand_in))
+    if row >= 0:
+      checker.fail(f"{path}/{S.TEACHER_SAMPLED_IDS}", "distinct drawn ids per token",
+                   f"a repeated id at token {row}")

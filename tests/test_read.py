@@ -93,15 +93,19 @@ def test_grain_batches_are_deterministic_and_match_an_independent_flattening(pub
   for episode in by_id.values():
     seq = np.concatenate([np.concatenate([s[S.OBSERVATION][S.OBS_TOKENS],
                                           s[S.ACTION][S.ACT_TOKENS]]) for s in episode[S.STEPS]])
-    expected_rows[tuple(seq[:24])] = episode
+    padded = np.zeros(24, np.int32)
+    padded[:min(24, len(seq))] = seq[:24]
+    expected_rows[tuple(padded)] = episode
+  assert len(expected_rows) == len(by_id)
   for batch in a:
     assert batch["tokens"].shape == (4, 24) and batch["teacher_topk_ids"].shape == (4, 24, 4)
     for row in range(4):
       mask = batch["loss_mask"][row]
-      episode = expected_rows[tuple(batch["tokens"][row][:int(np.flatnonzero(
-          batch["tokens"][row] != 0).max()) + 1 if batch["tokens"][row].any() else 0])]
+      episode = expected_rows[tuple(batch["tokens"][row])]
       actions = np.concatenate([s[S.ACTION][S.ACT_TOKENS] for s in episode[S.STEPS]])
       np.testing.assert_array_equal(batch["tokens"][row][mask], actions[:mask.sum()])
+      assert batch["reward"][row] == pytest.approx(
+          sum(float(s[S.REWARD]) for s in episode[S.STEPS]), rel=1e-6)
   sharded = [R.grain_batches(path, batch_size=1, max_length=8, shuffle=False,
                              shard_index=i, shard_count=2) for i in range(2)]
   assert len(sharded[0]) + len(sharded[1]) == len(by_id)
@@ -165,3 +169,22 @@ def test_opening_and_reading_never_unpickles_or_evaluates(published, monkeypatch
   R.materialize(source[0])
   next(iter(transforms.as_dataset(path)))
   list(R.grain_batches(path, batch_size=2, max_length=8))
+
+
+def test_fast_decoder_equals_generic_flattening_when_truncated(tmp_path):
+  from rlds_lm import publish as P
+  from rlds_lm import validate as V
+  episodes = [V.validate_episode(T.fake_rollout(ROLLOUT, seed=i, turns=3), ROLLOUT)
+              for i in range(4)]
+  path = P.publish({"train": episodes}, data_dir=tmp_path, name="multi", config=ROLLOUT)
+  builder = R.open_builder(path)
+  raw = builder.as_data_source("train", file_format="array_record",
+                               deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  decoded = R.data_source(path)
+  for length in (6, 8, 12, 40, 100):
+    decoder = R.RawSequenceDecoder(length, teacher_top_k=ROLLOUT.teacher_top_k)
+    for i in range(len(raw)):
+      fast = decoder(raw[i])
+      generic = R.episode_to_sequence(R.materialize(decoded[i]), length,
+                                      teacher_top_k=ROLLOUT.teacher_top_k)
+      T.assert_episodes_equal(fast, generic)

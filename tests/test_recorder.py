@@ -57,6 +57,21 @@ def test_reopen_with_another_schema_is_refused(tmp_path):
     rec.record(rollouts(1)[0])
   with pytest.raises(ValueError, match="another schema"):
     recorder.Recorder(tmp_path, AGENTIC)
+  with recorder.Recorder(tmp_path / "tfds", ROLLOUT, backend=recorder.TFDS) as rec:
+    rec.record(rollouts(1)[0])
+  with pytest.raises(ValueError, match="another schema"):
+    recorder.Recorder(tmp_path / "tfds", AGENTIC, backend=recorder.TFDS)
+  assert len(list(tfds.builder_from_directory(rec.dataset_dir).as_dataset("train"))) == 1
+
+
+def test_a_failed_finish_is_not_retried_on_exit(tmp_path):
+  obs = S.observation(ROLLOUT, np.array([5], np.int32))
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+    with rec.episode(prompt_id="p") as ep:
+      ep.add_turn(S.Turn(obs, np.array([999])))  # no teacher data: finish() refuses
+      with pytest.raises(ValueError):
+        ep.finish()
+    assert rec.num_recorded == 0
 
 
 def test_rejection_keeps_recorder_usable_and_loses_nothing(tmp_path):

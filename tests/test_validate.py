@@ -12,7 +12,7 @@ from rlds_lm import validate as V
 
 
 def _episode():
-  return copy.deepcopy(T.fake_rollout(ROLLOUT, seed=7, action_len=5))
+  return copy.deepcopy(T.fake_rollout(ROLLOUT, seed=7, action_len=5, turns=2))
 
 
 def _turn(ep):
@@ -83,13 +83,24 @@ CASES = {
                                             S.TOKEN_REWARDS: np.zeros(1, np.float32),
                                             S.TEACHER: T.fake_teacher(ROLLOUT, np.array([5]),
                                                                       np.random.default_rng(0))})),
-        "steps[1]/action/tokens", "no action on the last step", "1 tokens"),
+        "steps[2]/action/tokens", "no action on the last step", "1 tokens"),
     "reward on the last step": (
         lambda ep: ep[S.STEPS][-1].__setitem__(S.REWARD, 1.0),
-        "steps[1]/reward", "0.0 on the last step", "1.0"),
+        "steps[2]/reward", "0.0 on the last step", "1.0"),
     "is_first twice": (
         lambda ep: ep[S.STEPS][-1].__setitem__(S.IS_FIRST, True),
-        "steps[1]/is_first", "False", "True"),
+        "steps[2]/is_first", "False", "True"),
+    "duplicate top-k id": (
+        lambda ep: _turn(ep)[S.TEACHER][S.TEACHER_TOPK_IDS].__setitem__(
+            (2, 1), _turn(ep)[S.TEACHER][S.TEACHER_TOPK_IDS][2, 0]),
+        "steps[0]/teacher/topk_ids", "distinct ids", "token 2"),
+    "top-k not sorted": (
+        lambda ep: _turn(ep)[S.TEACHER].__setitem__(
+            S.TEACHER_TOPK_LOGPROBS, _turn(ep)[S.TEACHER][S.TEACHER_TOPK_LOGPROBS][:, ::-1].copy()),
+        "steps[0]/teacher/topk_logprobs", "sorted most likely first", "token 0"),
+    "zero discount mid-episode": (
+        lambda ep: ep[S.STEPS][0].__setitem__(S.DISCOUNT, 0.0),
+        "steps[0]/discount", "> 0 before the step", "0.0"),
     "text is not a string": (
         lambda ep: _turn(ep)[S.ACTION].__setitem__(S.ACT_TEXT, 42),
         "steps[0]/action/text", "a string", "int 42"),
@@ -133,3 +144,21 @@ def test_preference_checks_choice_and_ranking():
   bad[S.STEPS][0][S.ACTION][S.ACT_CHOICE] = 3
   with pytest.raises(V.EpisodeValidationError, match="choice"):
     V.validate_episode(bad, PREFERENCE)
+
+
+def test_unsigned_values_must_fit():
+  from conftest import AGENTIC
+  episode = copy.deepcopy(T.fake_rollout(AGENTIC, seed=1, with_image=True))
+  episode[S.STEPS][0][S.OBSERVATION][S.OBS_IMAGE] = np.full((2, 2, 3), 300, np.uint16)
+  with pytest.raises(V.EpisodeValidationError, match="fit uint8"):
+    V.validate_episode(episode, AGENTIC)
+
+
+def test_sampled_ids_must_be_distinct():
+  episode = _episode()
+  teacher = _turn(episode)[S.TEACHER]
+  teacher[S.TEACHER_SAMPLED_IDS][0, :2] = 7
+  teacher[S.TEACHER_SAMPLED_COUNTS][0] = 0
+  teacher[S.TEACHER_SAMPLED_COUNTS][0, :2] = 3
+  with pytest.raises(V.EpisodeValidationError, match="distinct drawn ids"):
+    V.validate_episode(episode, ROLLOUT)

@@ -85,6 +85,12 @@ class ModelConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "layer_pattern", tuple(self.layer_pattern))
+    # Equal configs must serialise (and so digest) equally: 10_000 and 10_000.0 alike.
+    for field in ("attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar",
+                  "rope_base_local", "rope_base_global", "norm_eps"):
+      value = getattr(self, field)
+      if value is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+        object.__setattr__(self, field, float(value))
     for field in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
                   "head_dim", "mlp_dim", "max_seq_len"):
       value = getattr(self, field)

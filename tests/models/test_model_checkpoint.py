@@ -96,3 +96,15 @@ def test_policy_from_checkpoint(params, saved):
   assert policy.digest == digest and policy.config == C.TINY
   with pytest.raises(M.CheckpointConfigError):
     M.Policy.from_checkpoint(path, eos_id=2, config=dataclasses.replace(C.TINY, d_model=32))
+
+
+def test_equal_configs_spelled_with_ints_or_floats_share_a_digest(tmp_path):
+  import dataclasses
+  from rlds_lm.models import checkpoint, config as mc, gemma
+  as_float = mc.TINY
+  as_int = dataclasses.replace(mc.TINY, rope_base_global=10_000, norm_eps=1e-6)
+  params = gemma.init_params(as_float, seed=0)
+  assert checkpoint.digest(as_float, params) == checkpoint.digest(as_int, params)
+  checkpoint.save(tmp_path / "ckpt", as_int, params)
+  assert checkpoint.restore(tmp_path / "ckpt", as_float).digest == checkpoint.digest(
+      as_float, params)
