@@ -301,3 +301,29 @@ def fmt_float(value: float | None, digits: int = 3) -> str:
   if value is None:
     return "—"
   return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:,.{max(0, digits - 2)}f}"
+
+
+def run_benchmark(name: str, args: argparse.Namespace,
+                  run: Callable[[argparse.Namespace], dict[str, Any]],
+                  markdown: Callable[[dict[str, Any]], str]) -> int:
+  """The shared ``main`` body: measure (or, with ``--render-only``, reload the JSON),
+  record load average and commit at the start, write the JSON, print and (with
+  ``--out``) regenerate this benchmark's section of benchmarks.md."""
+  if getattr(args, "render_only", False):
+    data = load_json(name, args.quick)
+  else:
+    start = time.perf_counter()
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    commit_start = git_commit()
+    data = run(args)
+    data["total_wall_s"] = time.perf_counter() - start
+    data["machine"].setdefault("load_average_start", load_start)
+    data["machine"].setdefault("git_commit_start", commit_start)
+    print(f"wrote {write_json(name, args.quick, data)}")
+  section = markdown(data)
+  print(section)
+  if args.out:
+    print(f"updated {update_markdown(args.out, name, section)}")
+  if "total_wall_s" in data:
+    print(f"total {data['total_wall_s']:.0f} s")
+  return 0

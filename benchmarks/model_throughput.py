@@ -146,18 +146,7 @@ def main(argv=None) -> int:
   parser.add_argument("--score-batch", type=int, default=16)
   parser.add_argument("--score-len", type=int, default=128)
   args = parser.parse_args(argv)
-  if args.render_only:
-    data = C.load_json(NAME, args.quick)
-  else:
-    start = time.perf_counter()
-    data = run(args)
-    data["total_wall_s"] = time.perf_counter() - start
-    print(f"wrote {C.write_json(NAME, args.quick, data)}")
-  section = markdown(data)
-  print(section)
-  if args.out:
-    print(f"updated {C.update_markdown(args.out, NAME, section)}")
-  return 0
+  return C.run_benchmark(NAME, args, run, markdown)
 
 
 if __name__ == "__main__":

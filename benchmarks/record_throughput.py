@@ -356,28 +356,7 @@ def main(argv=None) -> int:
   parser.add_argument("--tmpfs", default=None,
                       help="in-memory scratch for the 'memory' rows (default /dev/shm)")
   args = parser.parse_args(argv)
-  if args.render_only:
-    data = C.load_json(NAME, args.quick)
-    section = markdown(data)
-    print(section)
-    if args.out:
-      print(f"updated {C.update_markdown(args.out, NAME, section)}")
-    return 0
-  start = time.perf_counter()
-  load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-  commit_start = C.git_commit()
-  data = run(args)
-  data["total_wall_s"] = time.perf_counter() - start
-  data["machine"]["load_average_start"] = load_start
-  data["machine"]["git_commit_start"] = commit_start
-  path = C.write_json(NAME, args.quick, data)
-  section = markdown(data)
-  print(section)
-  print(f"wrote {path}")
-  if args.out:
-    print(f"updated {C.update_markdown(args.out, NAME, section)}")
-  print(f"total {data['total_wall_s']:.0f} s")
-  return 0
+  return C.run_benchmark(NAME, args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -555,7 +555,9 @@ def markdown(data: dict[str, Any]) -> str:
   k = s["goal"]["k"]
   verdict = ("met by " + ", ".join(f"`{c}`" for c in goal["meeting_codecs"])
              if goal["met"] else "**not met**")
-  floors = {info["layout"]: info["id_set_entropy_bytes"][k] for info in data["layouts"]}
+  # JSON object keys are strings when the data comes back from --render-only.
+  floors = {info["layout"]: {int(key): v for key, v in info["id_set_entropy_bytes"].items()}[k]
+            for info in data["layouts"]}
   ordered, shuffled = (info["layout"] for info in data["layouts"][:2])
   anchor = s["goal"]["anchor_bytes_per_token"]
   lines += [
@@ -699,17 +701,7 @@ def main(argv=None) -> int:
   parser.add_argument("--tokens", type=int, default=256, help="tokens per turn")
   parser.add_argument("--seed", type=int, default=1)
   args = parser.parse_args(argv)
-  start = time.perf_counter()
-  data = run(args)
-  data["total_wall_s"] = time.perf_counter() - start
-  path = C.write_json(NAME, args.quick, data)
-  section = markdown(data)
-  print(section)
-  print(f"wrote {path}")
-  if args.out:
-    print(f"updated {C.update_markdown(args.out, NAME, section)}")
-  print(f"total {data['total_wall_s']:.0f} s")
-  return 0
+  return C.run_benchmark(NAME, args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -374,6 +374,17 @@ def check_tokens(sequences: Sequence[np.ndarray], config: ModelConfig, *, what: 
   return out
 
 
+def check_prompt_lengths(sequences: Sequence[np.ndarray],
+                         prompt_lengths: Sequence[int]) -> None:
+  """One prompt length per sequence, each in ``[1, len(sequence)]`` (for scoring)."""
+  if len(prompt_lengths) != len(sequences):
+    raise ValueError(f"expected one prompt length per sequence ({len(sequences)}), found "
+                     f"{len(prompt_lengths)}")
+  for i, (seq, p) in enumerate(zip(sequences, prompt_lengths)):
+    if not 1 <= p <= len(seq):
+      raise ValueError(f"sequence {i}: prompt length must be in [1, {len(seq)}], found {p}")
+
+
 def pad_prompts(prompts: Sequence[np.ndarray], *, length: int, batch: int, pad_id: int,
                 padding: str = LEFT) -> tuple[np.ndarray, np.ndarray]:
   """Pads prompts into (tokens int32 [batch, length], valid bool [batch, length]).
@@ -529,12 +540,7 @@ def score(config: ModelConfig, params: Params, sequences: Sequence[np.ndarray],
     ValueError: bad sequences or prompt lengths.
   """
   sequences = check_tokens(sequences, config, what="sequence")
-  if len(prompt_lengths) != len(sequences):
-    raise ValueError(f"expected one prompt length per sequence ({len(sequences)}), found "
-                     f"{len(prompt_lengths)}")
-  for i, (seq, p) in enumerate(zip(sequences, prompt_lengths)):
-    if not 1 <= p <= len(seq):
-      raise ValueError(f"sequence {i}: prompt length must be in [1, {len(seq)}], found {p}")
+  check_prompt_lengths(sequences, prompt_lengths)
   batch = _batch_bucket(len(sequences), mesh)
   length = bucket(max(len(s) for s in sequences), min_length_bucket)
   tokens, valid = pad_prompts(sequences, length=length, batch=batch, pad_id=0, padding=RIGHT)

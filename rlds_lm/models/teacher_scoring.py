@@ -77,12 +77,7 @@ def annotate(config: ModelConfig, params: Params, sequences: Sequence[np.ndarray
       <= 0, or missing seeds.
   """
   sequences = sampling.check_tokens(sequences, config, what="sequence")
-  if len(prompt_lengths) != len(sequences):
-    raise ValueError(f"expected one prompt length per sequence ({len(sequences)}), found "
-                     f"{len(prompt_lengths)}")
-  for i, (seq, p) in enumerate(zip(sequences, prompt_lengths)):
-    if not 1 <= p <= len(seq):
-      raise ValueError(f"sequence {i}: prompt length must be in [1, {len(seq)}], found {p}")
+  sampling.check_prompt_lengths(sequences, prompt_lengths)
   if not 0 <= top_k <= config.vocab_size:
     raise ValueError(f"top_k must be in [0, vocab_size={config.vocab_size}], found {top_k}")
   if not temperature > 0:
