@@ -327,3 +327,13 @@ def run_benchmark(name: str, args: argparse.Namespace,
   if "total_wall_s" in data:
     print(f"total {data['total_wall_s']:.0f} s")
   return 0
+
+
+def run_footer(data: dict[str, Any]) -> list[str]:
+  """Markdown lines saying the load average, wall time and commit of a run ([] if the
+  load was not recorded)."""
+  load = load_line(data["machine"].get("load_average_start"),
+                   data["machine"].get("load_average"))
+  if not load:
+    return []
+  return ["", load + f" Wall time {data['total_wall_s']:.0f} s. " + commit_line(data["machine"])]

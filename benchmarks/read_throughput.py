@@ -558,11 +558,7 @@ def markdown(data: dict[str, Any]) -> str:
   lines.append(C.markdown_table(
       ["teacher", "publish s (tfrecord + array_record)", "tfrecord MiB",
        "array_record MiB", "memmap .npy MiB", "HF Arrow MiB"], table))
-  load = C.load_line(data["machine"].get("load_average_start"),
-                     data["machine"].get("load_average"))
-  if load:
-    lines += ["", load + f" Wall time {data['total_wall_s']:.0f} s. "
-              + C.commit_line(data["machine"])]
+  lines += C.run_footer(data)
   return "\n".join(lines) + "\n"
 
 

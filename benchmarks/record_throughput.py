@@ -340,11 +340,7 @@ def markdown(data: dict[str, Any]) -> str:
       ["teacher top-k", "validate tokens/s", "validate episodes/s",
        f"validation share of Recorder `{default}` time (memory)", "publish_log episodes/s",
        "publish_log tokens/s", "published bytes/token"], table))
-  load = C.load_line(data["machine"].get("load_average_start"),
-                     data["machine"].get("load_average"))
-  if load:
-    lines += ["", load + f" Wall time {data['total_wall_s']:.0f} s. "
-              + C.commit_line(data["machine"])]
+  lines += C.run_footer(data)
   return "\n".join(lines) + "\n"
 
 
