@@ -1,0 +1,1 @@
+"""Synthetic multi-step arithmetic word problems (prompt source for distillation / RL)."""

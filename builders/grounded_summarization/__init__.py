@@ -1,0 +1,1 @@
+"""Synthetic grounded summarization with an exact entailment oracle (``world.py``)."""

@@ -1,0 +1,89 @@
+"""Tests for the grounded_summarization builder and its entailment oracle."""
+
+import tensorflow_datasets as tfds
+
+from builders.grounded_summarization import grounded_summarization_dataset_builder
+from builders.grounded_summarization import world
+
+FACTS = ["Ada Costa|lives_in|Marlow", "Ada Costa|works_at|Helix Biotech",
+         "Ada Costa|born_in_year|1971", "Helix Biotech|headquartered_in|Arden",
+         "Ada Costa|founded|Helix Biotech"]
+
+
+class GroundedSummarizationBuilderTest(tfds.testing.DatasetBuilderTestCase):
+  """Builds the `tiny` config (synthetic: dummy_data/ holds only a README)."""
+  DATASET_CLASS = grounded_summarization_dataset_builder.Builder
+  BUILDER_CONFIG_NAMES_TO_TEST = ["tiny"]
+  SPLITS = {"train": 6, "test": 3}
+  SKIP_CHECKSUMS = True  # nothing is downloaded
+
+  def test_examples_are_grounded_and_deterministic(self):
+    first = list(self._make_builder(config="tiny")._generate_examples(
+        split="train", exclude=frozenset()))
+    again = list(self._make_builder(config="tiny")._generate_examples(
+        split="train", exclude=frozenset()))
+    self.assertEqual(first, again)
+    for key, example in first:
+      self.assertEqual(key, example["prompt_id"])
+      facts = {world.from_line(line) for line in example["facts"]}
+      # The document states exactly its facts; distractor sentences parse to nothing.
+      parsed = world.facts_in(example["document"])
+      self.assertEqual({t for t in parsed if t is not None}, facts)
+      self.assertIn(None, parsed)
+      self.assertTrue(1 <= len(example["reference_summaries"]) <= 3)
+      for summary in example["reference_summaries"]:
+        result = world.entailment(example["facts"], summary)
+        self.assertEqual(result["score"], 1.0, summary)
+        self.assertEqual(result["unsupported"] + result["unparsed"], [])
+
+
+def test_every_template_round_trips():
+  for line in FACTS:
+    triple = world.from_line(line)
+    for variant in range(len(world.TEMPLATES[triple[1]])):
+      assert world.facts_in(world.render(triple, variant)) == [triple]
+
+
+def test_true_summary_scores_one():
+  summary = ("Ada Costa lives in Marlow. Ada Costa works at Helix Biotech.\n"
+             "Helix Biotech was founded by Ada Costa.")
+  result = world.entailment(FACTS, summary)
+  assert result["score"] == 1.0
+  assert len(result["supported"]) == 3
+  assert result["unsupported"] == result["unparsed"] == result["contradicted"] == []
+
+
+def test_wrong_city_is_unsupported_and_contradicted():
+  result = world.entailment(FACTS, "Ada Costa lives in Arden. Ada Costa was born in 1971.")
+  assert result["unsupported"] == [("Ada Costa", "lives_in", "Arden")]
+  assert result["contradicted"] == [("Ada Costa", "lives_in", "Arden")]
+  assert result["supported"] == [("Ada Costa", "born_in_year", "1971")]
+  assert result["score"] == 0.5
+
+
+def test_new_fact_is_unsupported_but_not_contradicted():
+  result = world.entailment(FACTS, "Helix Biotech is headquartered in Arden. "
+                                   "Bruno Sato works at Granite Bank.")
+  assert result["unsupported"] == [("Bruno Sato", "works_at", "Granite Bank")]
+  assert result["contradicted"] == []
+  assert result["score"] == 0.5
+
+
+def test_gibberish_is_unparsed():
+  result = world.entailment(FACTS, "Blorp zzkk qua. lives in the of.")
+  assert result["supported"] == result["unsupported"] == []
+  assert len(result["unparsed"]) == 2
+  assert result["score"] == 0.0
+  assert world.facts_in("Ada Costa lives in Marlow and works at Helix Biotech.") == [None]
+  assert world.entailment(FACTS, "")["score"] == 0.0
+
+
+def test_facts_accepted_as_lines_text_or_triples():
+  summary = "Ada Costa founded Helix Biotech."
+  as_triples = [world.from_line(f) for f in FACTS]
+  for facts in (FACTS, "\n".join(FACTS), as_triples, [f.encode() for f in FACTS]):
+    assert world.entailment(facts, summary)["score"] == 1.0
+
+
+if __name__ == "__main__":
+  tfds.testing.test_main()
