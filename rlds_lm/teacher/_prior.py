@@ -30,6 +30,7 @@ the likely tail ids change with the context.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,24 @@ _MAGIC = b"RLTP"
 _VERSION = 1
 _ZLIB = 1
 _MAX_VOCAB = 2**31
+
+
+def _vocab_vector(value: Any, who: str, what: str, expected: str,
+                  is_bad: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+  """``value`` as float64 [V] (1 <= V <= 2**31); raises naming the first bad entry."""
+  array = np.asarray(value)
+  if array.ndim != 1 or not 1 <= array.size <= _MAX_VOCAB:
+    raise ValueError(f"{who}: expected {what} of shape [V], 1 <= V <= 2**31, found shape "
+                     f"{array.shape}")
+  if array.dtype.kind not in "fiu":
+    raise ValueError(f"{who}: expected numeric {what}, found dtype {array.dtype}")
+  array = array.astype(np.float64)
+  bad = is_bad(array)
+  if np.any(bad):
+    i = int(np.flatnonzero(bad)[0])
+    raise ValueError(f"{who}: expected {expected}, found {array[i]} at id {i} "
+                     f"({int(bad.sum())} such)")
+  return array
 
 
 def _logsumexp(x: np.ndarray) -> float:
@@ -78,19 +97,8 @@ class TailPrior:
   __slots__ = ("_codes", "_log_probs")
 
   def __init__(self, log_probs: Any):
-    lp = np.asarray(log_probs)
-    if lp.ndim != 1 or not 1 <= lp.size <= _MAX_VOCAB:
-      raise ValueError(f"TailPrior: expected log-probs of shape [V], 1 <= V <= 2**31, "
-                       f"found shape {lp.shape}")
-    if lp.dtype.kind not in "fiu":
-      raise ValueError(f"TailPrior: expected floating-point log-probs, found dtype "
-                       f"{lp.dtype}")
-    lp = lp.astype(np.float64)
-    bad = np.isnan(lp) | (lp == np.inf)
-    if np.any(bad):
-      i = int(np.flatnonzero(bad)[0])
-      raise ValueError(f"TailPrior: expected log-probs that are numbers < +inf, found "
-                       f"{lp[i]} at id {i} ({int(bad.sum())} such)")
+    lp = _vocab_vector(log_probs, "TailPrior", "log-probs", "numbers < +inf",
+                       lambda x: np.isnan(x) | (x == np.inf))
     top = lp.max()
     if top == -np.inf:
       raise ValueError("TailPrior: expected at least one finite log-prob, found all -inf")
@@ -136,19 +144,8 @@ class TailPrior:
       ValueError: weights not of shape [V], negative, NaN or infinite, all 0 (unless
         ``smoothing == 1``), or some 0 with ``smoothing == 0``; smoothing outside [0, 1].
     """
-    w = np.asarray(weights)
-    if w.ndim != 1 or not 1 <= w.size <= _MAX_VOCAB:
-      raise ValueError(f"TailPrior.from_weights: expected weights of shape [V], "
-                       f"1 <= V <= 2**31, found shape {w.shape}")
-    if w.dtype.kind not in "fiu":
-      raise ValueError(f"TailPrior.from_weights: expected numeric weights, found dtype "
-                       f"{w.dtype}")
-    w = w.astype(np.float64)
-    bad = ~np.isfinite(w) | (w < 0)
-    if np.any(bad):
-      i = int(np.flatnonzero(bad)[0])
-      raise ValueError(f"TailPrior.from_weights: expected finite weights >= 0, found "
-                       f"{w[i]} at id {i} ({int(bad.sum())} such)")
+    w = _vocab_vector(weights, "TailPrior.from_weights", "weights", "finite weights >= 0",
+                      lambda x: ~np.isfinite(x) | (x < 0))
     if not (isinstance(smoothing, (int, float, np.floating, np.integer))
             and 0.0 <= smoothing <= 1.0):
       raise ValueError(f"TailPrior.from_weights: expected smoothing in [0, 1], found "
