@@ -1,0 +1,1 @@
+"""XSum news articles and one-sentence summaries from local JSON-lines files."""
