@@ -32,9 +32,8 @@ def load_episodes(path: str | os.PathLike[str], split: str = "train"
                             "a Riegeli log (metadata.riegeli)")
   builder = R.open_builder(path)
   config = R.schema_config(builder)
-  source = builder.as_data_source(split, file_format="array_record")
-  return (config, R.dataset_lineage(builder),
-          (R.materialize(source[i]) for i in range(len(source))), len(source))
+  count, records = R.iter_records(path, split)
+  return (config, R.dataset_lineage(builder), (R.materialize(r) for r in records), count)
 
 
 def _stats(values: list[float]) -> dict[str, float]:

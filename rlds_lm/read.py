@@ -48,6 +48,47 @@ def data_source(path: str | os.PathLike[str], split: str = "train"):
   return open_builder(path).as_data_source(split, file_format=P.ARRAY_RECORD)
 
 
+def tfrecord_records(path: str | os.PathLike[str]):
+  """Yields the records of a TFRecord file, checking lengths (pure Python, no TensorFlow).
+
+  A TFRecord is ``uint64 length, uint32 masked crc(length), data, uint32 masked
+  crc(data)``, little-endian; CRCs are not verified here (TFDS checks record counts).
+  """
+  import struct  # pylint: disable=g-import-not-at-top
+  with open(os.fspath(path), "rb") as f:
+    while True:
+      header = f.read(12)
+      if not header:
+        return
+      if len(header) != 12:
+        raise ValueError(f"{path}: truncated TFRecord header")
+      (length,) = struct.unpack("<Q", header[:8])
+      data = f.read(length)
+      if len(data) != length or len(f.read(4)) != 4:
+        raise ValueError(f"{path}: truncated TFRecord (expected {length} bytes)")
+      yield data
+
+
+def iter_records(path: str | os.PathLike[str], split: str = "train"):
+  """``(count, iterator of decoded records)`` of a split, from array_record when the
+  dataset has it, else from its tfrecord shards (pipeline stage outputs)."""
+  builder = open_builder(path)
+  formats = [builder.info.file_format.value if builder.info.file_format else P.TFRECORD]
+  formats += [f.value for f in builder.info.alternative_file_formats]
+  if split not in builder.info.splits:
+    raise ValueError(f"{path} has no split {split!r}; it has "
+                     f"{sorted(builder.info.splits.keys())}")
+  if P.ARRAY_RECORD in formats:
+    source = builder.as_data_source(split, file_format=P.ARRAY_RECORD)
+    return len(source), (source[i] for i in range(len(source)))
+  features = builder.info.features
+  files = [os.path.join(os.fspath(path), name)
+           for name in builder.info.splits[split].filenames]
+  count = builder.info.splits[split].num_examples
+  return count, (features.deserialize_example_np(raw)
+                 for name in files for raw in tfrecord_records(name))
+
+
 def _to_python(value: Any) -> Any:
   if isinstance(value, bytes):
     return value.decode("utf-8")

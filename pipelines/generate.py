@@ -1,0 +1,205 @@
+"""Stage ``generate``: prompts + a policy checkpoint -> N sampled rollouts per prompt.
+
+Example::
+
+    python -m pipelines.generate --prompts=DATA/arithmetic/tiny/1.0.0 \\
+        --policy=ckpt/policy --num_samples=4 --max_new_tokens=16 --output=work/rollouts
+
+Each prompt becomes ``--num_samples`` single-turn rollout episodes. The seed of sample
+``i`` of prompt ``p`` is :func:`sample_seed` of (``p``, ``i``, the policy digest, the
+sampling config): never of worker order or time. A prompt's samples are drawn in one
+batch of fixed shape, so the episodes (tokens and behaviour log-probs) are the same with
+any number of workers and on every re-run.
+
+Dead letters: unparseable JSON lines, records without the task's text, prompts too long
+for the policy's context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+
+from pipelines import core
+from pipelines import models
+from pipelines import tasks
+from rlds_lm import schema as S
+
+STAGE = "generate"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+  """Everything that determines the generated episodes besides the prompts."""
+
+  policy: models.ModelRef
+  num_samples: int = 4
+  max_new_tokens: int = 32
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  seed: int = 0  # salt: a different seed gives a different, equally reproducible draw
+
+  def sampling(self) -> dict[str, Any]:
+    return {"num_samples": self.num_samples, "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+            "seed": self.seed}
+
+
+def sample_seed(prompt_id: str, sample_index: int, policy_digest: str,
+                sampling_digest: str) -> int:
+  """Seed of one sample: a function of its prompt, index, policy and config only."""
+  return int(S.content_id(prompt_id, sample_index, policy_digest, sampling_digest),
+             16) & (2**63 - 1)
+
+
+def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,
+                        schema: S.SchemaConfig, policy_info: dict[str, Any],
+                        lineage: dict[str, Any]) -> Iterator[dict[str, Any]]:
+  """The ``num_samples`` rollout episodes of one prompt (runs on a worker)."""
+  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
+  policy, tok = state
+  tokens = tok.encode(prompt.text, add_bos=True)
+  budget = policy.config.max_seq_len - config.max_new_tokens
+  if len(tokens) > budget:
+    raise core.RecordError(
+        "prompt_too_long", f"prompt has {len(tokens)} tokens; the policy's context "
+                           f"({policy.config.max_seq_len}) leaves {budget} after "
+                           f"max_new_tokens={config.max_new_tokens}")
+  sampler = sampling.SamplerConfig(temperature=config.temperature, top_k=config.top_k,
+                                   top_p=config.top_p)
+  digest = core.config_digest(config.sampling())
+  seeds = [sample_seed(prompt.prompt_id, i, policy_info["digest"], digest)
+           for i in range(config.num_samples)]
+  completions = policy.sample([tokens] * config.num_samples, seeds, sampler,
+                              config.max_new_tokens)
+  for i, (seed, completion) in enumerate(zip(seeds, completions)):
+    turn = S.Turn(observation=S.observation(schema, tokens, prompt.text, "prompt"),
+                  action_tokens=completion.tokens,
+                  action_text=tok.decode(completion.tokens),
+                  action_logprobs=completion.logprobs)
+    yield S.rollout_episode(
+        schema, [turn], prompt_id=prompt.prompt_id, task=prompt.task, sample_index=i,
+        policy_name=policy_info["name"], policy_digest=policy_info["digest"],
+        seed=seed, lineage={**lineage, "stop_reason": completion.stop_reason},
+        **sampler.to_dict())
+
+
+def read_prompts(pipeline, source: str, splits: Sequence[str] | None, task: str | None):
+  """Prompts from a TFDS dataset directory or a ``.jsonl`` file.
+
+  Returns ``(prompts, dead_letters, input_or_None, splits, total)``: a PCollection of
+  ``(split, Prompt)``; JSON-lines files give one split (``train``, or the first of
+  ``splits``).
+  """
+  if source.endswith(".jsonl"):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if not tf.io.gfile.exists(source):
+      raise core.PipelineError(f"prompt file {source} does not exist")
+    split = splits[0] if splits else core.TRAIN
+    lines = core.read_jsonl(pipeline, source, split)
+    records, dead_json = core.safe_map(lines, "ParseJson", STAGE,
+                                       lambda line: [tasks.parse_jsonl_line(line)],
+                                       key_fn=lambda line: f"line {line[0]}")
+    with tf.io.gfile.GFile(source) as f:
+      total = sum(1 for line in f if line.strip())
+    dataset = None
+    chosen = (split,)
+  else:
+    dataset = core.open_input(source, splits)
+    records = pipeline | "ReadPrompts" >> core.ReadRecords(dataset, episodes=False)
+    dead_json = None
+    chosen = dataset.splits
+    total = sum(dataset.num_examples[s] for s in chosen)
+  prompts, dead_prompt = core.safe_map(
+      records, "ToPrompt", STAGE, lambda r: [tasks.to_prompt(r, task)],
+      key_fn=tasks.record_key)
+  dead = [d for d in (dead_json, dead_prompt) if d is not None]
+  return prompts, dead, dataset, chosen, total
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m pipelines.generate",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--prompts", required=True,
+                      help="TFDS dataset directory (…/name/[config/]version) or .jsonl file")
+  parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
+  parser.add_argument("--task", choices=tasks.TASKS, default=None,
+                      help="prompt task (default: detected from the record fields)")
+  parser.add_argument("--policy", required=True, help="policy checkpoint directory")
+  parser.add_argument("--policy_name", default="", help="name recorded in episodes")
+  parser.add_argument("--tokenizer", default="byte",
+                      help="'byte' or a SentencePiece .model file")
+  parser.add_argument("--num_samples", type=int, default=4, help="samples per prompt (N)")
+  parser.add_argument("--max_new_tokens", type=int, default=32)
+  parser.add_argument("--temperature", type=float, default=1.0)
+  parser.add_argument("--top_k", type=int, default=0)
+  parser.add_argument("--top_p", type=float, default=1.0)
+  parser.add_argument("--seed", type=int, default=0, help="sampling salt")
+  core.add_common_flags(parser)
+  return parser
+
+
+def run(argv: Sequence[str] | None = None) -> core.StageResult:
+  args, beam_args = build_parser().parse_known_args(argv)
+  started = time.perf_counter()
+  if args.num_samples < 1:
+    raise core.PipelineError(f"--num_samples must be >= 1, found {args.num_samples}")
+  if args.max_new_tokens < 1:
+    raise core.PipelineError(f"--max_new_tokens must be >= 1, found {args.max_new_tokens}")
+  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
+  sampling.SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  policy = models.ModelRef(args.policy, args.tokenizer, args.policy_name)
+  policy_info = policy.describe()
+  config = GenerateConfig(policy=policy, num_samples=args.num_samples,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  schema = S.SchemaConfig(vocab_size=policy_info["vocab_size"],
+                          tokenizer=policy_info["tokenizer"])
+  out = core.prepare_output(args.output, args.overwrite)
+  splits = [s for s in args.splits.split(",") if s] or None
+  stage_config = {"policy_digest": policy_info["digest"], **config.sampling(),
+                  "task": args.task}
+  digest = core.config_digest(stage_config)
+  episode_lineage = {"stage": STAGE, "config_digest": digest}
+
+  options = core.pipeline_options(beam_args, args.workers)
+  pipeline = beam.Pipeline(options=options)
+  prompts, dead, source, chosen, total = read_prompts(pipeline, args.prompts, splits,
+                                                      args.task)
+  core.progress(STAGE, f"{total} prompts x {args.num_samples} samples from {args.prompts} "
+                       f"({', '.join(chosen)}), policy {policy_info['name']} "
+                       f"{policy_info['digest']}")
+  episodes, dead_generate = core.safe_map(
+      prompts, "Generate", STAGE,
+      lambda state, prompt: rollouts_for_prompt(
+          state, prompt, config=config, schema=schema, policy_info=policy_info,
+          lineage=episode_lineage),
+      key_fn=lambda prompt: prompt.prompt_id, setup_fn=policy.load)
+  _, dead_write = episodes | "Write" >> core.WriteEpisodes(
+      out, "rollouts", schema, chosen, args.num_shards, STAGE)
+  core.write_dead_letters(dead + [dead_generate, dead_write], out)
+  lineage = {"stage": STAGE, "prompts": (source.lineage() if source else
+                                         {"path": args.prompts, "format": "jsonl"}),
+             "policy": policy_info, "config": stage_config, "config_digest": digest,
+             "code_version": core.code_version()}
+  return core.finalize(
+      result=pipeline.run(), out_dir=out, name="rollouts", config=schema, splits=chosen,
+      stage=STAGE, description=f"Rollouts of {policy_info['name']} on {args.prompts}",
+      lineage=lineage, inputs_total=total, started=started,
+      max_dropped_fraction=args.max_dropped_fraction, stage_args=vars(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return core.main_wrapper(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,310 @@
+"""Stage ``judge``: scored rollouts -> preference episodes and Best-of-N statistics.
+
+Example::
+
+    python -m pipelines.judge --rollouts=work/scored --reward=entailment \\
+        --mode=pairwise --output=work/preferences --bon_output=work/bon
+
+Rollouts are grouped by ``prompt_id`` (the N samples of one prompt, ordered by episode
+id). The judge is the agent of each preference episode:
+
+* with ``--reward``, a reward-model or rule judge ranks candidates by that reward;
+* with ``--judge_policy``, an LLM judge ranks them by the mean log-probability the judge
+  model gives each completion after the prompt (length-normalised likelihood).
+
+``--mode=pairwise`` writes one episode per pair of candidates (``--pairs=all`` or
+``best_worst``), ``choice`` = the better one or -1 on a tie; ``--mode=ranked`` writes one
+episode per prompt with all N candidates and their ranking.
+
+``--bon_output`` also writes the rollouts with their Best-of-N quantile: for sample i of
+a prompt with rewards r_1..r_N, the Monte Carlo estimate of the reference policy's reward
+CDF at r_i, ``q_i = #{j : r_j <= r_i} / N`` (stored as reward ``<reward>_quantile``;
+J-BOND's reward is ``log q_i``), plus ``bon_groups.jsonl`` with per-prompt statistics:
+mean, std, quantiles and the expected best-of-k reward ``E[max of k draws]`` for
+k = 1, 2, 4, ... <= N under the empirical distribution.
+
+Dead letters: prompts with fewer than two candidates (no preference to state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines import core
+from pipelines import models
+from rlds_lm import schema as S
+
+STAGE = "judge"
+PAIRWISE = "pairwise"
+RANKED = "ranked"
+BON_GROUPS_FILE = "bon_groups.jsonl"
+_RULE_REWARDS = ("arithmetic", "entailment")
+
+
+# -- Best-of-N statistics (pure functions, tested against brute force) ---------------------
+
+
+def mc_quantiles(rewards: Sequence[float]) -> np.ndarray:
+  """``q_i = #{j : r_j <= r_i} / N``: the empirical CDF of the group at each reward."""
+  r = np.asarray(rewards, np.float64)
+  return (r[None, :] <= r[:, None]).sum(axis=1) / len(r)
+
+
+def expected_best_of(rewards: Sequence[float], k: int) -> float:
+  """E[max of k i.i.d. draws] from the empirical distribution of ``rewards``.
+
+  With the rewards sorted ascending, the max of k draws is the i-th smallest with
+  probability ``(i/N)^k - ((i-1)/N)^k``.
+  """
+  r = np.sort(np.asarray(rewards, np.float64))
+  n = len(r)
+  i = np.arange(1, n + 1)
+  return float(np.sum(r * ((i / n) ** k - ((i - 1) / n) ** k)))
+
+
+def group_stats(prompt_id: str, episode_ids: Sequence[str], rewards: Sequence[float]
+                ) -> dict[str, Any]:
+  r = np.asarray(rewards, np.float64)
+  ks = [2**j for j in range(0, int(np.log2(len(r))) + 1)]
+  best = int(np.argmax(r))
+  return {
+      "prompt_id": prompt_id, "n": len(r), "mean": float(r.mean()), "std": float(r.std()),
+      "min": float(r.min()), "max": float(r.max()),
+      "quantiles": {str(q): float(np.quantile(r, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
+      "best_episode_id": episode_ids[best],
+      "expected_best_of": {str(k): expected_best_of(r, k) for k in ks},
+  }
+
+
+# -- preference episodes ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+  mode: str = PAIRWISE
+  pairs: str = "all"
+  reward: str = ""
+  judge: models.ModelRef | None = None
+  judge_name: str = ""
+  judge_kind: str = "reward_model"
+  judge_digest: str = ""
+
+
+def _candidate(episode: Mapping[str, Any]) -> np.ndarray:
+  acting = [s for s in episode[S.STEPS] if not s[S.IS_LAST]]
+  return np.asarray(acting[-1][S.ACTION][S.ACT_TOKENS], np.int32) if acting else np.zeros(
+      0, np.int32)
+
+
+def _reward_of(episode: Mapping[str, Any], name: str) -> float:
+  acting = [s for s in episode[S.STEPS] if not s[S.IS_LAST]]
+  return float(acting[-1][S.REWARDS][name])
+
+
+def judge_scores(state, rollouts: Sequence[Mapping[str, Any]], config: JudgeConfig
+                 ) -> np.ndarray:
+  """One score per candidate: the reward, or the LLM judge's mean log-probability."""
+  if config.judge is None:
+    return np.asarray([_reward_of(e, config.reward) for e in rollouts], np.float64)
+  policy, _ = state
+  sequences, prompt_lengths = [], []
+  for episode in rollouts:
+    prompt = np.asarray(episode[S.STEPS][0][S.OBSERVATION][S.OBS_TOKENS], np.int32)
+    sequences.append(np.concatenate([prompt, _candidate(episode)]))
+    prompt_lengths.append(len(prompt))
+  too_long = [len(s) for s in sequences if len(s) > policy.config.max_seq_len]
+  if too_long:
+    raise core.RecordError("too_long_for_judge", f"{max(too_long)} tokens > the judge's "
+                                                 f"context {policy.config.max_seq_len}")
+  scored = policy.score(sequences, prompt_lengths)
+  return np.asarray([float(s.logprobs.mean()) if len(s.logprobs) else -np.inf
+                     for s in scored], np.float64)
+
+
+def preferences_for_group(state, element, *, config: JudgeConfig, schema: S.SchemaConfig
+                          ) -> Iterator[dict[str, Any]]:
+  """The preference episodes of one prompt's rollouts."""
+  prompt_id, rollouts = element
+  rollouts = sorted(rollouts, key=lambda e: e[S.EPISODE_ID])
+  if len(rollouts) < 2:
+    raise core.RecordError("too_few_candidates",
+                           f"prompt {prompt_id} has {len(rollouts)} rollout(s); a "
+                           f"preference needs two")
+  scores = judge_scores(state, rollouts, config)
+  first = rollouts[0][S.STEPS][0][S.OBSERVATION]
+  prompt = S.observation(schema, np.asarray(first[S.OBS_TOKENS], np.int32),
+                         first[S.OBS_TEXT], "prompt")
+  task = rollouts[0].get(S.TASK, "")
+  if config.mode == RANKED:
+    groups = [list(range(len(rollouts)))]
+  elif config.pairs == "best_worst":
+    order = np.argsort(-scores, kind="stable")
+    groups = [[int(order[0]), int(order[-1])]]
+  else:
+    groups = [list(p) for p in itertools.combinations(range(len(rollouts)), 2)]
+  for members in groups:
+    s = scores[members]
+    choice = -1 if np.all(s == s[0]) else int(np.argmax(s))
+    yield S.preference_episode(
+        schema, prompt, [rollouts[i][S.EPISODE_ID] for i in members],
+        [_candidate(rollouts[i]) for i in members], prompt_id=prompt_id, choice=choice,
+        ranking=np.argsort(-s, kind="stable").astype(np.int32),
+        scores=s.astype(np.float32), judge_name=config.judge_name,
+        judge_digest=config.judge_digest, judge_kind=config.judge_kind, task=task,
+        lineage={"stage": STAGE, "mode": config.mode})
+
+
+def bon_for_group(element, *, reward: str, names: Sequence[str]
+                  ) -> Iterator[tuple[str, Any]]:
+  """("episode", rollout with its quantile reward) items and one ("stats", json)."""
+  prompt_id, items = element
+  items = sorted(items, key=lambda se: se[1][S.EPISODE_ID])
+  rewards = [_reward_of(e, reward) for _, e in items]
+  quantiles = mc_quantiles(rewards)
+  for (split, episode), q in zip(items, quantiles):
+    steps = [dict(s) for s in episode[S.STEPS]]
+    acting = [i for i, s in enumerate(steps) if not s[S.IS_LAST]]
+    for i, step in enumerate(steps):
+      values = {n: float(step[S.REWARDS].get(n, 0.0)) for n in names}
+      values[f"{reward}_quantile"] = float(q) if acting and i == acting[-1] else 0.0
+      step[S.REWARDS] = values
+    yield "episode", (split, {**episode, S.STEPS: steps})
+  stats = group_stats(prompt_id, [e[S.EPISODE_ID] for _, e in items], rewards)
+  stats["split"] = items[0][0]
+  yield "stats", json.dumps(stats, sort_keys=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m pipelines.judge", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--rollouts", required=True, help="scored rollout dataset directory")
+  parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
+  parser.add_argument("--reward", default="",
+                      help="reward that ranks candidates (default: the first reward)")
+  parser.add_argument("--judge_policy", default="",
+                      help="checkpoint of an LLM judge (instead of --reward)")
+  parser.add_argument("--tokenizer", default="byte", help="the LLM judge's tokenizer")
+  parser.add_argument("--mode", choices=(PAIRWISE, RANKED), default=PAIRWISE)
+  parser.add_argument("--pairs", choices=("all", "best_worst"), default="all",
+                      help="which pairs in pairwise mode")
+  parser.add_argument("--bon_output", default="",
+                      help="also write rollouts with Best-of-N quantiles here")
+  core.add_common_flags(parser)
+  return parser
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, core.StageResult]:
+  args, beam_args = build_parser().parse_known_args(argv)
+  started = time.perf_counter()
+  source = core.open_input(args.rollouts, [s for s in args.splits.split(",") if s] or None)
+  schema_in = source.schema
+  if schema_in.kind != S.ROLLOUT:
+    raise core.PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
+  reward = args.reward or (schema_in.reward_names[0] if schema_in.reward_names else "")
+  if not args.judge_policy or args.bon_output:
+    if reward not in schema_in.reward_names:
+      raise core.PipelineError(
+          f"reward {reward!r} is not in the rollouts (they have "
+          f"{list(schema_in.reward_names)}); run pipelines.score first or pass --reward")
+  if args.judge_policy:
+    judge = models.ModelRef(args.judge_policy, args.tokenizer)
+    info = judge.describe()
+    if info["tokenizer"] != schema_in.tokenizer:
+      raise core.PipelineError(f"the judge's tokenizer {info['tokenizer']} is not the "
+                               f"rollouts' ({schema_in.tokenizer})")
+    config = JudgeConfig(mode=args.mode, pairs=args.pairs, judge=judge,
+                         judge_name=info["name"], judge_kind="llm",
+                         judge_digest=info["digest"])
+    judge_info: dict[str, Any] = {"llm": info}
+  else:
+    config = JudgeConfig(mode=args.mode, pairs=args.pairs, reward=reward, judge_name=reward,
+                         judge_kind="rule" if reward in _RULE_REWARDS else "reward_model")
+    judge_info = {"reward": reward}
+  schema = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=schema_in.vocab_size,
+                          tokenizer=schema_in.tokenizer)
+  out = core.prepare_output(args.output, args.overwrite)
+  bon_out = core.prepare_output(args.bon_output, args.overwrite) if args.bon_output else ""
+  total = sum(source.num_examples[s] for s in source.splits)
+  stage_config = {"judge": judge_info, "mode": args.mode, "pairs": args.pairs}
+  digest = core.config_digest(stage_config)
+  core.progress(STAGE, f"{total} rollouts from {source.path}; judge {config.judge_name} "
+                       f"({config.judge_kind}), {args.mode}")
+
+  pipeline = beam.Pipeline(options=core.pipeline_options(beam_args, args.workers))
+  rollouts = pipeline | "ReadRollouts" >> core.ReadRecords(source)
+  # Group per (split, prompt): a prompt's samples are judged together.
+  groups = (rollouts
+            | "KeyByPrompt" >> beam.Map(lambda se: ((se[0], se[1][S.PROMPT_ID]), se[1]))
+            | "GroupByPrompt" >> beam.GroupByKey()
+            | "AsSplitItems" >> beam.MapTuple(lambda key, eps: (key[0], (key[1], list(eps)))))
+  preferences, dead = core.safe_map(
+      groups, "Judge", STAGE,
+      lambda state, element: preferences_for_group(state, element, config=config,
+                                                   schema=schema),
+      key_fn=lambda element: element[0],
+      setup_fn=(config.judge.load if config.judge is not None else lambda: None))
+  _, dead_write = preferences | "Write" >> core.WriteEpisodes(
+      out, "preferences", schema, source.splits, args.num_shards, STAGE)
+  core.write_dead_letters([dead, dead_write], out)
+  lineage = {"stage": STAGE, "rollouts": source.lineage(),
+             "upstream": source.upstream_lineage(), "config": stage_config,
+             "config_digest": digest, "code_version": core.code_version()}
+
+  bon_schema = None
+  if bon_out:
+    names = tuple(schema_in.reward_names) + (f"{reward}_quantile",)
+    bon_schema = dataclasses.replace(schema_in, reward_names=names)
+    bon_items = (rollouts
+                 | "BonKey" >> beam.Map(lambda se: ((se[0], se[1][S.PROMPT_ID]), se))
+                 | "BonGroup" >> beam.GroupByKey()
+                 | "BonItems" >> beam.FlatMapTuple(
+                     lambda key, items: bon_for_group((key[1], list(items)), reward=reward,
+                                                      names=schema_in.reward_names)))
+    bon_episodes = (bon_items | "BonEpisodes" >> beam.Filter(lambda kv: kv[0] == "episode")
+                    | "BonEpisode" >> beam.Map(lambda kv: kv[1]))
+    _, bon_dead = bon_episodes | "WriteBon" >> core.WriteEpisodes(
+        bon_out, "rollouts_bon", bon_schema, source.splits, args.num_shards, STAGE)
+    (bon_items
+     | "BonStats" >> beam.Filter(lambda kv: kv[0] == "stats")
+     | "BonStatLine" >> beam.Map(lambda kv: kv[1])
+     | "BonStatsList" >> beam.combiners.ToList()
+     | "BonStatsSorted" >> beam.Map(lambda lines: "\n".join(sorted(lines)))
+     | "WriteBonStats" >> beam.io.WriteToText(os.path.join(bon_out, BON_GROUPS_FILE),
+                                              num_shards=1, shard_name_template=""))
+    core.write_dead_letters([bon_dead], bon_out, label="BonDeadLetters")
+
+  result = pipeline.run()
+  results = {"preferences": core.finalize(
+      result=result, out_dir=out, name="preferences", config=schema, splits=source.splits,
+      stage=STAGE, description=f"Preferences over {source.name} by {config.judge_name}",
+      lineage=lineage, inputs_total=total, started=started,
+      max_dropped_fraction=args.max_dropped_fraction, upstream=[source],
+      stage_args=vars(args))}
+  if bon_out:
+    results["bon"] = core.finalize(
+        result=result, out_dir=bon_out, name="rollouts_bon", config=bon_schema,
+        splits=source.splits, stage=STAGE + ".bon",
+        description=f"{source.name} with Best-of-N quantiles of {reward}",
+        lineage={**lineage, "bon_reward": reward}, inputs_total=total, started=started,
+        max_dropped_fraction=args.max_dropped_fraction, upstream=[source],
+        stage_args=vars(args))
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return core.main_wrapper(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,231 @@
+"""Stage ``publish``: a stage's output -> the final, versioned TFDS dataset with its card.
+
+Example::
+
+    python -m pipelines.publish --input=work/scored --data_dir=datasets \\
+        --name=arith_rollouts --version=1.0.0 --description="..."
+
+Writes ``DATA_DIR/NAME/VERSION``: tfrecord shards (``as_dataset``, ``rlds``) plus an
+``array_record`` copy (Grain and random access, no TensorFlow), ``metadata.json`` with the
+schema and the lineage (input datasets and versions, the whole chain of stages with
+their config digests, the code version), ``dead_letter_summary.json`` with what every
+stage dropped, and a generated dataset card ``README.md``. Every episode is validated
+again; invalid ones go to the dead-letter output. A version that exists is never
+overwritten: publish a new version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines import core
+from rlds_lm import publish as P
+from rlds_lm import schema as S
+
+STAGE = "publish"
+CARD_FILE = "README.md"
+STATS_FILE = "stats.json"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class EpisodeStats(beam.CombineFn):
+  """Episodes per split and task, invalid count, and per-reward mean / min / max."""
+
+  def create_accumulator(self):
+    return {"episodes": {}, "tasks": {}, "invalid": 0, "rewards": {}}
+
+  def add_input(self, acc, element):
+    split, episode = element
+    acc["episodes"][split] = acc["episodes"].get(split, 0) + 1
+    task = episode.get(S.TASK, "") or "-"
+    acc["tasks"][task] = acc["tasks"].get(task, 0) + 1
+    acc["invalid"] += int(bool(episode.get(S.INVALID, False)))
+    totals: dict[str, float] = {}
+    for step in episode[S.STEPS]:
+      for name, value in (step.get(S.REWARDS) or {}).items():
+        totals[name] = totals.get(name, 0.0) + float(value)
+    if S.REWARDS not in episode[S.STEPS][0]:
+      totals["reward"] = sum(float(s[S.REWARD]) for s in episode[S.STEPS])
+    for name, value in totals.items():
+      n, total, lo, hi = acc["rewards"].get(name, (0, 0.0, np.inf, -np.inf))
+      acc["rewards"][name] = (n + 1, total + value, min(lo, value), max(hi, value))
+    return acc
+
+  def merge_accumulators(self, accumulators):
+    out = self.create_accumulator()
+    for acc in accumulators:
+      for key in ("episodes", "tasks"):
+        for k, v in acc[key].items():
+          out[key][k] = out[key].get(k, 0) + v
+      out["invalid"] += acc["invalid"]
+      for name, (n, total, lo, hi) in acc["rewards"].items():
+        n0, t0, l0, h0 = out["rewards"].get(name, (0, 0.0, np.inf, -np.inf))
+        out["rewards"][name] = (n0 + n, t0 + total, min(l0, lo), max(h0, hi))
+    return out
+
+  def extract_output(self, acc):
+    rewards = {name: {"episodes": n, "mean": total / n, "min": lo, "max": hi}
+               for name, (n, total, lo, hi) in sorted(acc["rewards"].items()) if n}
+    return json.dumps({"episodes": acc["episodes"], "tasks": acc["tasks"],
+                       "invalid": acc["invalid"], "rewards": rewards}, sort_keys=True)
+
+
+def _stage_chain(lineage: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The stages that produced a dataset, oldest first, from nested lineage."""
+  chain = []
+  node: Mapping[str, Any] | None = lineage
+  while node:
+    chain.append({k: node.get(k) for k in ("stage", "config_digest", "code_version")
+                  if k in node})
+    for key in ("prompts", "policy", "teacher", "config"):
+      if key in node:
+        chain[-1][key] = node[key]
+    node = node.get("upstream")
+  return list(reversed(chain))
+
+
+def dataset_card(*, name: str, version: str, description: str, schema: S.SchemaConfig,
+                 stats: Mapping[str, Any], lineage: Mapping[str, Any],
+                 dead_letters: Mapping[str, Any] | None, path: str) -> str:
+  """The README.md of a published dataset (Markdown)."""
+  lines = [f"# {name} {version}", "", description or f"rlds_lm {schema.kind} episodes.", ""]
+  lines += ["## Contents", "", "| split | episodes |", "| --- | ---: |"]
+  lines += [f"| {split} | {n} |" for split, n in sorted(stats.get("episodes", {}).items())]
+  lines += ["", f"Episode kind: **{schema.kind}**; tasks: " + ", ".join(
+      f"{task} ({n})" for task, n in sorted(stats.get("tasks", {}).items()))
+            + f"; invalid (not for training): {stats.get('invalid', 0)}.", ""]
+  lines += ["Schema (`metadata.json` key `rlds_lm_schema`):", "", "```json",
+            json.dumps(json.loads(schema.to_json()), indent=2, sort_keys=True), "```", ""]
+  if stats.get("rewards"):
+    lines += ["## Rewards (sum per episode)", "",
+              "| reward | episodes | mean | min | max |", "| --- | ---: | ---: | ---: | ---: |"]
+    for reward, r in stats["rewards"].items():
+      lines.append(f"| {reward} | {r['episodes']} | {r['mean']:.4f} | {r['min']:.4f} | "
+                   f"{r['max']:.4f} |")
+    lines.append("")
+  lines += ["## Lineage", "", "Stages, oldest first (full record: `metadata.json` key "
+            "`rlds_lm_lineage`):", ""]
+  for i, stage in enumerate(_stage_chain(lineage), 1):
+    extras = []
+    if "policy" in stage:
+      extras.append(f"policy {stage['policy'].get('name')} {stage['policy'].get('digest')}")
+    if "teacher" in stage:
+      extras.append(f"teacher {stage['teacher'].get('name')} "
+                    f"{stage['teacher'].get('digest')}")
+    if "prompts" in stage:
+      extras.append(f"prompts {stage['prompts'].get('name', '')} "
+                    f"{stage['prompts'].get('version', '')}".strip())
+    lines.append(f"{i}. `{stage.get('stage')}` config {stage.get('config_digest', '-')}, "
+                 f"code {stage.get('code_version', '-')}"
+                 + (f": {'; '.join(extras)}" if extras else ""))
+  lines.append("")
+  if dead_letters:
+    lines += ["## Dropped records", "", "| stage | inputs | written | dropped | reasons |",
+              "| --- | ---: | ---: | ---: | --- |"]
+    for s in dead_letters.get("stages", []):
+      reasons = ", ".join(f"{k} x{v}" for k, v in s.get("by_reason", {}).items()) or "-"
+      lines.append(f"| {s['stage']} | {s['inputs']} | {s['written']} | {s['dropped']} | "
+                   f"{reasons} |")
+    lines += ["", f"Details: `{core.DEAD_LETTER_SUMMARY}`, `{core.DEAD_LETTER_FILE}`.", ""]
+  lines += ["## Reading it", "", "```python", "import tensorflow_datasets as tfds",
+            f"builder = tfds.builder_from_directory({path!r})",
+            "ds = builder.as_dataset(split='train')  # tf.data; rlds.transformations apply",
+            "", "from rlds_lm import read  # no TensorFlow: array_record + Grain",
+            f"source = read.data_source({path!r}, 'train')", "```", ""]
+  return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m pipelines.publish", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--input", required=True, help="a stage's output dataset directory")
+  parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
+  parser.add_argument("--data_dir", required=True, help="TFDS data directory")
+  parser.add_argument("--name", required=True, help="dataset name (snake_case)")
+  parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH")
+  parser.add_argument("--description", default="", help="first paragraph of the card")
+  parser.add_argument("--file_formats", default=",".join(P.DEFAULT_FILE_FORMATS),
+                      help="tfrecord first; array_record added as an alternative")
+  parser.add_argument("--num_shards", type=int, default=core.DEFAULT_NUM_SHARDS)
+  parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--max_dropped_fraction", type=float,
+                      default=core.DEFAULT_MAX_DROPPED_FRACTION)
+  return parser
+
+
+def run(argv: Sequence[str] | None = None) -> core.StageResult:
+  args, beam_args = build_parser().parse_known_args(argv)
+  started = time.perf_counter()
+  if not _NAME.match(args.name):
+    raise core.PipelineError(f"--name must be snake_case (a-z, 0-9, _), found {args.name!r}")
+  if not _VERSION.match(args.version):
+    raise core.PipelineError(f"--version must be MAJOR.MINOR.PATCH, found {args.version!r}")
+  formats = tuple(f for f in args.file_formats.split(",") if f)
+  if not formats or formats[0] != P.TFRECORD or not set(formats) <= {P.TFRECORD,
+                                                                     P.ARRAY_RECORD}:
+    raise core.PipelineError(f"--file_formats must start with tfrecord and may add "
+                             f"array_record; found {formats}")
+  source = core.open_input(args.input, [s for s in args.splits.split(",") if s] or None)
+  schema = source.schema
+  out = os.path.join(core.absolute(args.data_dir), args.name, args.version)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if tf.io.gfile.exists(os.path.join(out, "dataset_info.json")):
+    raise core.PipelineError(f"{out} is already published; versions are immutable: "
+                             f"publish a new --version")
+  out = core.prepare_output(out, overwrite=True)  # only leftovers of a failed publish
+  total = sum(source.num_examples[s] for s in source.splits)
+  core.progress(STAGE, f"{total} episodes from {source.path} -> {out}")
+
+  pipeline = beam.Pipeline(options=core.pipeline_options(beam_args, args.workers))
+  episodes = pipeline | "Read" >> core.ReadRecords(source)
+  _, dead = episodes | "Write" >> core.WriteEpisodes(out, args.name, schema, source.splits,
+                                                     args.num_shards, STAGE)
+  (episodes
+   | "Stats" >> beam.CombineGlobally(EpisodeStats())
+   | "WriteStats" >> beam.io.WriteToText(os.path.join(out, core.TMP_DIR, STATS_FILE),
+                                         num_shards=1, shard_name_template=""))
+  core.write_dead_letters([dead], out)
+  upstream = source.upstream_lineage()
+  lineage = {"stage": STAGE, "input": source.lineage(), "upstream": upstream,
+             "name": args.name, "version": args.version,
+             "config_digest": core.config_digest({"name": args.name,
+                                                  "version": args.version}),
+             "code_version": core.code_version()}
+  result = pipeline.run()
+  result.wait_until_finish()
+  with tf.io.gfile.GFile(os.path.join(out, core.TMP_DIR, STATS_FILE)) as f:
+    stats = json.loads(f.read())
+  stage_result = core.finalize(
+      result=result, out_dir=out, name=args.name, config=schema, splits=source.splits,
+      stage=STAGE, description=args.description, lineage=lineage, inputs_total=total,
+      started=started, max_dropped_fraction=args.max_dropped_fraction, upstream=[source],
+      stage_args=vars(args))
+  for file_format in formats[1:]:
+    core.progress(STAGE, f"adding the {file_format} copy")
+    P.add_file_format(out, file_format)
+  card = dataset_card(name=args.name, version=args.version, description=args.description,
+                      schema=schema, stats=stats, lineage=lineage,
+                      dead_letters=core.read_dead_letter_summary(out), path=out)
+  with tf.io.gfile.GFile(os.path.join(out, CARD_FILE), "w") as f:
+    f.write(card)
+  core.progress(STAGE, f"published {args.name} {args.version}: {out} (card: {CARD_FILE})")
+  return stage_result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return core.main_wrapper(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
