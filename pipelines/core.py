@@ -633,6 +633,8 @@ def finalize(*, result, out_dir: str, name: str, config: S.SchemaConfig,
       metadata=tfds.core.MetadataDict(metadata))
 
   dropped = dict(collections.Counter(d["reason"] for d in dead))
+  counters = _metrics(result)
+  seconds = time.perf_counter() - started
   summary = {"stages": [], "total_dropped": 0}
   for source in upstream:
     previous = _read_json(os.path.join(source.path, DEAD_LETTER_SUMMARY))
@@ -650,11 +652,10 @@ def finalize(*, result, out_dir: str, name: str, config: S.SchemaConfig,
   with tf.io.gfile.GFile(os.path.join(out_dir, DEAD_LETTER_FILE), "w") as f:
     for d in dead:
       f.write(json.dumps(d, sort_keys=True) + "\n")
-  counters = _metrics(result)
-  seconds = time.perf_counter() - started
   _write_json(os.path.join(out_dir, STAGE_FILE), {
       "stage": stage, "args": dict(stage_args or {}), "num_examples": num_examples,
-      "dropped": dropped, "lineage": dict(lineage)})
+      "dropped": dropped, "lineage": dict(lineage), "seconds": round(seconds, 3),
+      "counters": counters})
   tf.io.gfile.rmtree(tmp)
 
   total = sum(num_examples.values())

@@ -31,7 +31,7 @@ class ModelRef:
   def describe(self) -> dict:
     """Config, digest and tokenizer identity, read without restoring parameters."""
     from rlds_lm.models import checkpoint  # pylint: disable=g-import-not-at-top
-    path = os.path.abspath(self.path)
+    path = core.absolute(self.path)
     try:
       config = checkpoint.load_config(path)
       digest = checkpoint.read_digest(path)
@@ -60,7 +60,7 @@ class ModelRef:
     from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
     tok = self.load_tokenizer()
     policy = sampling.Policy.from_checkpoint(
-        os.path.abspath(self.path), eos_id=tok.eos_id, pad_id=tok.pad_id,
+        core.absolute(self.path), eos_id=tok.eos_id, pad_id=tok.pad_id,
         name=self.name or None)
     return policy, tok
 

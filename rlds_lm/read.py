@@ -53,9 +53,16 @@ def tfrecord_records(path: str | os.PathLike[str]):
 
   A TFRecord is ``uint64 length, uint32 masked crc(length), data, uint32 masked
   crc(data)``, little-endian; CRCs are not verified here (TFDS checks record counts).
+  Local paths need no TensorFlow; URLs (``gs://...``) are read through ``tf.io.gfile``.
   """
   import struct  # pylint: disable=g-import-not-at-top
-  with open(os.fspath(path), "rb") as f:
+  path = os.fspath(path)
+  if "://" in path:  # gs://, s3://, ...: TensorFlow's file systems
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    opener = lambda: tf.io.gfile.GFile(path, "rb")  # noqa: E731
+  else:
+    opener = lambda: open(path, "rb")  # noqa: E731
+  with opener() as f:
     while True:
       header = f.read(12)
       if not header:

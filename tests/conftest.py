@@ -39,3 +39,37 @@ def published(tmp_path_factory):
   path = P.publish({"train": episodes}, data_dir=tmp_path_factory.mktemp("pub"),
                    name="fake_rollouts", config=ROLLOUT, lineage={"test": "fixture"})
   return path, {e[S.EPISODE_ID]: e for e in episodes}
+
+
+def _build_prompts(builder_cls, config: str, data_dir: str) -> str:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = builder_cls(config=config, data_dir=data_dir)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  return os.fspath(builder.data_dir)
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+  """For the pipeline tests: policy / teacher checkpoints (tiny), arithmetic and
+  summarization prompt datasets (tiny configs, built), a trained NLI model."""
+  from pipelines import models  # pylint: disable=g-import-not-at-top
+  from pipelines import nli  # pylint: disable=g-import-not-at-top
+  from builders.arithmetic import arithmetic_dataset_builder  # pylint: disable=g-import-not-at-top
+  from builders.grounded_summarization import grounded_summarization_dataset_builder  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("pipeline_assets")
+  paths = {
+      "policy": os.fspath(root / "policy"),
+      "teacher": os.fspath(root / "teacher"),
+      "nli": os.fspath(root / "nli"),
+  }
+  models.init_checkpoint(paths["policy"], "tiny", seed=0)
+  models.init_checkpoint(paths["teacher"], "tiny", seed=1)
+  weights, bias, report = nli.train(count=600, seed=0, steps=200)
+  nli.NliClassifier(weights, bias, report).save(paths["nli"])
+  data_dir = os.fspath(root / "data")
+  paths["arithmetic"] = _build_prompts(arithmetic_dataset_builder.Builder, "tiny", data_dir)
+  paths["summarization"] = _build_prompts(
+      grounded_summarization_dataset_builder.Builder, "tiny", data_dir)
+  return paths

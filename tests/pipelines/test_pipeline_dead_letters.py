@@ -18,7 +18,7 @@ from rlds_lm import read as R
 from rlds_lm import schema as S
 from rlds_lm import testing as T
 
-from conftest import MAX_NEW_TOKENS  # pylint: disable=g-bad-import-order
+from pipeline_testlib import MAX_NEW_TOKENS  # pylint: disable=g-bad-import-order
 
 GOOD = [{"question": f"Ann has {n} apples. She gets 2 more. How many now?",
          "answer": str(n + 2)} for n in (3, 5, 7)]

@@ -15,7 +15,7 @@ from rlds_lm import read as R
 from rlds_lm import schema as S
 from rlds_lm import testing as T
 
-from conftest import MAX_NEW_TOKENS  # pylint: disable=g-bad-import-order
+from pipeline_testlib import MAX_NEW_TOKENS  # pylint: disable=g-bad-import-order
 
 
 def _shards(path: str) -> dict[str, bytes]:

@@ -24,15 +24,11 @@ from rlds_lm import read as R
 from rlds_lm import schema as S
 from rlds_lm.models import sampling
 
-from conftest import MAX_NEW_TOKENS  # pylint: disable=g-bad-import-order
+from pipeline_testlib import MAX_NEW_TOKENS  # pylint: disable=g-bad-import-order
+from pipeline_testlib import episodes as _episodes  # pylint: disable=g-bad-import-order
 
 NUM_SAMPLES = 3
 ONE_WORKER = ["--workers=1", "--num_shards=2"]
-
-
-def _episodes(path: str, split: str) -> list[dict]:
-  _, records = R.iter_records(path, split)
-  return [R.materialize(r) for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +131,9 @@ def test_rewards_recomputed_from_text(chain):
   from builders.arithmetic import problems  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   answers = {}
-  prompts = tfds.builder_from_directory(
-      json.loads(open(os.path.join(chain["scored"], "metadata.json")).read())
-      and R.dataset_lineage(tfds.builder_from_directory(chain["scored"]))["prompts"]["path"])
+  # The prompt source, found through the scored dataset's lineage.
+  lineage = R.dataset_lineage(tfds.builder_from_directory(chain["scored"]))
+  prompts = tfds.builder_from_directory(lineage["prompts"]["path"])
   for split in ("train", "test"):
     for ex in prompts.as_dataset(split=split).as_numpy_iterator():
       answers[ex["prompt_id"].decode()] = ex["answer"].decode()

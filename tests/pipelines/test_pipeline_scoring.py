@@ -17,10 +17,11 @@ from pipelines import scorers as SC
 from pipelines import tasks
 from pipelines import teacher
 from rlds_lm import publish as P
-from rlds_lm import read as R
 from rlds_lm import schema as S
 from rlds_lm import tokenizers
 from rlds_lm.models import sampling
+
+from pipeline_testlib import by_id as _by_id  # pylint: disable=g-bad-import-order
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,11 +70,6 @@ def summary_rollouts(assets, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("summary_rollouts")
   return P.publish(splits, data_dir=data_dir, name="summary_rollouts", config=config,
                    file_formats=(P.TFRECORD,))
-
-
-def _by_id(path: str, split: str = "train") -> dict[str, dict]:
-  _, records = R.iter_records(path, split)
-  return {e[S.EPISODE_ID]: e for e in map(R.materialize, records)}
 
 
 def test_score_stage_with_oracle_learned_and_external_nli(summary_rollouts, assets,
