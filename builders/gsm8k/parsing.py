@@ -12,12 +12,12 @@ non-empty solution lines without annotations, joined by newlines) and ``num_step
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 
 from absl import logging
 
+from builders import jsonl
 from rlds_lm.schema import content_id
 
 NAME = "gsm8k"
@@ -61,19 +61,9 @@ def parse_line(line: str | bytes) -> dict | None:
       :func:`parse_answer` rejects. The message does not say where: see
       :func:`read_examples`.
   """
-  if isinstance(line, bytes):
-    line = line.decode("utf-8")
-  if not line.strip():
+  record = jsonl.json_object(line, ("question", "answer"))
+  if record is None:
     return None
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"invalid JSON ({e})") from None
-  if not isinstance(record, dict):
-    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-  for field in ("question", "answer"):
-    if not isinstance(record.get(field), str):
-      raise ValueError(f"field {field!r} is missing or not a string")
   question = record["question"].strip()
   if not question:
     raise ValueError("the question is empty")

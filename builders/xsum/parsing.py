@@ -11,11 +11,11 @@ An example has the fields of ``builders/grounded_summarization``: ``prompt_id``,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 
 from absl import logging
 
+from builders import jsonl
 from rlds_lm.schema import content_id
 
 NAME = "xsum"
@@ -38,19 +38,9 @@ def parse_line(line: str | bytes) -> dict | None:
       ``document`` and ``summary`` and a text or integer ``id``. The message does not
       say where: see :func:`read_examples`.
   """
-  if isinstance(line, bytes):
-    line = line.decode("utf-8")
-  if not line.strip():
+  record = jsonl.json_object(line, ("document", "summary"))
+  if record is None:
     return None
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"invalid JSON ({e})") from None
-  if not isinstance(record, dict):
-    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-  for field in ("document", "summary"):
-    if not isinstance(record.get(field), str):
-      raise ValueError(f"field {field!r} is missing or not a string")
   source_id = record.get("id")
   if isinstance(source_id, bool) or not isinstance(source_id, (str, int)):
     raise ValueError("field 'id' is missing or neither a string nor an integer")
