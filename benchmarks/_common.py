@@ -48,6 +48,7 @@ Run from the repository root, in the project's virtualenv (`datasets` comes with
 ```
 python -m benchmarks.record_throughput --out docs/
 python -m benchmarks.read_throughput --out docs/
+python -m benchmarks.pipeline_throughput --out docs/
 ```
 
 Add `--quick` for a small smoke run (seconds); a quick run writes

@@ -207,10 +207,10 @@ def counter(stage: str, name: str):
 
 
 class SafeMap(beam.DoFn):
-  """Applies ``fn(element) -> iterable of outputs``; failures become dead letters.
+  """Applies ``fn(item) -> iterable of outputs``; failures become dead letters.
 
-  ``fn`` receives a ``(split, item)`` pair and yields ``(split, output)`` pairs. An
-  exception from one element sends a :class:`DeadLetter` to the ``dead_letter`` output
+  Elements are ``(split, item)`` pairs: ``fn`` gets the item, and each of its outputs
+  is emitted as ``(split, output)``. An exception from one element sends a :class:`DeadLetter` to the ``dead_letter`` output
   (key from ``key_fn``) and increments the counters ``<stage>/dropped`` and
   ``<stage>/dead_letter.<reason>``; elements that succeed increment ``<stage>/ok``.
 

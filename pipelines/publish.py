@@ -11,7 +11,8 @@ schema and the lineage (input datasets and versions, the whole chain of stages w
 their config digests, the code version), ``dead_letter_summary.json`` with what every
 stage dropped, and a generated dataset card ``README.md``. Every episode is validated
 again; invalid ones go to the dead-letter output. A version that exists is never
-overwritten: publish a new version.
+overwritten: publish a new version. While a publish runs, the directory holds a
+``_PUBLISHING`` marker; a publish that failed (marker left behind) can simply be re-run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from rlds_lm import schema as S
 
 STAGE = "publish"
 CARD_FILE = "README.md"
+IN_PROGRESS_FILE = "_PUBLISHING"  # present until the publish completed
 STATS_FILE = "stats.json"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -180,10 +182,15 @@ def run(argv: Sequence[str] | None = None) -> core.StageResult:
   schema = source.schema
   out = os.path.join(core.absolute(args.data_dir), args.name, args.version)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if tf.io.gfile.exists(os.path.join(out, "dataset_info.json")):
+  marker = os.path.join(out, IN_PROGRESS_FILE)
+  if (tf.io.gfile.exists(os.path.join(out, "dataset_info.json"))
+      and not tf.io.gfile.exists(marker)):
     raise core.PipelineError(f"{out} is already published; versions are immutable: "
                              f"publish a new --version")
-  out = core.prepare_output(out, overwrite=True)  # only leftovers of a failed publish
+  # Anything else there is the leftover of a failed publish (it still has the marker).
+  out = core.prepare_output(out, overwrite=True)
+  with tf.io.gfile.GFile(marker, "w") as f:
+    f.write("publishing; this version is incomplete until this file is removed\n")
   total = sum(source.num_examples[s] for s in source.splits)
   core.progress(STAGE, f"{total} episodes from {source.path} -> {out}")
 
@@ -219,6 +226,7 @@ def run(argv: Sequence[str] | None = None) -> core.StageResult:
                       dead_letters=core.read_dead_letter_summary(out), path=out)
   with tf.io.gfile.GFile(os.path.join(out, CARD_FILE), "w") as f:
     f.write(card)
+  tf.io.gfile.remove(marker)
   core.progress(STAGE, f"published {args.name} {args.version}: {out} (card: {CARD_FILE})")
   return stage_result
 

@@ -206,6 +206,19 @@ def test_card_lineage_and_dead_letter_summary(chain, assets):
   assert summary["total_dropped"] == 0
 
 
+def test_a_failed_publish_can_be_rerun(chain, tmp_path):
+  data_dir = tmp_path / "ds"
+  with pytest.raises(core.PipelineError, match="dropped"):  # fails after finalize
+    publish.run([f"--input={chain['scored']}", f"--data_dir={data_dir}", "--name=again",
+                 "--max_dropped_fraction=-1", *ONE_WORKER])
+  path = data_dir / "again" / "1.0.0"
+  assert (path / publish.IN_PROGRESS_FILE).exists()
+  result = publish.run([f"--input={chain['scored']}", f"--data_dir={data_dir}",
+                        "--name=again", *ONE_WORKER])
+  assert not (path / publish.IN_PROGRESS_FILE).exists()
+  assert (path / publish.CARD_FILE).exists() and result.total_examples == 12 * NUM_SAMPLES
+
+
 def test_publish_refuses_an_existing_version(chain, tmp_path):
   data_dir = os.path.dirname(os.path.dirname(chain["published"]))
   with pytest.raises(core.PipelineError, match="already published"):
