@@ -80,7 +80,13 @@ def episode_builder(*, data_dir: str | os.PathLike[str], name: str, config: S.Sc
   cls = _builder_class()
   return cls(name=name, config=config, version=version, split_episodes=split_episodes,
              description=description, lineage=lineage, validate=validate,
-             data_dir=os.fspath(data_dir), file_format=file_format)
+             data_dir=_absolute(data_dir), file_format=file_format)
+
+
+def _absolute(path: str | os.PathLike[str]) -> str:
+  # TFDS's format conversion finds no shards under a relative data_dir.
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
 
 
 def publish(

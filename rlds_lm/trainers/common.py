@@ -1,0 +1,286 @@
+"""What every trainer shares: optimizer, log-probs, the jitted step, checkpoints, metrics.
+
+* :func:`make_optimizer`: AdamW with linear warm-up and cosine decay, gradient clipping.
+* :func:`sequence_logprobs`: the student's log-probabilities over the vocabulary for a
+  padded batch from :mod:`rlds_lm.trainers.data` (position ``t`` predicts token
+  ``t + 1``).
+* :class:`Placement`: puts parameters, optimizer state and batches on a ``("data",
+  "model")`` mesh (:mod:`rlds_lm.models.sharding`) or on the default device; the same
+  step function runs on 1 CPU device, several fake CPU devices, a GPU or a TPU slice.
+* :class:`Checkpoints`: Orbax checkpoints of parameters, optimizer state and the data
+  iterator state (``{"step", "fingerprint"}``), so a restart continues the exact batch
+  sequence.
+* :class:`Metrics`: one JSON line per logged step, and PNG plots of chosen series.
+* :class:`TrainingDivergedError`: a non-finite loss stops training before anything is
+  saved, naming the step and the records of the batch; the last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlds_lm.models import gemma
+from rlds_lm.models import sharding as shd
+from rlds_lm.models.config import ModelConfig
+
+Params = gemma.Params
+Batch = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with linear warm-up then cosine decay to ``final_fraction`` of the peak."""
+
+  learning_rate: float = 1e-3
+  warmup_steps: int = 10
+  total_steps: int = 100
+  final_fraction: float = 0.1
+  weight_decay: float = 0.0
+  clip_norm: float = 1.0
+  b1: float = 0.9
+  b2: float = 0.98
+
+
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate,
+      warmup_steps=max(1, config.warmup_steps),
+      decay_steps=max(config.warmup_steps + 1, config.total_steps),
+      end_value=config.learning_rate * config.final_fraction)
+  return optax.chain(
+      optax.clip_by_global_norm(config.clip_norm),
+      optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay))
+
+
+def sequence_logprobs(config: ModelConfig, params: Params, tokens: jax.Array,
+                      valid: jax.Array) -> jax.Array:
+  """float32 [B, L, V]: log p(next token | prefix) at every position of padded rows.
+
+  ``tokens`` int [B, L] left-aligned, ``valid`` bool [B, L]; ``out[:, t]`` is the
+  distribution of ``tokens[:, t + 1]``. Positions are the column index (padding mode of
+  the data pipeline; packed rows need segment-aware attention, which the model lacks).
+  """
+  b, length = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+  logits, _ = gemma.forward(config, params, tokens, positions, valid)
+  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def targets_and_mask(batch: Batch) -> tuple[jax.Array, jax.Array]:
+  """(targets [B, L-1], mask [B, L-1]): the next token of every position and whether
+  it is a trained (action) token."""
+  tokens = batch["tokens"]
+  return tokens[:, 1:], batch["loss_mask"][:, 1:]
+
+
+def gather_tokens(logp: jax.Array, targets: jax.Array) -> jax.Array:
+  """log p of each target: [B, T, V], [B, T] -> [B, T]."""
+  return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+# --------------------------------------------------------------------------------------
+# Placement on devices.
+# --------------------------------------------------------------------------------------
+
+
+class Placement:
+  """Where arrays live: a ``(data, model)`` mesh, or the default device (``mesh=None``)."""
+
+  def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    self.mesh = mesh
+
+  @classmethod
+  def create(cls, config: ModelConfig, data: int = 1, model: int = 1) -> Placement:
+    if data * model == 1:
+      return cls(config, None)
+    return cls(config, shd.make_mesh(data, model))
+
+  @property
+  def data_size(self) -> int:
+    return 1 if self.mesh is None else int(dict(self.mesh.shape)[shd.DATA])
+
+  def params(self, params: Params) -> Params:
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, params)
+    return gemma.shard_params(params, self.config, self.mesh)
+
+  def batch(self, batch: Batch) -> dict[str, jax.Array]:
+    if self.mesh is None:
+      return {k: jnp.asarray(v) for k, v in batch.items()}
+    return {k: jax.device_put(np.asarray(v), shd.batch_sharding(self.mesh, np.shape(v)))
+            for k, v in batch.items()}
+
+  def context(self):
+    import contextlib  # pylint: disable=g-import-not-at-top
+    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+
+# --------------------------------------------------------------------------------------
+# The training step.
+# --------------------------------------------------------------------------------------
+
+LossFn = Callable[[Params, Batch, Any], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+  """A jitted ``(params, opt_state, batch, extra) -> (params, opt_state, metrics)``.
+
+  ``loss_fn(params, batch, extra) -> (loss, metrics)``; ``extra`` carries arrays that
+  are not trained (a teacher's or a reference policy's parameters). Metrics gain
+  ``loss`` and ``grad_norm``. Parameters and optimizer state are donated.
+  """
+
+  def step(params, opt_state, batch, extra):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, extra)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return params, opt_state, metrics
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+class TrainingDivergedError(RuntimeError):
+  """A loss or gradient became NaN / inf; nothing from this step was saved."""
+
+  def __init__(self, step: int, metrics: Mapping[str, float], records: Sequence[Any]):
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    super().__init__(f"non-finite {', '.join(bad)} at step {step}; batch records "
+                     f"(dataset, record index): {list(records)[:16]}; the last "
+                     f"checkpoint before this step is intact")
+    self.step = step
+    self.records = list(records)
+
+
+def check_finite(step: int, metrics: Mapping[str, float], batch: Batch) -> None:
+  if all(math.isfinite(v) for v in metrics.values()):
+    return
+  records = []
+  if "dataset" in batch and "record_index" in batch:
+    records = [(int(d), int(r)) for d, r in zip(np.asarray(batch["dataset"]).reshape(-1),
+                                                np.asarray(batch["record_index"]).reshape(-1))]
+  raise TrainingDivergedError(step, metrics, records)
+
+
+def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints.
+# --------------------------------------------------------------------------------------
+
+
+class Checkpoints:
+  """Orbax checkpoints: ``state`` (params + optimizer), ``data`` (iterator state), ``meta``.
+
+  A checkpoint at step ``n`` holds the state *after* ``n`` steps, and the data state
+  whose next batch is batch ``n``; restoring it and continuing gives the same batches,
+  parameters and losses as never stopping.
+  """
+
+  def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp = ocp
+    self.directory = os.path.abspath(os.fspath(directory))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                             create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, params: Params, opt_state: Any, data_state: Mapping[str, Any],
+           meta: Mapping[str, Any] | None = None) -> None:
+    ocp = self._ocp
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+        data=ocp.args.JsonSave(dict(data_state)),
+        meta=ocp.args.JsonSave(dict(meta or {}))))
+    self._manager.wait_until_finished()
+
+  def restore(self, params_like: Params, opt_state_like: Any, step: int | None = None
+              ) -> tuple[int, Params, Any, dict[str, Any], dict[str, Any]] | None:
+    """(step, params, opt_state, data_state, meta) of ``step`` (default: the latest), or
+    None when there is no checkpoint. ``*_like`` give structure, shapes and shardings."""
+    ocp = self._ocp
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding",
+                                                                            None)),
+        {"params": params_like, "opt_state": opt_state_like})
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    state = restored["state"]
+    return step, state["params"], state["opt_state"], dict(restored["data"]), dict(
+        restored["meta"])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+# --------------------------------------------------------------------------------------
+# Metrics.
+# --------------------------------------------------------------------------------------
+
+
+class Metrics:
+  """Appends ``{"step": n, ...}`` JSON lines to ``path``; :meth:`plot` draws PNGs."""
+
+  def __init__(self, path: str | os.PathLike[str], *, resume_from: int | None = None):
+    self.path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    if resume_from is not None and os.path.exists(self.path):
+      # Drop lines logged after the checkpoint we resume from (they will be redone).
+      kept = [line for line in self.read() if line["step"] <= resume_from]
+      with open(self.path, "w") as f:
+        for line in kept:
+          f.write(json.dumps(line, sort_keys=True) + "\n")
+    elif resume_from is None and os.path.exists(self.path):
+      os.remove(self.path)
+
+  def log(self, step: int, values: Mapping[str, float]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}},
+                         sort_keys=True) + "\n")
+
+  def read(self) -> list[dict[str, float]]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+  def plot(self, out_path: str, keys: Sequence[str], title: str = "") -> str:
+    """One panel per key against the step; returns ``out_path`` (PNG)."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    rows = self.read()
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+      points = [(r["step"], r[key]) for r in rows if key in r]
+      if points:
+        ax.plot(*zip(*points), marker=".", linewidth=1)
+      ax.set_ylabel(key)
+      ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    if title:
+      fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,331 @@
+"""Distillation trainer: supervised KD from stored teacher data, SeqKD, and on-policy GKD.
+
+Reads published rollout datasets (``rlds_lm.trainers.data``) and trains a student
+decoder (``rlds_lm.models``) with one of the losses of ``rlds_lm.trainers.losses``:
+
+* ``topk_kd``: KL to the stored teacher top-k plus one tail bucket (off-policy data);
+* ``sampled_kd``: cross-entropy to the stored Gemma-3-style sampled-k teacher draws;
+* ``seqkd``: negative log-likelihood of the dataset's completions (SeqKD when the
+  completions were sampled from the teacher; SFT when they are reference answers);
+* ``jsd``: generalized JSD(beta) between the live teacher's and the student's full
+  distributions (needs ``teacher``), GKD's loss.
+
+With ``student_fraction`` (GKD's lambda) > 0, that fraction of the steps trains on the
+student's own samples instead of the dataset's completions: the step's prompts are
+completed by the current student, the teacher scores them, and the JSD(beta) loss is
+applied; every such generation is recorded as a rollout episode (with the teacher's
+top-k) in ``workdir/generations`` through :class:`rlds_lm.recorder.Recorder`, so the
+on-policy data is kept like any other. Which steps are on-policy and the sampling seeds
+are functions of (seed, step): a resumed run makes the same choices.
+
+Example (CPU, seconds)::
+
+    from rlds_lm.trainers import distill
+    result = distill.train(distill.DistillConfig(
+        datasets={"datasets/arith_rollouts/1.0.0": 1.0}, workdir="runs/kd",
+        student="tiny", loss="topk_kd", steps=50))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlds_lm import schema as S
+from rlds_lm.models import checkpoint as ckpt_lib
+from rlds_lm.models import config as model_config
+from rlds_lm.models import gemma
+from rlds_lm.models import sampling
+from rlds_lm.models import teacher_scoring
+from rlds_lm.trainers import common
+from rlds_lm.trainers import data as D
+from rlds_lm.trainers import losses as L
+
+LOSSES = ("topk_kd", "sampled_kd", "seqkd", "jsd")
+_REQUIRED = {"topk_kd": (S.TEACHER_TOPK_IDS, S.TEACHER_TOPK_LOGPROBS),
+             "sampled_kd": (S.TEACHER_SAMPLED_IDS, S.TEACHER_SAMPLED_COUNTS),
+             "seqkd": (), "jsd": ()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """A distillation run. The small CPU setting is the default."""
+
+  datasets: Mapping[str, float]  # published rollout datasets -> mixture weight
+  workdir: str  # checkpoints/, metrics.jsonl, plots, generations/
+  student: str = "tiny"  # a named model config (fresh init) or a checkpoint directory
+  teacher: str = ""  # teacher checkpoint: required by loss="jsd" and on-policy steps
+  loss: str = "topk_kd"
+  beta: float = 0.5  # JSD(beta): 0 -> forward KL(teacher||student), 1 -> reverse KL
+  student_fraction: float = 0.0  # GKD lambda: fraction of steps on student samples
+  steps: int = 100
+  batch_size: int = 16
+  max_length: int = 64
+  max_new_tokens: int = 16  # on-policy completions
+  temperature: float = 1.0  # on-policy sampling temperature
+  seed: int = 0
+  optim: common.OptimConfig = common.OptimConfig()
+  mesh_data: int = 1
+  mesh_model: int = 1
+  log_every: int = 10
+  checkpoint_every: int = 50
+  eval_every: int = 0  # 0: evaluate at the end only (when an eval_fn is given)
+  eos_id: int = 2  # byte tokenizer's EOS: ends on-policy completions
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f"loss must be one of {LOSSES}, found {self.loss!r}")
+    if not 0.0 <= self.beta <= 1.0:
+      raise ValueError(f"beta must be in [0, 1], found {self.beta}")
+    if not 0.0 <= self.student_fraction <= 1.0:
+      raise ValueError(f"student_fraction must be in [0, 1], found {self.student_fraction}")
+    if (self.loss == "jsd" or self.student_fraction > 0) and not self.teacher:
+      raise ValueError("loss='jsd' and on-policy steps (student_fraction > 0) need a "
+                       "teacher checkpoint")
+
+  def to_json(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["datasets"] = dict(self.datasets)
+    return out
+
+
+def load_student(spec: str, seed: int):
+  """(ModelConfig, params, origin): a checkpoint directory, or a named config (fresh)."""
+  if os.path.isdir(spec):
+    restored = ckpt_lib.restore(spec)
+    return restored.config, restored.params, {"checkpoint": os.path.abspath(spec),
+                                               "digest": restored.digest}
+  config = model_config.get_config(spec)
+  return config, gemma.init_params(config, seed), {"init": spec, "seed": seed}
+
+
+def off_policy_loss(config: DistillConfig, model: model_config.ModelConfig):
+  """loss_fn(params, batch, teacher_params) on dataset completions."""
+
+  def loss_fn(params, batch, extra):
+    valid = batch[D.SEGMENT_IDS] > 0
+    logp = common.sequence_logprobs(model, params, batch[D.TOKENS], valid)[:, :-1]
+    targets, mask = common.targets_and_mask(batch)
+    if config.loss == "topk_kd":
+      per_token = L.topk_kd(logp, batch[D.TEACHER_TOPK_IDS][:, 1:],
+                            batch[D.TEACHER_TOPK_LOGPROBS][:, 1:], mask)
+    elif config.loss == "sampled_kd":
+      per_token = L.sampled_kd(logp, batch[D.TEACHER_SAMPLED_IDS][:, 1:],
+                               batch[D.TEACHER_SAMPLED_COUNTS][:, 1:], mask)
+    elif config.loss == "seqkd":
+      per_token = -common.gather_tokens(logp, targets)
+    else:
+      teacher_logp = jax.lax.stop_gradient(common.sequence_logprobs(
+          extra["teacher_config"], extra["teacher"], batch[D.TOKENS], valid)[:, :-1])
+      per_token = L.generalized_jsd(teacher_logp, logp, config.beta, mask)
+    loss = L.masked_mean(per_token, mask)
+    nll = L.masked_mean(-common.gather_tokens(logp, targets), mask)
+    return loss, {"nll": nll, "tokens": jnp.sum(mask)}
+
+  return loss_fn
+
+
+def on_policy_loss(config: DistillConfig, model: model_config.ModelConfig):
+  """loss_fn on the student's own completions: JSD(beta) to the live teacher."""
+
+  def loss_fn(params, batch, extra):
+    valid = batch[D.SEGMENT_IDS] > 0
+    logp = common.sequence_logprobs(model, params, batch[D.TOKENS], valid)[:, :-1]
+    teacher_logp = jax.lax.stop_gradient(common.sequence_logprobs(
+        extra["teacher_config"], extra["teacher"], batch[D.TOKENS], valid)[:, :-1])
+    _, mask = common.targets_and_mask(batch)
+    loss = L.masked_mean(L.generalized_jsd(teacher_logp, logp, config.beta, mask), mask)
+    return loss, {"nll": jnp.float32(0.0), "tokens": jnp.sum(mask)}
+
+  # Traced separately from the off-policy step: different batch contents, same shapes.
+  return loss_fn
+
+
+def prompts_of(batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+  """The prompt (tokens before the first trained token) of every row with one."""
+  out = []
+  for tokens, mask, seg in zip(batch[D.TOKENS], batch[D.LOSS_MASK], batch[D.SEGMENT_IDS]):
+    first = np.flatnonzero(mask)
+    end = int(first[0]) if first.size else int((seg > 0).sum())
+    out.append(np.asarray(tokens[:max(end, 1)], np.int32))
+  return out
+
+
+def student_batch(prompts: list[np.ndarray], completions: list[sampling.Completion],
+                  max_length: int) -> dict[str, np.ndarray]:
+  """A padded batch of prompt + student completion (loss on the completion)."""
+  b = len(prompts)
+  tokens = np.zeros((b, max_length), np.int32)
+  mask = np.zeros((b, max_length), bool)
+  seg = np.zeros((b, max_length), np.int32)
+  for i, (p, c) in enumerate(zip(prompts, completions)):
+    row = np.concatenate([p, c.tokens])[:max_length]
+    tokens[i, :len(row)] = row
+    seg[i, :len(row)] = 1
+    mask[i, len(p):len(row)] = True
+  return {D.TOKENS: tokens, D.LOSS_MASK: mask, D.SEGMENT_IDS: seg}
+
+
+def _step_rng(seed: int, step: int) -> np.random.Generator:
+  return np.random.default_rng([seed, step, 0x6B64])
+
+
+def train(config: DistillConfig,
+          eval_fn: Callable[[model_config.ModelConfig, Any], Mapping[str, float]] | None = None,
+          *, stop_at: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) a distillation run; returns the final metrics and paths.
+
+  Args:
+    config: the run.
+    eval_fn: ``(model_config, params) -> metrics`` (e.g. task accuracy), run every
+      ``eval_every`` steps and at the end; logged as ``eval/<name>``.
+    stop_at: stop after this many steps (with a checkpoint), as if the job had been
+      preempted; calling ``train`` again resumes from it.
+  """
+  started = time.perf_counter()
+  os.makedirs(config.workdir, exist_ok=True)
+  with open(os.path.join(config.workdir, "config.json"), "w") as f:
+    json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
+
+  # 1. Models. The student trains; the teacher (if any) only scores.
+  model, params, origin = load_student(config.student, config.seed)
+  teacher = None
+  if config.teacher:
+    teacher = sampling.Policy.from_checkpoint(config.teacher, eos_id=config.eos_id)
+    if teacher.config.vocab_size != model.vocab_size:
+      raise D.DataMismatchError(f"teacher vocabulary {teacher.config.vocab_size} != "
+                                f"student vocabulary {model.vocab_size}")
+
+  # 2. Data: refuses datasets without the fields the loss needs, or another vocabulary.
+  pipeline = D.DataPipeline(
+      dict(config.datasets),
+      D.DataConfig(batch_size=config.batch_size, max_length=config.max_length,
+                   seed=config.seed),
+      require=_REQUIRED[config.loss], optional=(), vocab_size=model.vocab_size)
+  if config.student_fraction > 0 and config.max_new_tokens >= config.max_length:
+    raise ValueError("max_new_tokens must leave room for the prompt in max_length")
+
+  # 3. Placement, optimizer, checkpoints: resume if the workdir has one.
+  place = common.Placement.create(model, config.mesh_data, config.mesh_model)
+  optimizer = common.make_optimizer(dataclasses.replace(config.optim,
+                                                        total_steps=config.steps))
+  with place.context():
+    params = place.params(params)
+    opt_state = jax.jit(optimizer.init)(params)
+  checkpoints = common.Checkpoints(os.path.join(config.workdir, "checkpoints"))
+  start_step, data_state = 0, None
+  restored = checkpoints.restore(params, opt_state)
+  if restored is not None:
+    start_step, params, opt_state, data_state, _ = restored
+  extra = {}
+  if teacher is not None:
+    with place.context():
+      extra = {"teacher": place.params(teacher.params)}
+  metrics_log = common.Metrics(os.path.join(config.workdir, "metrics.jsonl"),
+                               resume_from=start_step if restored else None)
+
+  teacher_config = teacher.config if teacher is not None else None
+  off_step = common.make_train_step(_with_static(off_policy_loss(config, model),
+                                                 teacher_config), optimizer)
+  on_step = common.make_train_step(_with_static(on_policy_loss(config, model),
+                                                teacher_config), optimizer)
+  recorder = _generations_recorder(config, model) if config.student_fraction > 0 else None
+
+  # 4. The loop.
+  iterator = pipeline.iterator(data_state)
+  last = {}
+  end = config.steps if stop_at is None else min(stop_at, config.steps)
+  try:
+    for step in range(start_step, end):
+      batch = next(iterator)
+      on_policy = _step_rng(config.seed, step).random() < config.student_fraction
+      if on_policy:
+        batch = _generate(config, model, params, teacher, batch, step, recorder)
+      with place.context():
+        device_batch = place.batch(batch)
+        params, opt_state, metrics = (on_step if on_policy else off_step)(
+            params, opt_state, device_batch, extra)
+      values = common.to_floats(metrics)
+      values["on_policy"] = float(on_policy)
+      common.check_finite(step, values, batch)
+      last = values
+      done = step + 1
+      if done % config.log_every == 0 or done == config.steps:
+        metrics_log.log(done, values)
+      if config.eval_every and eval_fn is not None and done % config.eval_every == 0:
+        metrics_log.log(done, {f"eval/{k}": v for k, v in eval_fn(model, params).items()})
+      if done % config.checkpoint_every == 0 or done in (config.steps, end):
+        checkpoints.save(done, params, opt_state, iterator.get_state(),
+                         {"origin": origin, "metrics": values})
+  finally:
+    iterator.close()
+    checkpoints.close()
+    if recorder is not None:
+      recorder.close()
+
+  if end < config.steps:
+    return {"metrics": last, "stopped_at": end, "resumed_from": start_step}
+
+  # 5. The student as a plain checkpoint (pipelines.generate can sample from it), plots.
+  final = {}
+  if eval_fn is not None:
+    final = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
+    metrics_log.log(config.steps, final)
+  student_dir = os.path.join(config.workdir, "student")
+  digest = ckpt_lib.save(student_dir, model, jax.device_get(params), overwrite=True)
+  plot = metrics_log.plot(os.path.join(config.workdir, "metrics.png"), ["loss", "nll"],
+                          title=f"distill ({config.loss})")
+  return {"metrics": last, "eval": final, "student": student_dir, "student_digest": digest,
+          "plot": plot, "seconds": time.perf_counter() - started,
+          "resumed_from": start_step, "data": pipeline.summary()}
+
+
+def _with_static(loss_fn, teacher_config):
+  """Binds the teacher's (static) config into ``extra`` for the jitted loss."""
+
+  def bound(params, batch, extra):
+    return loss_fn(params, batch, {**extra, "teacher_config": teacher_config})
+
+  return bound
+
+
+def _generations_recorder(config: DistillConfig, model: model_config.ModelConfig):
+  from rlds_lm import recorder  # pylint: disable=g-import-not-at-top
+  schema = S.SchemaConfig(vocab_size=model.vocab_size, tokenizer="byte",
+                          teacher_top_k=8)
+  return recorder.Recorder(os.path.join(config.workdir, "generations"), schema)
+
+
+def _generate(config, model, params, teacher, batch, step, recorder):
+  """The step's prompts completed by the current student, recorded with teacher top-k."""
+  prompts = prompts_of(batch)
+  budget = config.max_length - config.max_new_tokens
+  prompts = [p[-budget:] for p in prompts]
+  seeds = [int(s) for s in _step_rng(config.seed, step).integers(0, 2**62, len(prompts))]
+  params_host = jax.device_get(params)
+  completions = sampling.sample(
+      model, params_host, prompts, seeds, sampling.SamplerConfig(config.temperature),
+      config.max_new_tokens, eos_id=config.eos_id).completions()
+  if recorder is not None:
+    sequences = [np.concatenate([p, c.tokens]) for p, c in zip(prompts, completions)]
+    keep = [i for i, c in enumerate(completions) if len(c.tokens)]
+    annotated = teacher_scoring.annotate(
+        teacher.config, teacher.params, [sequences[i] for i in keep],
+        [len(prompts[i]) for i in keep], top_k=8) if keep else []
+    schema = recorder.config
+    for i, arrays in zip(keep, annotated):
+      turn = S.Turn(S.observation(schema, prompts[i]), action_tokens=completions[i].tokens,
+                    action_logprobs=completions[i].logprobs, teacher=arrays)
+      recorder.record(S.rollout_episode(
+          schema, [turn], prompt_id=S.content_id(prompts[i].tolist(), prefix="p-"),
+          sample_index=0, policy_name=f"student@{step}", seed=seeds[i],
+          task="distill", lineage={"trainer": "distill", "step": step}))
+  return student_batch(prompts, completions, config.max_length)
