@@ -186,12 +186,14 @@ def machine_info() -> dict[str, Any]:
   }
 
 
-def load_line(start: Sequence[float] | None, end: Sequence[float] | None) -> str:
-  """'load average (1 min) 1.2 at start, 3.4 at end' or '' when unknown."""
+def load_line(start: Sequence[float] | None, end: Sequence[float] | None,
+              cpus: int | None = None) -> str:
+  """'load average (1 min, N CPUs) 1.2 at start, 3.4 at end' or '' when unknown;
+  ``cpus`` is the measuring machine's count (default: this machine's)."""
   if not start or not end:
     return ""
-  return (f"Load average (1 min, {os.cpu_count()} CPUs): {start[0]:.1f} at the start, "
-          f"{end[0]:.1f} at the end of the run.")
+  return (f"Load average (1 min, {cpus or os.cpu_count()} CPUs): {start[0]:.1f} at the "
+          f"start, {end[0]:.1f} at the end of the run.")
 
 
 def machine_line(info: dict[str, Any]) -> str:
@@ -334,7 +336,7 @@ def run_footer(data: dict[str, Any]) -> list[str]:
   """Markdown lines saying the load average, wall time and commit of a run ([] if the
   load was not recorded)."""
   load = load_line(data["machine"].get("load_average_start"),
-                   data["machine"].get("load_average"))
+                   data["machine"].get("load_average"), data["machine"].get("cpu_count"))
   if not load:
     return []
   return ["", load + f" Wall time {data['total_wall_s']:.0f} s. " + commit_line(data["machine"])]

@@ -30,7 +30,8 @@ LAYER_KINDS = (LOCAL, GLOBAL)
 
 # Fields that change how a model runs but not which function it computes; they are
 # left out of checkpoint identity (digest, config matching).
-RUNTIME_FIELDS = ("name", "dtype")
+RUNTIME_FIELDS = ("name", "dtype", "attention")
+ATTENTION_IMPLS = ("xla", "fused", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,12 @@ class ModelConfig:
     max_seq_len: context length: prompt plus generated tokens may not exceed it.
     norm_eps: RMSNorm epsilon.
     dtype: activation dtype ("float32" or "bfloat16"); parameters are float32.
+    attention: how full-sequence (training / scoring) attention is computed: ``"xla"``
+      (einsums with an explicit mask, every feature), ``"fused"``
+      (``jax.nn.dot_product_attention``, XLA) or ``"cudnn"`` (its cuDNN flash kernel,
+      GPUs, bf16). The fused paths need no attention soft-cap and are used only where
+      the caller passes sequence lengths (left-aligned rows, positions 0..T-1); cached
+      sampling always uses the einsum path. Not part of the architecture.
   """
 
   name: str
@@ -82,6 +89,7 @@ class ModelConfig:
   max_seq_len: int = 8192
   norm_eps: float = 1e-6
   dtype: str = "float32"
+  attention: str = "xla"
 
   def __post_init__(self):
     object.__setattr__(self, "layer_pattern", tuple(self.layer_pattern))
@@ -115,6 +123,12 @@ class ModelConfig:
       if value is not None and not value > 0:
         raise ValueError(f"ModelConfig {self.name!r}: {field} must be > 0 or None, "
                          f"found {value!r}")
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig {self.name!r}: attention must be one of "
+                       f"{ATTENTION_IMPLS}, found {self.attention!r}")
+    if self.attention != "xla" and self.attn_logit_softcap is not None:
+      raise ValueError(f"ModelConfig {self.name!r}: attention={self.attention!r} has no "
+                       f"logit soft-cap; use attention='xla' or attn_logit_softcap=None")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"ModelConfig {self.name!r}: dtype must be 'float32' or "
                        f"'bfloat16', found {self.dtype!r}")
@@ -140,7 +154,8 @@ class ModelConfig:
     return json.dumps(self.to_dict(), sort_keys=True)
 
   def architecture_json(self) -> str:
-    """Canonical JSON of the fields that define the function computed (no name, dtype)."""
+    """Canonical JSON of the fields that define the function computed (no name, dtype,
+    attention implementation)."""
     fields = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
     return json.dumps(fields, sort_keys=True)
 

@@ -26,6 +26,7 @@ real tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -111,6 +112,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
   x2 = x[..., half:].astype(jnp.float32)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PrefixMask:
+  """The mask of left-aligned rows (position = column, valid = column < length), for
+  the fused attention kernels: causal, ``lengths`` int [B], each layer's window."""
+
+  lengths: jax.Array
+  implementation: str | None = dataclasses.field(metadata=dict(static=True), default=None)
 
 
 def attention_mask(q_positions: jax.Array, kv_positions: jax.Array, kv_valid: jax.Array,
@@ -249,6 +260,15 @@ class Attention(nnx.Module):
                           _CACHE_KV))
       k, v = kv
     b, t, n, hd = q.shape
+    if isinstance(mask, PrefixMask):  # fused kernel: causal, lengths, sliding window
+      out = jax.nn.dot_product_attention(
+          q, k, v, scale=1.0, is_causal=True, query_seq_lengths=mask.lengths,
+          key_value_seq_lengths=mask.lengths,
+          local_window_size=None if self.window is None else (self.window - 1, 0),
+          implementation=mask.implementation)
+      out = shd.constrain(out.astype(dtype), _ACT_HEADS)
+      y = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dtype))
+      return shd.constrain(y, _ACT), kv
     groups = n // self.num_kv_heads
     q = q.reshape(b, t, self.num_kv_heads, groups, hd)
     logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
@@ -326,7 +346,7 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array,
                cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-               logit_slots: jax.Array | None = None,
+               logit_slots: jax.Array | None = None, lengths: jax.Array | None = None,
                ) -> tuple[jax.Array, KVCache | None]:
     """See :func:`forward`."""
     x = self.embedder.encode(tokens)
@@ -336,7 +356,12 @@ class Transformer(nnx.Module):
       kv_positions = jax.lax.dynamic_update_slice(
           cache.positions, positions.astype(jnp.int32), (0, cache_index))
       kv_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache_index))
-    masks = self.masks(positions, kv_positions, kv_valid)
+    if cache is None and lengths is not None and self.config.attention != "xla":
+      prefix = PrefixMask(lengths.astype(jnp.int32),
+                          "cudnn" if self.config.attention == "cudnn" else "xla")
+      masks = {kind: prefix for kind in set(self.config.layer_kinds)}
+    else:
+      masks = self.masks(positions, kv_positions, kv_valid)
     keys, values = [], []
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.keys[i], cache.values[i])
@@ -461,7 +486,8 @@ def count_params_of(params: Params) -> int:
 def forward(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array,
             valid: jax.Array, *, cache: KVCache | None = None,
             cache_index: jax.Array | int = 0,
-            logit_slots: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+            logit_slots: jax.Array | None = None,
+            lengths: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
   """Logits of every input token; jittable with ``config`` static.
 
   Args:
@@ -475,12 +501,16 @@ def forward(config: ModelConfig, params: Params, tokens: jax.Array, positions: j
     cache_index: first slot to write (scalar, may be traced).
     logit_slots: optional int [B]: compute the logits of ``tokens[b, logit_slots[b]]``
       only (T becomes 1 in the result), saving the [B, T, vocab] projection.
+    lengths: optional int [B], promising left-aligned rows (``positions`` = column
+      index, ``valid`` = column < length, no cache): lets ``config.attention`` "fused" /
+      "cudnn" use ``jax.nn.dot_product_attention`` instead of an explicit mask.
 
   Returns:
     (float32 logits [B, T, vocab] where ``logits[:, t]`` predicts the token after
     ``tokens[:, t]``, the updated cache or None).
   """
-  return bind(config, params)(tokens, positions, valid, cache, cache_index, logit_slots)
+  return bind(config, params)(tokens, positions, valid, cache, cache_index, logit_slots,
+                             lengths)
 
 
 @functools.partial(jax.jit, static_argnums=0)

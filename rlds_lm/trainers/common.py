@@ -72,7 +72,8 @@ def sequence_logprobs(config: ModelConfig, params: Params, tokens: jax.Array,
   """
   b, length = tokens.shape
   positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
-  logits, _ = gemma.forward(config, params, tokens, positions, valid)
+  lengths = jnp.sum(valid, axis=-1, dtype=jnp.int32)  # rows are left-aligned
+  logits, _ = gemma.forward(config, params, tokens, positions, valid, lengths=lengths)
   return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 

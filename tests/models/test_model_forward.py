@@ -171,3 +171,26 @@ def test_sharded_forward_and_sampling_match_unsharded():
                           capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
   assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
   assert "OK (2, 2)" in result.stdout and "OK (4, 1)" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("name,window", [("tiny", 8), ("small", 16)])
+def test_fused_attention_matches_the_masked_einsums(name, window):
+  """attention="fused" (jax.nn.dot_product_attention) on left-aligned rows with
+  padding and sliding windows gives the explicit-mask path's logits."""
+  from rlds_lm.models import config as mc  # pylint: disable=g-import-not-at-top
+  config = dataclasses.replace(mc.get_config(name), attn_logit_softcap=None,
+                               sliding_window=window)
+  fused = dataclasses.replace(config, attention="fused")
+  params = gemma.init_params(config, 0)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, config.vocab_size, (3, 40)).astype(np.int32)
+  lengths = np.array([40, 17, 5], np.int32)
+  positions = np.broadcast_to(np.arange(40, dtype=np.int32), (3, 40))
+  valid = positions < lengths[:, None]
+  expected, _ = gemma.forward(config, params, tokens, positions, valid)
+  found, _ = gemma.forward(fused, params, tokens, positions, valid, lengths=lengths)
+  for row, n in enumerate(lengths):
+    np.testing.assert_allclose(np.asarray(found)[row, :n], np.asarray(expected)[row, :n],
+                               atol=2e-5)
+  with pytest.raises(ValueError, match="soft-cap"):
+    dataclasses.replace(mc.get_config(name), attention="fused")
