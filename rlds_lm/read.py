@@ -295,16 +295,17 @@ class RawSequenceDecoder:
       tokens[pos:pos + n] = obs[:n]
       pos += n
       n = min(len(act) // 4, length - pos)
-      if n <= 0:
+      if n > 0:  # a turn without action tokens (e.g. the last) adds its observation only
+        end = pos + n
+        tokens[pos:end] = np.frombuffer(act, np.int32, count=n)
+        mask[pos:end] = True
+        logprobs[pos:end] = np.frombuffer(lp, np.float32, count=n)
+        if k:
+          ids[pos:end] = np.frombuffer(ids_bytes[t], np.int32, count=n * k).reshape(n, k)
+          lps[pos:end] = np.frombuffer(lps_bytes[t], np.float32, count=n * k).reshape(n, k)
+        pos = end
+      if pos >= length:
         break
-      end = pos + n
-      tokens[pos:end] = np.frombuffer(act, np.int32, count=n)
-      mask[pos:end] = True
-      logprobs[pos:end] = np.frombuffer(lp, np.float32, count=n)
-      if k:
-        ids[pos:end] = np.frombuffer(ids_bytes[t], np.int32, count=n * k).reshape(n, k)
-        lps[pos:end] = np.frombuffer(lps_bytes[t], np.float32, count=n * k).reshape(n, k)
-      pos = end
     out = {
         SEQ_TOKENS: tokens, SEQ_LOSS_MASK: mask, SEQ_LOGPROBS: logprobs,
         SEQ_REWARD: np.float32(np.sum(np.asarray(feature[self._REWARD].float_list.value,
