@@ -256,6 +256,11 @@ def train(config: DistillConfig,
       values = common.to_floats(metrics)
       values["on_policy"] = float(on_policy)
       common.check_finite(step, values, batch)
+      if step == start_step and values["tokens"] == 0:
+        raise ValueError(
+            f"batch {step} has no trained (completion) tokens: every row's prompt fills "
+            f"max_length={config.max_length}; raise max_length (the data pipeline cuts "
+            f"sequences from the right)")
       last = values
       done = step + 1
       if done % config.log_every == 0 or done == config.steps:
@@ -329,3 +334,51 @@ def _generate(config, model, params, teacher, batch, step, recorder):
           sample_index=0, policy_name=f"student@{step}", seed=seeds[i],
           task="distill", lineage={"trainer": "distill", "step": step}))
   return student_batch(prompts, completions, config.max_length)
+
+
+def main(argv=None) -> int:
+  """``python -m rlds_lm.trainers.distill --dataset PATH[=WEIGHT] ... --workdir DIR``."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(prog="python -m rlds_lm.trainers.distill",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--dataset", action="append", required=True,
+                      help="published rollout dataset, optionally PATH=WEIGHT; repeatable")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--student", default="tiny", help="named config or checkpoint dir")
+  parser.add_argument("--teacher", default="", help="teacher checkpoint (jsd, on-policy)")
+  parser.add_argument("--loss", choices=LOSSES, default="topk_kd")
+  parser.add_argument("--beta", type=float, default=0.5)
+  parser.add_argument("--student_fraction", type=float, default=0.0)
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--max_length", type=int, default=64)
+  parser.add_argument("--max_new_tokens", type=int, default=16)
+  parser.add_argument("--learning_rate", type=float, default=1e-3)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--mesh_data", type=int, default=1)
+  args = parser.parse_args(argv)
+  datasets = {}
+  for spec in args.dataset:
+    path, _, weight = spec.partition("=")
+    datasets[path] = float(weight or 1.0)
+  try:
+    config = DistillConfig(
+        datasets=datasets, workdir=args.workdir, student=args.student, teacher=args.teacher,
+        loss=args.loss, beta=args.beta, student_fraction=args.student_fraction,
+        steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, mesh_data=args.mesh_data,
+        optim=common.OptimConfig(learning_rate=args.learning_rate))
+    result = train(config)
+  except (ValueError, FileNotFoundError, common.TrainingDivergedError) as e:
+    print(f"distill: error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps({k: result[k] for k in ("metrics", "student", "student_digest", "plot",
+                                           "seconds", "resumed_from")},
+                   indent=2, default=str))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
