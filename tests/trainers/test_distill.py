@@ -132,3 +132,17 @@ def test_same_loss_curve_on_one_and_four_devices(datasets, tmp_path):
   curves = json.loads(out.read_text())
   assert curves["devices"] == 4
   np.testing.assert_allclose(curves["mesh4"], curves["mesh1"], rtol=2e-4, atol=2e-5)
+
+
+def test_command_line(datasets, tmp_path):
+  base = [sys.executable, "-m", "rlds_lm.trainers.distill", "--dataset",
+          f"{datasets['teacher']}=1.0", "--steps", "2", "--batch_size", "4",
+          "--max_length", "32"]
+  done = subprocess.run(base + ["--workdir", os.fspath(tmp_path / "cli")],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert json.loads(done.stdout)["student"].endswith("student")
+  done = subprocess.run(base + ["--workdir", os.fspath(tmp_path / "cli2"), "--max_length",
+                                "4"], capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 2 and "no trained (completion) tokens" in done.stderr
