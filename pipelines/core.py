@@ -38,6 +38,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options import pipeline_options as beam_options
 
+from pipelines.errors import PipelineError  # noqa: F401  (re-exported)
+from pipelines.errors import RecordError  # noqa: F401  (re-exported)
 from rlds_lm import publish as P
 from rlds_lm import schema as S
 
@@ -50,10 +52,6 @@ DEFAULT_NUM_SHARDS = 4
 DEFAULT_MAX_DROPPED_FRACTION = 0.5
 TMP_DIR = "_rlds_lm_tmp"  # per-shard counts and dead letters, removed by finalize
 TRAIN = "train"
-
-
-class PipelineError(RuntimeError):
-  """A stage cannot run or its result must not be used (says why)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -183,14 +181,6 @@ class DeadLetter:
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-class RecordError(ValueError):
-  """A record is bad for a known reason; ``reason`` names it in the dead-letter output."""
-
-  def __init__(self, reason: str, detail: str):
-    super().__init__(detail)
-    self.reason = reason
 
 
 def reason_of(error: BaseException) -> str:

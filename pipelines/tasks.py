@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines import core
+from pipelines import errors
 from rlds_lm import schema as S
 
 ARITHMETIC = "arithmetic"
@@ -52,7 +52,7 @@ def detect_task(record: Mapping[str, Any]) -> str:
   for task, field in _REQUIRED.items():
     if field in record:
       return task
-  raise core.RecordError("unknown_task", f"a prompt record needs one of the fields "
+  raise errors.RecordError("unknown_task", f"a prompt record needs one of the fields "
                                          f"{sorted(_REQUIRED.values())}; found "
                                          f"{sorted(k for k in record if k != SOURCE_LINE)}")
 
@@ -64,14 +64,14 @@ def prompt_text(task: str, record: Mapping[str, Any]) -> str:
 
 
 def to_prompt(record: Mapping[str, Any], task: str | None = None) -> Prompt:
-  """A :class:`Prompt` from a source record; :class:`core.RecordError` if unusable."""
+  """A :class:`Prompt` from a source record; :class:`errors.RecordError` if unusable."""
   task = task or detect_task(record)
   if task not in TASKS:
     raise ValueError(f"unknown task {task!r}; known: {TASKS}")
   field = _REQUIRED[task]
   value = record.get(field)
   if not isinstance(value, str) or not value.strip():
-    raise core.RecordError("empty_prompt", f"field {field!r} is missing or empty")
+    raise errors.RecordError("empty_prompt", f"field {field!r} is missing or empty")
   text = prompt_text(task, record)
   if task == ARITHMETIC:
     reference = {"answer": str(record.get("answer", ""))}
@@ -84,14 +84,14 @@ def to_prompt(record: Mapping[str, Any], task: str | None = None) -> Prompt:
 
 
 def parse_jsonl_line(line: tuple[int, str]) -> dict[str, Any]:
-  """A JSON-lines prompt record; :class:`core.RecordError` names the line if malformed."""
+  """A JSON-lines prompt record; :class:`errors.RecordError` names the line if malformed."""
   number, text = line
   try:
     record = json.loads(text)
   except json.JSONDecodeError as e:
-    raise core.RecordError("bad_json", f"line {number}: {e}") from e
+    raise errors.RecordError("bad_json", f"line {number}: {e}") from e
   if not isinstance(record, dict):
-    raise core.RecordError("bad_json", f"line {number}: expected a JSON object, found "
+    raise errors.RecordError("bad_json", f"line {number}: expected a JSON object, found "
                                        f"{type(record).__name__}")
   return {**record, SOURCE_LINE: number}
 

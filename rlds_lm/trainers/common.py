@@ -134,6 +134,13 @@ class Placement:
 LossFn = Callable[[Params, Batch, Any], tuple[jax.Array, dict[str, jax.Array]]]
 
 
+def init_opt_state(optimizer: optax.GradientTransformation, params: Params) -> Any:
+  """The optimizer state, placed (committed) like ``params``: an uncommitted state would
+  make the first step compile the train step twice."""
+  state = jax.jit(optimizer.init)(params)
+  return jax.tree.map(lambda x: jax.device_put(x, x.sharding), state)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
   """A jitted ``(params, opt_state, batch, extra) -> (params, opt_state, metrics)``.
 

@@ -219,7 +219,7 @@ def train(config: DistillConfig,
                                                         total_steps=config.steps))
   with place.context():
     params = place.params(params)
-    opt_state = jax.jit(optimizer.init)(params)
+    opt_state = common.init_opt_state(optimizer, params)
   checkpoints = common.Checkpoints(os.path.join(config.workdir, "checkpoints"))
   start_step, data_state = 0, None
   restored = checkpoints.restore(params, opt_state)

@@ -45,6 +45,8 @@ def load_prompt_records(path: str | os.PathLike[str], split: str = "train",
 def _plain(value: Any) -> Any:
   if isinstance(value, bytes):
     return value.decode("utf-8")
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
   if isinstance(value, np.ndarray):
     if value.dtype.kind in "OS":
       return [_plain(v) for v in value.tolist()]

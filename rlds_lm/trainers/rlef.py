@@ -1,0 +1,427 @@
+"""RLEF: summarization RL with textual-entailment rewards.
+
+A supervised summarization policy is tuned with REINFORCE to write summaries that the
+document entails, while a KL penalty keeps it close to where it started. Every step:
+
+1. takes ``prompts_per_step`` documents of a built ``grounded_summarization`` dataset
+   (``"Document: {document}\\nSummary:"``, byte tokens), in an order that is a pure
+   function of (seed, step);
+2. completes each ``samples_per_prompt`` (n) times with the *current* policy, in one
+   batched call (:func:`rlds_lm.trainers.rollouts.sample_group`);
+3. scores the decoded summaries: ``oracle`` is the exact entailment of the synthetic
+   world (:func:`builders.grounded_summarization.world.entailment`: the fraction of the
+   summary's sentences that state a document fact), the truth; ``nli`` is the mean, over
+   the summary's sentences, of a learned classifier's P(document entails sentence)
+   (:mod:`pipelines.nli`), what a real setup could afford. ``reward`` picks the one that is
+   optimised; both are recorded when available, so the gap between them (reward hacking
+   of the learned model) is measured;
+4. records every completion as a rollout episode in ``workdir/generations``: rewards
+   ``total`` (the optimised one, also the episode's primary ``reward``), ``oracle`` and
+   ``nli`` where known, the step in the lineage;
+5. takes one optimizer step on
+
+       loss = pg_loss + kl_coef * kl_term
+
+   ``pg_loss`` is :func:`~rlds_lm.trainers.losses.policy_gradient_loss` on the completion
+   tokens with the leave-one-out advantage ``A_i = R_i - mean_{j != i} R_j`` over the n
+   completions of the same prompt (RLOO, Ahmadian et al. 2024: the baseline does not
+   depend on sample i, so the gradient stays unbiased; it is n / (n - 1) times the
+   group-mean advantage), ``R_i = score_i - length_penalty * tokens_i``.
+
+   ``kl_term`` penalises KL(pi || ref), ``ref`` the frozen starting policy. Its value is
+   the mean per-token estimate (:func:`~rlds_lm.trainers.losses.kl_penalty`, k1 or k3,
+   on the completion tokens, logged as ``kl``). The estimates are *values*:
+   differentiating them through log pi would give a zero (k1) or wrong-direction (k3)
+   gradient. So they enter like a penalty reward, under stop_gradient: each token's
+   log pi is weighted by the KL still to come from it on (its own and later tokens'),
+   the score-function gradient of the completion's KL (the RLHF objective
+   ``E[R] - beta KL``, Stiennon et al. 2020). Both terms are means over the step's
+   completion tokens, so ``kl_coef`` trades a completion's KL against its reward.
+
+Sampling at ``temperature`` != 1 makes the update slightly off-policy (log pi is taken
+at temperature 1); the default is 1.
+
+A run is deterministic: the prompt order and the sampling seeds are functions of
+(seed, step), so a checkpoint holds parameters, optimizer state and the data state
+``{"step": n, "prompts": <fingerprint of the prompt stream>}``, and a resumed run makes
+exactly the same samples and updates as one never stopped.
+
+Example (the defaults: 20 steps of 2 prompts x 4 samples; about a minute on 2 CPU cores
+with the ``tiny`` policy and the ``tiny`` dataset)::
+
+    from rlds_lm.trainers import rlef
+    result = rlef.train(rlef.RlefConfig(
+        prompts="data/grounded_summarization/tiny/1.0.0", workdir="runs/rlef",
+        policy="ckpt/sft_tiny", reward="nli", nli_model="nli_model", steps=20))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from builders.grounded_summarization import world
+from pipelines import nli
+from rlds_lm import schema as S
+from rlds_lm import tokenizers
+from rlds_lm.models import checkpoint as ckpt_lib
+from rlds_lm.models import config as model_config
+from rlds_lm.models import sampling
+from rlds_lm.trainers import common
+from rlds_lm.trainers import data as D
+from rlds_lm.trainers import losses as L
+from rlds_lm.trainers import rollouts
+
+REWARDS = ("oracle", "nli")
+# Dataset fields each reward needs (the prompt is made from "document").
+_REQUIRED = {"oracle": ("document", "facts"), "nli": ("document",)}
+# = pipelines.tasks.prompt_text("summarization", record) (a test checks); kept here so
+# the prompt format of the trained policy is visible in this file.
+PROMPT_FORMAT = "Document: {document}\nSummary:"
+TASK = "summarization"
+
+
+@dataclasses.dataclass(frozen=True)
+class RlefConfig:
+  """An RLEF run. The small CPU setting is the default."""
+
+  prompts: str  # a built grounded_summarization dataset dir (.../tiny/1.0.0)
+  workdir: str  # checkpoints/, metrics.jsonl, metrics.png, generations/, policy/
+  policy: str  # checkpoint dir of the supervised policy: the start and the KL reference
+  reward: str = "oracle"  # optimised: "oracle" (exact entailment) or "nli" (learned)
+  nli_model: str = ""  # pipelines.nli model dir: needed by reward="nli", else recorded
+  split: str = "train"
+  kl_coef: float = 0.05  # weight of KL(pi || ref) of a completion against its reward
+  kl_kind: str = "k1"  # per-token KL estimator (losses.kl_penalty): "k1" or "k3"
+  samples_per_prompt: int = 4  # n completions per prompt (>= 2: leave-one-out baseline)
+  prompts_per_step: int = 2
+  max_new_tokens: int = 32
+  temperature: float = 1.0
+  length_penalty: float = 0.0  # subtracted from the reward per completion token
+  steps: int = 20
+  seed: int = 0
+  optim: common.OptimConfig = common.OptimConfig(learning_rate=1e-4, warmup_steps=2)
+  mesh_data: int = 1
+  mesh_model: int = 1
+  log_every: int = 1
+  checkpoint_every: int = 10
+  eos_id: int = 2  # byte tokenizer's EOS: ends a summary
+
+  def __post_init__(self):
+    if self.reward not in REWARDS:
+      raise ValueError(f"reward must be one of {REWARDS}, found {self.reward!r}")
+    if self.reward == "nli" and not self.nli_model:
+      raise ValueError("reward='nli' needs an NLI model directory (nli_model); train one "
+                       "with `python -m pipelines.nli train --out DIR`")
+    if self.kl_kind not in L.KL_KINDS:
+      raise ValueError(f"kl_kind must be one of {L.KL_KINDS}, found {self.kl_kind!r}")
+    if self.kl_coef < 0 or self.length_penalty < 0:
+      raise ValueError(f"kl_coef and length_penalty must be >= 0, found {self.kl_coef} "
+                       f"and {self.length_penalty}")
+    if self.samples_per_prompt < 2:
+      raise ValueError(f"samples_per_prompt must be >= 2 (the baseline of a sample is the "
+                       f"mean of the others), found {self.samples_per_prompt}")
+    if self.prompts_per_step < 1 or self.max_new_tokens < 1 or self.steps < 1:
+      raise ValueError("prompts_per_step, max_new_tokens and steps must be >= 1")
+    if self.rows % self.mesh_data:
+      raise ValueError(f"prompts_per_step * samples_per_prompt = {self.rows} rows must "
+                       f"divide evenly over mesh_data={self.mesh_data}")
+
+  @property
+  def rows(self) -> int:
+    """Completions (training rows) per step."""
+    return self.prompts_per_step * self.samples_per_prompt
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------
+# The pieces of a step, in the order the loop uses them.
+# --------------------------------------------------------------------------------------
+
+
+class Prompts(NamedTuple):
+  """The prompts of a run: those that leave room for ``max_new_tokens`` in the context."""
+
+  records: list[dict[str, Any]]  # dataset records (document, facts, prompt_id, ...)
+  tokens: list[np.ndarray]  # int32 [T_i]: BOS + the bytes of the prompt text
+  split_index: list[int]  # position of each record in the dataset split
+  dropped: int  # records left out: too long for the context
+
+
+def load_prompts(config: RlefConfig, context: int) -> Prompts:
+  """The split's records and their byte-tokenised prompts, minus those too long.
+
+  Raises:
+    D.DataMismatchError: the dataset is empty, lacks a field the reward needs, or no
+      prompt leaves room for ``max_new_tokens`` in ``context``.
+  """
+  records = rollouts.load_prompt_records(config.prompts, config.split)
+  if not records:
+    raise D.DataMismatchError(f"{config.prompts} has no records in split {config.split!r}")
+  missing = [f for f in _REQUIRED[config.reward] if f not in records[0]]
+  if missing:
+    raise D.DataMismatchError(
+        f"prompts dataset {config.prompts} lacks the fields {missing} that reward="
+        f"{config.reward!r} needs; it has {sorted(records[0])} (build "
+        f"builders/grounded_summarization)")
+  tokenizer = tokenizers.ByteTokenizer()
+  kept = Prompts([], [], [], 0)
+  for index, record in enumerate(records):
+    tokens = tokenizer.encode(PROMPT_FORMAT.format(document=record["document"]),
+                              add_bos=True)
+    if len(tokens) + config.max_new_tokens <= context:
+      kept.records.append(record)
+      kept.tokens.append(tokens)
+      kept.split_index.append(index)
+  if not kept.records:
+    raise D.DataMismatchError(
+        f"all {len(records)} prompts of {config.prompts} are too long: none leaves room "
+        f"for max_new_tokens={config.max_new_tokens} in the policy's context ({context})")
+  return kept._replace(dropped=len(records) - len(kept.records))
+
+
+def prompt_order(seed: int, step: int, per_step: int, count: int
+                 ) -> tuple[list[int], list[int]]:
+  """(stream positions, record indices) of a step's prompts.
+
+  The prompts form one stream, a fresh permutation of the ``count`` records per epoch;
+  step ``s`` takes positions ``s * per_step ...``. The position (unique in the run) seeds
+  the samples, so a prompt met twice gets different completions.
+  """
+  positions = list(range(step * per_step, (step + 1) * per_step))
+  indices = []
+  for k in positions:
+    epoch, offset = divmod(k, count)
+    permutation = np.random.default_rng([seed, epoch, 0x726C6566]).permutation(count)
+    indices.append(int(permutation[offset]))
+  return positions, indices
+
+
+def oracle_scores(facts: Sequence[Sequence[str | bytes]], texts: Sequence[str]
+                  ) -> np.ndarray:
+  """float32 [n]: the fraction of each summary's sentences that state a document fact."""
+  return np.asarray([world.entailment(f, t)["score"] for f, t in zip(facts, texts)],
+                    np.float32)
+
+
+def nli_scores(classifier: nli.NliClassifier, documents: Sequence[str],
+               texts: Sequence[str]) -> np.ndarray:
+  """float32 [n]: mean P(document entails sentence) over each summary's sentences (0 for
+  a summary without any), all sentences of the batch in one call."""
+  owners, premises, hypotheses = [], [], []
+  for i, (document, text) in enumerate(zip(documents, texts)):
+    for sentence in world.sentences(text):
+      owners.append(i)
+      premises.append(document)
+      hypotheses.append(sentence)
+  probabilities = classifier.predict(premises, hypotheses)
+  owners = np.asarray(owners, np.int64)
+  sums = np.bincount(owners, probabilities, minlength=len(texts))
+  counts = np.bincount(owners, minlength=len(texts))
+  return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+
+def leave_one_out_advantages(rewards: np.ndarray) -> np.ndarray:
+  """[P, n] -> [P, n]: each reward minus the mean of the other n - 1 of its group."""
+  n = rewards.shape[-1]
+  others = (rewards.sum(-1, keepdims=True) - rewards) / (n - 1)
+  return (rewards - others).astype(np.float32)
+
+
+def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
+  """loss_fn(params, batch, extra): REINFORCE with a KL(pi || ref) penalty reward.
+
+  ``batch``: ``tokens``, ``segment_ids``, ``loss_mask`` (the completion) and
+  ``advantages`` float32 [B]; ``extra["reference"]``: the frozen reference parameters.
+  """
+
+  def loss_fn(params, batch, extra):
+    tokens, valid = batch["tokens"], batch["segment_ids"] > 0
+    targets, mask = common.targets_and_mask(batch)
+    logp = common.gather_tokens(
+        common.sequence_logprobs(model, params, tokens, valid)[:, :-1], targets)
+    ref_logp = jax.lax.stop_gradient(common.gather_tokens(
+        common.sequence_logprobs(model, extra["reference"], tokens, valid)[:, :-1],
+        targets))
+    pg_loss = L.policy_gradient_loss(logp, batch["advantages"][:, None], mask)
+    # Per-token KL estimates as values; each token's log pi is weighted by the KL still
+    # to come from it on (its own and every later token's). ``x - sg(x)`` is 0 with the
+    # gradient of x: kl_term's value is the mean per-token KL, its gradient the
+    # score-function gradient of the same quantity.
+    kl = L.kl_penalty(jax.lax.stop_gradient(logp), ref_logp, mask, config.kl_kind)
+    kl_to_go = jnp.flip(jnp.cumsum(jnp.flip(kl, -1), -1), -1)
+    kl_term = L.masked_mean(kl, mask) + L.masked_mean(
+        kl_to_go * (logp - jax.lax.stop_gradient(logp)), mask)
+    loss = pg_loss + config.kl_coef * kl_term
+    return loss, {"pg_loss": pg_loss, "kl": L.masked_mean(kl, mask),
+                  "kl_sequence": jnp.mean(jnp.sum(kl, -1))}
+
+  return loss_fn
+
+
+def _fingerprint(config: RlefConfig, records: Sequence[Mapping[str, Any]]) -> str:
+  """What the prompt stream depends on; a checkpoint of another stream is refused."""
+  return S.content_id([r.get("prompt_id", r["document"]) for r in records], config.seed,
+                      config.prompts_per_step, config.samples_per_prompt, prefix="rlef-")
+
+
+# --------------------------------------------------------------------------------------
+# The trainer.
+# --------------------------------------------------------------------------------------
+
+
+def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) an RLEF run; returns the last metrics and the paths it wrote.
+
+  Args:
+    config: the run.
+    stop_at: stop after this many steps (with a checkpoint), as if the job had been
+      preempted; calling ``train`` again resumes from it.
+
+  Raises:
+    D.DataMismatchError: a policy whose vocabulary is not the byte tokenizer's, or a
+      prompts dataset without the fields the reward needs (see :func:`load_prompts`).
+    D.StateMismatchError: the workdir's checkpoint belongs to another prompt stream.
+    common.TrainingDivergedError: a non-finite loss or gradient (the last checkpoint
+      stays).
+  """
+  started = time.perf_counter()
+
+  # 1. Models: the policy trains from the supervised checkpoint, which stays, frozen, as
+  #    the KL reference. Prompts are byte-tokenised, so the policy must be a byte model.
+  restored = ckpt_lib.restore(config.policy)
+  model, host_params = restored.config, jax.device_get(restored.params)
+  byte_vocab = tokenizers.ByteTokenizer.vocab_size
+  if model.vocab_size != byte_vocab:
+    raise D.DataMismatchError(
+        f"policy {config.policy} has a vocabulary of {model.vocab_size} ids; RLEF prompts "
+        f"are byte-tokenised ({byte_vocab} ids)")
+  origin = {"policy": os.path.abspath(config.policy), "digest": restored.digest}
+
+  # 2. Prompts and reward models. The oracle is recorded whenever the facts are known.
+  prompts = load_prompts(config, model.max_seq_len)
+  records = prompts.records
+  has_oracle = "facts" in records[0]
+  classifier = nli.NliClassifier.load(config.nli_model) if config.nli_model else None
+  reward_names = ["total"] + [name for name, known in (("oracle", has_oracle),
+                                                       ("nli", classifier is not None))
+                              if known]
+  row_length = max(map(len, prompts.tokens)) + config.max_new_tokens  # one step shape
+  fingerprint = _fingerprint(config, records)
+
+  # 3. Placement, optimizer, checkpoints: resume if the workdir has one.
+  place = common.Placement.create(model, config.mesh_data, config.mesh_model)
+  optimizer = common.make_optimizer(dataclasses.replace(config.optim,
+                                                        total_steps=config.steps))
+  with place.context():
+    params = place.params(host_params)
+    # A separate copy: the step donates (overwrites) the policy's buffers.
+    extra = {"reference": place.params(jax.tree.map(np.copy, host_params))}
+    opt_state = jax.jit(optimizer.init)(params)
+  checkpoints = common.Checkpoints(os.path.join(config.workdir, "checkpoints"))
+  start_step = 0
+  resumed = checkpoints.restore(params, opt_state)
+  if resumed is not None:
+    start_step, params, opt_state, data_state, _ = resumed
+    if data_state.get("prompts") != fingerprint or data_state.get("step") != start_step:
+      checkpoints.close()
+      raise D.StateMismatchError(
+          f"{checkpoints.directory} holds step {start_step} of another run (data state "
+          f"{data_state}, this run's prompt stream is {fingerprint}); use a new workdir")
+  with open(os.path.join(config.workdir, "config.json"), "w") as f:
+    json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
+  metrics_log = common.Metrics(os.path.join(config.workdir, "metrics.jsonl"),
+                               resume_from=start_step if resumed else None)
+  train_step = common.make_train_step(rlef_loss(config, model), optimizer)
+  generations = rollouts.GenerationLog(os.path.join(config.workdir, "generations"),
+                                       vocab_size=model.vocab_size,
+                                       reward_names=reward_names)
+  tokenizer = tokenizers.ByteTokenizer()
+  sampler = sampling.SamplerConfig(temperature=config.temperature)
+  n = config.samples_per_prompt
+
+  # 4. The loop: sample, score, record, update.
+  last = {}
+  end = config.steps if stop_at is None else min(stop_at, config.steps)
+  try:
+    for step in range(start_step, end):
+      # a. The step's prompts, each completed n times by the current policy.
+      positions, indices = prompt_order(config.seed, step, config.prompts_per_step,
+                                        len(records))
+      groups = rollouts.sample_group(
+          model, jax.device_get(params), [prompts.tokens[i] for i in indices], positions,
+          n=n, seed=config.seed, step=step, sampler=sampler,
+          max_new_tokens=config.max_new_tokens, eos_id=config.eos_id)
+      completions = [c for g in groups for c in g.completions]  # row order
+      rows = [records[i] for i in indices for _ in range(n)]  # the record of each row
+
+      # b. Rewards of the decoded summaries; the advantage baseline is per prompt.
+      texts = [tokenizer.decode(c.tokens) for c in completions]
+      scores = {}
+      if has_oracle:
+        scores["oracle"] = oracle_scores([r["facts"] for r in rows], texts)
+      if classifier is not None:
+        scores["nli"] = nli_scores(classifier, [r["document"] for r in rows], texts)
+      lengths = np.asarray([len(c) for c in completions], np.float32)
+      total = scores[config.reward] - config.length_penalty * lengths
+      advantages = leave_one_out_advantages(total.reshape(-1, n)).reshape(-1)
+
+      # c. Every generation kept, before the update (a re-run step is not re-recorded).
+      generations.record(
+          groups, {"total": total, **scores}, step=step, policy_name="rlef",
+          prompt_ids=[records[i].get("prompt_id") or S.content_id(records[i]["document"])
+                      for i in indices],
+          task=TASK, trainer="rlef", texts=texts, sampler=sampler)
+
+      # d. One update on prompt + completion rows (the loss on the completion).
+      batch = rollouts.padded_batch(groups, row_length)
+      del batch["behaviour_logprobs"]  # on-policy: the loss recomputes log pi
+      batch["advantages"] = advantages
+      with place.context():
+        params, opt_state, metrics = train_step(params, opt_state, place.batch(batch),
+                                                extra)
+      values = common.to_floats(metrics)
+      values.update({name: float(v.mean()) for name, v in scores.items()})
+      values.update(reward=float(total.mean()), length=float(lengths.mean()),
+                    eos=float(np.mean([c.stop_reason == sampling.STOP_EOS
+                                       for c in completions])))
+      split_index = np.repeat([prompts.split_index[i] for i in indices], n)
+      common.check_finite(step, values, {"dataset": np.zeros_like(split_index),
+                                         "record_index": split_index})
+
+      # e. Log and checkpoint.
+      last = values
+      done = step + 1
+      if done % config.log_every == 0 or done == config.steps:
+        metrics_log.log(done, values)
+      if done % config.checkpoint_every == 0 or done in (config.steps, end):
+        checkpoints.save(done, params, opt_state, {"step": done, "prompts": fingerprint},
+                         {"origin": origin, "metrics": values})
+  finally:
+    checkpoints.close()
+    generations.close()
+
+  summary = {"metrics": last, "resumed_from": start_step,
+             "prompts": {"kept": len(records), "dropped": prompts.dropped},
+             "generations": os.path.join(config.workdir, "generations")}
+  if end < config.steps:
+    return {**summary, "stopped_at": end}
+
+  # 5. The tuned policy as a plain checkpoint (pipelines.generate samples from it), plots.
+  policy_dir = os.path.join(config.workdir, "policy")
+  digest = ckpt_lib.save(policy_dir, model, jax.device_get(params), overwrite=True)
+  keys = ["reward"] + [k for k in ("oracle", "nli") if k in reward_names] + ["kl", "length"]
+  plot = metrics_log.plot(os.path.join(config.workdir, "metrics.png"), keys,
+                          title=f"RLEF (reward={config.reward}, kl_coef={config.kl_coef})")
+  return {**summary, "policy": policy_dir, "policy_digest": digest, "plot": plot,
+          "seconds": time.perf_counter() - started}
