@@ -265,17 +265,19 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
   return "\n".join(lines)
 
 
-def update_markdown(out_dir: str, name: str, section: str) -> str:
-  """Replaces (or appends) this benchmark's marked section of ``out_dir/benchmarks.md``."""
+def update_markdown(out_dir: str, name: str, section: str, *, doc_name: str = DOC_NAME,
+                    intro: str = DOC_INTRO) -> str:
+  """Replaces (or appends) this benchmark's marked section of ``out_dir/<doc_name>``
+  (default ``benchmarks.md``); a missing file starts with ``intro``."""
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, DOC_NAME)
+  path = os.path.join(out_dir, doc_name)
   begin, end = f"<!-- begin: {name} -->", f"<!-- end: {name} -->"
   block = f"{begin}\n{section.rstrip()}\n{end}\n"
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       text = f.read()
   else:
-    text = DOC_INTRO
+    text = intro
   if begin in text and end in text and text.index(begin) < text.index(end):
     head = text[:text.index(begin)]
     tail = text[text.index(end) + len(end):].lstrip("\n")
@@ -308,10 +310,11 @@ def fmt_float(value: float | None, digits: int = 3) -> str:
 
 def run_benchmark(name: str, args: argparse.Namespace,
                   run: Callable[[argparse.Namespace], dict[str, Any]],
-                  markdown: Callable[[dict[str, Any]], str]) -> int:
+                  markdown: Callable[[dict[str, Any]], str], *, doc_name: str = DOC_NAME,
+                  intro: str = DOC_INTRO) -> int:
   """The shared ``main`` body: measure (or, with ``--render-only``, reload the JSON),
   record load average and commit at the start, write the JSON, print and (with
-  ``--out``) regenerate this benchmark's section of benchmarks.md."""
+  ``--out``) regenerate this benchmark's section of ``doc_name`` (benchmarks.md)."""
   if getattr(args, "render_only", False):
     data = load_json(name, args.quick)
   else:
@@ -326,7 +329,7 @@ def run_benchmark(name: str, args: argparse.Namespace,
   section = markdown(data)
   print(section)
   if args.out:
-    print(f"updated {update_markdown(args.out, name, section)}")
+    print(f"updated {update_markdown(args.out, name, section, doc_name=doc_name, intro=intro)}")
   if "total_wall_s" in data:
     print(f"total {data['total_wall_s']:.0f} s")
   return 0
