@@ -153,7 +153,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, extra)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return params, opt_state, metrics
 
   return jax.jit(step, donate_argnums=(0, 1))
