@@ -30,7 +30,6 @@ forward matmuls and attention, PaLM-style); peak dense bf16 FLOP/s: H100 / H200 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import sys
 import tempfile

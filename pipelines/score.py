@@ -29,7 +29,6 @@ import apache_beam as beam
 from pipelines import core
 from pipelines import generate
 from pipelines import scorers as SC
-from pipelines import tasks
 from rlds_lm import schema as S
 
 STAGE = "score"
