@@ -545,14 +545,34 @@ def plot(data: dict[str, Any], path: str) -> str:
                f"seed{'s' if seeds > 1 else ''} (dashed: off-policy)", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="upper left")
+  return save_figure(fig, path)
+
+
+def plot_name(quick: bool, name: str = NAME) -> str:
+  return f"{name}{'.quick' if quick else ''}.png"
+
+
+def save_figure(fig, path: str) -> str:
+  """Writes a results figure (PNG) and releases it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
 
 
-def plot_name(quick: bool) -> str:
-  return f"{NAME}{'.quick' if quick else ''}.png"
+def results_main(name: str, args, run, markdown, plot) -> int:
+  """The shared ``main`` body of the reproductions: run (or reload), plot next to
+  docs/results.md, and regenerate the section ``name`` there."""
+
+  def render(data: dict[str, Any]) -> str:
+    if args.out:
+      os.makedirs(args.out, exist_ok=True)
+      path = plot(data, os.path.join(args.out, plot_name(data["quick"], name)))
+      print(f"wrote {path}")
+    return markdown(data)
+
+  return C.run_benchmark(name, args, run, render, doc_name=DOC_NAME, intro=DOC_INTRO)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -651,13 +671,7 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", type=int, default=0, help="override the seed count")
   args = parser.parse_args(argv)
 
-  def render(data: dict[str, Any]) -> str:
-    if args.out:
-      os.makedirs(args.out, exist_ok=True)
-      print(f"wrote {plot(data, os.path.join(args.out, plot_name(data['quick'])))}")
-    return markdown(data)
-
-  return C.run_benchmark(NAME, args, run, render, doc_name=DOC_NAME, intro=DOC_INTRO)
+  return results_main(NAME, args, run, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -509,14 +509,7 @@ def plot(data: dict[str, Any], path: str) -> str:
                fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def plot_name(quick: bool) -> str:
-  return f"{NAME}{'.quick' if quick else ''}.png"
+  return G.save_figure(fig, path)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -592,7 +585,7 @@ def markdown(data: dict[str, Any]) -> str:
       outcome(data),
       "",
       f"![Reward against KL(policy || reference): J-BOND and REINFORCE checkpoints, and "
-      f"Best-of-N of the reference]({plot_name(data['quick'])})",
+      f"Best-of-N of the reference]({G.plot_name(data['quick'], NAME)})",
       "",
       f"Caveats: the reward is 0/1, so the two anchor samples and the policy sample tie most "
       f"of the time; J-BOND's reward signal (`losses.jbond_reward`) is non-zero only when "
@@ -622,13 +615,7 @@ def main(argv=None) -> int:
                       help="override the prompts per step")
   args = parser.parse_args(argv)
 
-  def render(data: dict[str, Any]) -> str:
-    if args.out:
-      os.makedirs(args.out, exist_ok=True)
-      print(f"wrote {plot(data, os.path.join(args.out, plot_name(data['quick'])))}")
-    return markdown(data)
-
-  return C.run_benchmark(NAME, args, run, render, doc_name=DOC_NAME, intro=DOC_INTRO)
+  return G.results_main(NAME, args, run, markdown, plot)
 
 
 if __name__ == "__main__":

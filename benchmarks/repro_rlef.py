@@ -502,14 +502,7 @@ def plot(data: dict[str, Any], path: str) -> str:
   ax2.legend(fontsize=6)
   fig.suptitle(f"Toy RLEF: grounded summarisation, tiny policy (d_model "
                f"{data['sizes']['width']}), 1 seed", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def plot_name(quick: bool) -> str:
-  return f"{NAME}{'.quick' if quick else ''}.png"
+  return G.save_figure(fig, path)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -577,7 +570,7 @@ def markdown(data: dict[str, Any]) -> str:
       outcome(data),
       "",
       f"![Training-batch oracle and NLI scores, and KL to the supervised policy, against "
-      f"step]({plot_name(data['quick'])})",
+      f"step]({G.plot_name(data['quick'], NAME)})",
       "",
   ]
   if examples:
@@ -606,13 +599,7 @@ def main(argv=None) -> int:
                       help="extra kl_coefs of the NLI run (none: no sweep)")
   args = parser.parse_args(argv)
 
-  def render(data: dict[str, Any]) -> str:
-    if args.out:
-      os.makedirs(args.out, exist_ok=True)
-      print(f"wrote {plot(data, os.path.join(args.out, plot_name(data['quick'])))}")
-    return markdown(data)
-
-  return C.run_benchmark(NAME, args, run, render, doc_name=DOC_NAME, intro=DOC_INTRO)
+  return G.results_main(NAME, args, run, markdown, plot)
 
 
 if __name__ == "__main__":
