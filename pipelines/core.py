@@ -336,27 +336,7 @@ class _DecodeShard(beam.DoFn):
     split, path = element
     for raw in R.tfrecord_records(path):
       record = self._features.deserialize_example_np(raw)
-      yield split, (R.materialize(record) if self._episodes else _plain(record))
-
-
-def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
-  """A decoded non-episode record (e.g. a prompt) as Python values."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  def convert(value):
-    if isinstance(value, bytes):
-      return value.decode("utf-8")
-    if isinstance(value, Mapping):
-      return {k: convert(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-      if value.dtype.kind in "OS":
-        return [convert(v) for v in value.tolist()]
-      return value.tolist() if value.ndim else value.item()
-    if isinstance(value, np.generic):
-      return value.item()
-    return value
-
-  return {k: convert(v) for k, v in record.items()}
+      yield split, (R.materialize(record) if self._episodes else R.plain_record(record))
 
 
 class ReadRecords(beam.PTransform):
@@ -594,13 +574,12 @@ def finalize(*, result, out_dir: str, name: str, config: S.SchemaConfig,
   result.wait_until_finish()
   tmp = os.path.join(out_dir, TMP_DIR)
   shard_infos = []
-  for filename in tf.io.gfile.listdir(tmp):
+  dead: list[dict[str, Any]] = []
+  for filename in sorted(tf.io.gfile.listdir(tmp)):
     if filename.startswith("shard-") and filename.endswith(".json"):
       with tf.io.gfile.GFile(os.path.join(tmp, filename)) as f:
         shard_infos.append(json.loads(f.read()))
-  dead: list[dict[str, Any]] = []
-  for filename in sorted(tf.io.gfile.listdir(tmp)):
-    if filename.startswith("dead_letter") and filename.endswith(".jsonl"):
+    elif filename.startswith("dead_letter") and filename.endswith(".jsonl"):
       with tf.io.gfile.GFile(os.path.join(tmp, filename)) as f:
         dead.extend(json.loads(line) for line in f if line.strip())
   dead.sort(key=lambda d: (d["stage"], d["split"], d["key"], d["reason"]))

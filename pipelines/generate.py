@@ -55,8 +55,7 @@ class GenerateConfig:
 def sample_seed(prompt_id: str, sample_index: int, policy_digest: str,
                 sampling_digest: str) -> int:
   """Seed of one sample: a function of its prompt, index, policy and config only."""
-  return int(S.content_id(prompt_id, sample_index, policy_digest, sampling_digest),
-             16) & (2**63 - 1)
+  return S.content_seed(prompt_id, sample_index, policy_digest, sampling_digest)
 
 
 def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,

@@ -49,7 +49,7 @@ class TeacherConfig:
 
 
 def turn_seed(episode_id: str, turn: int, teacher_digest: str, config_digest: str) -> int:
-  return int(S.content_id(episode_id, turn, teacher_digest, config_digest), 16) & (2**63 - 1)
+  return S.content_seed(episode_id, turn, teacher_digest, config_digest)
 
 
 def turn_contexts(episode: Mapping[str, Any]) -> list[tuple[int, np.ndarray, int]]:

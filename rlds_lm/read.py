@@ -106,6 +106,28 @@ def _to_python(value: Any) -> Any:
   return value
 
 
+def plain_record(record: Mapping[str, Any]) -> dict[str, Any]:
+  """A decoded non-episode record (a prompt, say) as plain Python values: ``str`` for
+  text, lists for arrays and sequences, Python numbers for scalars."""
+  return {k: _plain(v) for k, v in record.items()}
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, np.ndarray):
+    if value.dtype.kind in "OS":
+      return [_plain(v) for v in value.tolist()]
+    return value.tolist() if value.ndim else value.item()
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
 def materialize(record: Mapping[str, Any]) -> dict[str, Any]:
   """Turns a decoded record (lazy steps, bytes strings) into a plain episode dict.
 

@@ -381,6 +381,12 @@ def content_id(*parts: Any, prefix: str = "") -> str:
   return prefix + digest.hexdigest()[:16]
 
 
+def content_seed(*parts: Any) -> int:
+  """A 63-bit seed from content (:func:`content_id` of ``parts``): sampling seeds are
+  derived from what is sampled, never from time or worker order."""
+  return int(content_id(*parts), 16) & (2**63 - 1)
+
+
 def _canonical_bytes(value: Any) -> bytes:
   if isinstance(value, np.ndarray):
     array = np.ascontiguousarray(value)

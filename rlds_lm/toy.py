@@ -116,4 +116,4 @@ def training_corpus(problems: list[Problem], noise: float = 0.3, seed: int = 0) 
 
 def sample_seed(prompt_id: str, sample_index: int, policy_digest: str) -> int:
   """Per-sample seed from (prompt, sample index, policy): reproducible in any order."""
-  return int(S.content_id(prompt_id, sample_index, policy_digest), 16) & (2**63 - 1)
+  return S.content_seed(prompt_id, sample_index, policy_digest)

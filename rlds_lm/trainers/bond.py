@@ -257,7 +257,7 @@ def step_prompts(seed: int, step: int, count: int, per_step: int) -> list[int]:
 def anchor_seed(seed: int) -> int:
   """The anchor's sampling stream, distinct from the policy's (``seed``): with the same
   seeds, the policy's sample and the first anchor sample would coincide at step 0."""
-  return int(S.content_id(seed, "anchor"), 16) & (2**63 - 1)
+  return S.content_seed(seed, "anchor")
 
 
 def completion_logp(model: model_config.ModelConfig, params, groups: Sequence[rollouts.Group]
@@ -451,11 +451,10 @@ def train(config: BondConfig,
   if eval_fn is not None:
     final = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
     metrics_log.log(config.steps, final)
-  policy_dir = os.path.join(config.workdir, "policy")
-  digest = ckpt_lib.save(policy_dir, model, jax.device_get(params), overwrite=True)
   keys = ["reward", "anchor_reward", "kl", "loss"] if jbond else ["reward", "kl", "loss"]
-  plot = metrics_log.plot(os.path.join(config.workdir, "metrics.png"), keys,
-                          title=f"{config.algorithm} ({config.reward})")
+  policy_dir, digest, plot = common.finish(config.workdir, "policy", model, params,
+                                           metrics_log, keys,
+                                           f"{config.algorithm} ({config.reward})")
   return {"metrics": last, "eval": final, "policy": policy_dir, "policy_digest": digest,
           "plot": plot, "seconds": time.perf_counter() - started,
           "resumed_from": start_step}

@@ -33,7 +33,7 @@ from rlds_lm.models import sampling
 
 
 def turn_seed(seed: int, env_index: int, episode: int, turn: int) -> int:
-  return int(S.content_id(seed, env_index, episode, turn), 16) & (2**63 - 1)
+  return S.content_seed(seed, env_index, episode, turn)
 
 
 @dataclasses.dataclass

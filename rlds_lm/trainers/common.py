@@ -241,6 +241,18 @@ class Checkpoints:
     self._manager.close()
 
 
+def finish(workdir: str, name: str, model: ModelConfig, params: Params, metrics: Metrics,
+           plot_keys: Sequence[str], title: str) -> tuple[str, str, str]:
+  """The end of every trainer: the trained model as a plain checkpoint
+  ``workdir/name`` (``pipelines.generate --policy`` samples from it) and the metrics plot.
+  Returns (checkpoint directory, digest, plot path)."""
+  from rlds_lm.models import checkpoint  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(workdir, name)
+  digest = checkpoint.save(directory, model, jax.device_get(params), overwrite=True)
+  plot = metrics.plot(os.path.join(workdir, "metrics.png"), plot_keys, title=title)
+  return directory, digest, plot
+
+
 # --------------------------------------------------------------------------------------
 # Metrics.
 # --------------------------------------------------------------------------------------

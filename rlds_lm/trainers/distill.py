@@ -284,10 +284,9 @@ def train(config: DistillConfig,
   if eval_fn is not None:
     final = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
     metrics_log.log(config.steps, final)
-  student_dir = os.path.join(config.workdir, "student")
-  digest = ckpt_lib.save(student_dir, model, jax.device_get(params), overwrite=True)
-  plot = metrics_log.plot(os.path.join(config.workdir, "metrics.png"), ["loss", "nll"],
-                          title=f"distill ({config.loss})")
+  student_dir, digest, plot = common.finish(config.workdir, "student", model, params,
+                                            metrics_log, ["loss", "nll"],
+                                            f"distill ({config.loss})")
   return {"metrics": last, "eval": final, "student": student_dir, "student_digest": digest,
           "plot": plot, "seconds": time.perf_counter() - started,
           "resumed_from": start_step, "data": pipeline.summary()}

@@ -418,10 +418,9 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
     return {**summary, "stopped_at": end}
 
   # 5. The tuned policy as a plain checkpoint (pipelines.generate samples from it), plots.
-  policy_dir = os.path.join(config.workdir, "policy")
-  digest = ckpt_lib.save(policy_dir, model, jax.device_get(params), overwrite=True)
   keys = ["reward"] + [k for k in ("oracle", "nli") if k in reward_names] + ["kl", "length"]
-  plot = metrics_log.plot(os.path.join(config.workdir, "metrics.png"), keys,
-                          title=f"RLEF (reward={config.reward}, kl_coef={config.kl_coef})")
+  policy_dir, digest, plot = common.finish(
+      config.workdir, "policy", model, params, metrics_log, keys,
+      f"RLEF (reward={config.reward}, kl_coef={config.kl_coef})")
   return {**summary, "policy": policy_dir, "policy_digest": digest, "plot": plot,
           "seconds": time.perf_counter() - started}

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,33 +33,13 @@ def load_prompt_records(path: str | os.PathLike[str], split: str = "train",
   """The records of a TFDS prompt dataset split as plain Python values, in file order."""
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
 
-  count, records = R.iter_records(path, split)
-  out = []
-  for record in records:
-    out.append({k: _plain(v) for k, v in record.items()})
-    if limit is not None and len(out) >= limit:
-      break
-  del count
-  return out
-
-
-def _plain(value: Any) -> Any:
-  if isinstance(value, bytes):
-    return value.decode("utf-8")
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  if isinstance(value, np.ndarray):
-    if value.dtype.kind in "OS":
-      return [_plain(v) for v in value.tolist()]
-    return value.tolist() if value.ndim else value.item()
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
+  _, records = R.iter_records(path, split)
+  return [R.plain_record(r) for r in itertools.islice(records, limit)]
 
 
 def prompt_seed(seed: int, step: int, prompt_index: int, sample_index: int) -> int:
   """Seed of one sample: a function of (run seed, step, prompt, sample) only."""
-  return int(S.content_id(seed, step, prompt_index, sample_index), 16) & (2**63 - 1)
+  return S.content_seed(seed, step, prompt_index, sample_index)
 
 
 @dataclasses.dataclass
