@@ -38,8 +38,19 @@ document entails, while a KL penalty keeps it close to where it started. Every s
    ``E[R] - beta KL``, Stiennon et al. 2020). Both terms are means over the step's
    completion tokens, so ``kl_coef`` trades a completion's KL against its reward.
 
-Sampling at ``temperature`` != 1 makes the update slightly off-policy (log pi is taken
-at temperature 1); the default is 1.
+Stale rollouts (``sync_every`` > 1). In an actor/learner system (IMPALA, SEED RL) the
+samples come from a policy a few updates behind the learner. ``sync_every = k`` makes
+that explicit and reproducible: the completions of step s are sampled by the learner's
+parameters of step ``k * floor(s / k)``, so rollouts are up to k - 1 updates old. With
+``off_policy="vtrace"`` the advantage is then V-trace's (Espeholt et al. 2018,
+:func:`~rlds_lm.trainers.losses.vtrace`) with the behaviour log-probs the episodes store
+(``action_logprobs``, the sampler's own, so a ``temperature`` != 1 is corrected too):
+each completion is an episode whose only reward ``R_i`` comes with its last token, and
+V(x_t) is its leave-one-out baseline ``b_i`` (a state-independent critic); token t's
+advantage becomes ``rho_t c_{t+1} ... c_{T-1} rho_T (R_i - b_i)`` with clipped ratios
+``rho = min(clip_rho, pi/mu)``, ``c = min(1, pi/mu)``, which is exactly ``R_i - b_i``
+when pi == mu (:func:`vtrace_advantages`). ``off_policy="none"`` ignores the staleness
+(the biased baseline to compare against). The KL term is on the same stale samples.
 
 A run is deterministic: the prompt order and the sampling seeds are functions of
 (seed, step), so a checkpoint holds parameters, optimizer state and the data state
@@ -60,6 +71,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -81,6 +93,7 @@ from rlds_lm.trainers import losses as L
 from rlds_lm.trainers import rollouts
 
 REWARDS = ("oracle", "nli")
+OFF_POLICY = ("vtrace", "none")
 # Dataset fields each reward needs (the prompt is made from "document").
 _REQUIRED = {"oracle": ("document", "facts"), "nli": ("document",)}
 # = pipelines.tasks.prompt_text("summarization", record) (a test checks); kept here so
@@ -114,6 +127,9 @@ class RlefConfig:
   log_every: int = 1
   checkpoint_every: int = 10
   eos_id: int = 2  # byte tokenizer's EOS: ends a summary
+  sync_every: int = 1  # the sampler takes the learner's parameters every k steps
+  off_policy: str = "vtrace"  # correction of stale rollouts: "vtrace" or "none"
+  clip_rho: float = 1.0  # V-trace's rho-bar (c-bar is 1)
 
   def __post_init__(self):
     if self.reward not in REWARDS:
@@ -131,6 +147,10 @@ class RlefConfig:
                        f"mean of the others), found {self.samples_per_prompt}")
     if self.prompts_per_step < 1 or self.max_new_tokens < 1 or self.steps < 1:
       raise ValueError("prompts_per_step, max_new_tokens and steps must be >= 1")
+    if self.sync_every < 1 or self.off_policy not in OFF_POLICY or self.clip_rho <= 0:
+      raise ValueError(f"need sync_every >= 1, off_policy in {OFF_POLICY} and clip_rho "
+                       f"> 0, found {self.sync_every}, {self.off_policy!r}, "
+                       f"{self.clip_rho}")
     if self.rows % self.mesh_data:
       raise ValueError(f"prompts_per_step * samples_per_prompt = {self.rows} rows must "
                        f"divide evenly over mesh_data={self.mesh_data}")
@@ -231,18 +251,47 @@ def nli_scores(classifier: nli.NliClassifier, documents: Sequence[str],
   return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
+def leave_one_out_baselines(rewards: np.ndarray) -> np.ndarray:
+  """[P, n] -> [P, n]: the mean of the other n - 1 rewards of each one's group."""
+  n = rewards.shape[-1]
+  return ((rewards.sum(-1, keepdims=True) - rewards) / (n - 1)).astype(np.float32)
+
+
 def leave_one_out_advantages(rewards: np.ndarray) -> np.ndarray:
   """[P, n] -> [P, n]: each reward minus the mean of the other n - 1 of its group."""
-  n = rewards.shape[-1]
-  others = (rewards.sum(-1, keepdims=True) - rewards) / (n - 1)
-  return (rewards - others).astype(np.float32)
+  return (rewards - leave_one_out_baselines(rewards)).astype(np.float32)
+
+
+def vtrace_advantages(behaviour_logp: jax.Array, target_logp: jax.Array, mask: jax.Array,
+                      returns: jax.Array, baselines: jax.Array, clip_rho: float = 1.0
+                      ) -> jax.Array:
+  """[B, T] V-trace policy-gradient advantages of completions with a terminal reward.
+
+  Row b is one episode over its ``mask`` tokens (one contiguous run): reward
+  ``returns[b]`` on the last of them, 0 before; discount 1 inside, 0 at the end;
+  V(x_t) = ``baselines[b]`` throughout. Columns outside the mask get advantage 0 (their
+  ratio is taken as 1: prompt and padding are not actions).
+  """
+  mask = mask.astype(bool)
+  following = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+  last = mask & ~following
+  rewards = jnp.where(last, returns[:, None], 0.0)
+  discounts = (mask & ~last).astype(jnp.float32)
+  values = jnp.broadcast_to(baselines[:, None], mask.shape)
+  behaviour = jnp.where(mask, behaviour_logp, target_logp)
+  out = L.vtrace(behaviour, target_logp, rewards, values, jnp.zeros_like(baselines),
+                 discounts, clip_rho=clip_rho, clip_c=1.0)
+  return jnp.where(mask, out.pg_advantages, 0.0)
 
 
 def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
   """loss_fn(params, batch, extra): REINFORCE with a KL(pi || ref) penalty reward.
 
-  ``batch``: ``tokens``, ``segment_ids``, ``loss_mask`` (the completion) and
-  ``advantages`` float32 [B]; ``extra["reference"]``: the frozen reference parameters.
+  ``batch``: ``tokens``, ``segment_ids``, ``loss_mask`` (the completion),
+  ``behaviour_logprobs`` float32 [B, L] (the sampler's, aligned with ``tokens``),
+  ``returns`` and ``baselines`` float32 [B] (the advantage is ``returns - baselines``,
+  V-trace-corrected when ``config.off_policy == "vtrace"``);
+  ``extra["reference"]``: the frozen reference parameters.
   """
 
   def loss_fn(params, batch, extra):
@@ -253,7 +302,14 @@ def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
     ref_logp = jax.lax.stop_gradient(common.gather_tokens(
         common.sequence_logprobs(model, extra["reference"], tokens, valid)[:, :-1],
         targets))
-    pg_loss = L.policy_gradient_loss(logp, batch["advantages"][:, None], mask)
+    behaviour = batch["behaviour_logprobs"][:, 1:]
+    log_ratio = jnp.where(mask, jax.lax.stop_gradient(logp) - behaviour, 0.0)
+    if config.off_policy == "vtrace":
+      advantages = vtrace_advantages(behaviour, jax.lax.stop_gradient(logp), mask,
+                                     batch["returns"], batch["baselines"], config.clip_rho)
+    else:
+      advantages = (batch["returns"] - batch["baselines"])[:, None]
+    pg_loss = L.policy_gradient_loss(logp, advantages, mask)
     # Per-token KL estimates as values; each token's log pi is weighted by the KL still
     # to come from it on (its own and every later token's). ``x - sg(x)`` is 0 with the
     # gradient of x: kl_term's value is the mean per-token KL, its gradient the
@@ -264,9 +320,23 @@ def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
         kl_to_go * (logp - jax.lax.stop_gradient(logp)), mask)
     loss = pg_loss + config.kl_coef * kl_term
     return loss, {"pg_loss": pg_loss, "kl": L.masked_mean(kl, mask),
-                  "kl_sequence": jnp.mean(jnp.sum(kl, -1))}
+                  "kl_sequence": jnp.mean(jnp.sum(kl, -1)),
+                  # mean pi/mu of the completion tokens: 1 on-policy
+                  "ratio": L.masked_mean(jnp.exp(log_ratio), mask)}
 
   return loss_fn
+
+
+def _behaviour_dir(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "behaviour", f"step_{step}")
+
+
+def _drop_snapshots(workdir: str, before: int) -> None:
+  """Removes the sampler snapshots no checkpoint can need any more."""
+  root = os.path.join(workdir, "behaviour")
+  for name in os.listdir(root) if os.path.isdir(root) else ():
+    if int(name.removeprefix("step_")) < before:
+      shutil.rmtree(os.path.join(root, name))
 
 
 def _fingerprint(config: RlefConfig, records: Sequence[Mapping[str, Any]]) -> str:
@@ -338,6 +408,26 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
       raise D.StateMismatchError(
           f"{checkpoints.directory} holds step {start_step} of another run (data state "
           f"{data_state}, this run's prompt stream is {fingerprint}); use a new workdir")
+  # The sampler's parameters: the learner's of the last sync step. Between syncs they are
+  # a plain checkpoint (workdir/behaviour/step_N), so a resumed run samples from them too.
+  behaviour_step, behaviour_params = None, None
+  if resumed is not None and start_step % config.sync_every:
+    behaviour_step = start_step - start_step % config.sync_every
+    snapshot_dir = _behaviour_dir(config.workdir, behaviour_step)
+    if "behaviour_digest" not in data_state or not os.path.isdir(snapshot_dir):
+      checkpoints.close()
+      raise D.StateMismatchError(
+          f"step {start_step} falls between two sampler syncs (sync_every="
+          f"{config.sync_every}), but the checkpoint names no sampler parameters or "
+          f"{snapshot_dir} is gone: it was written with another sync_every")
+    snapshot = ckpt_lib.restore(snapshot_dir)
+    if snapshot.digest != data_state.get("behaviour_digest"):
+      checkpoints.close()
+      raise D.StateMismatchError(
+          f"the sampler's parameters of step {behaviour_step} have digest "
+          f"{snapshot.digest}, the checkpoint of step {start_step} expects "
+          f"{data_state.get('behaviour_digest')}")
+    behaviour_params, behaviour_digest = snapshot.params, snapshot.digest
   with open(os.path.join(config.workdir, "config.json"), "w") as f:
     json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
   metrics_log = common.Metrics(os.path.join(config.workdir, "metrics.jsonl"),
@@ -356,10 +446,16 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
   try:
     for step in range(start_step, end):
       # a. The step's prompts, each completed n times by the current policy.
+      if step % config.sync_every == 0:  # the sampler takes the learner's parameters
+        behaviour_step = step
+        behaviour_params = jax.tree.map(np.array, jax.device_get(params))  # a copy
+        if config.sync_every > 1:
+          behaviour_digest = ckpt_lib.save(_behaviour_dir(config.workdir, step), model,
+                                           behaviour_params, overwrite=True)
       positions, indices = prompt_order(config.seed, step, config.prompts_per_step,
                                         len(records))
       groups = rollouts.sample_group(
-          model, jax.device_get(params), [prompts.tokens[i] for i in indices], positions,
+          model, behaviour_params, [prompts.tokens[i] for i in indices], positions,
           n=n, seed=config.seed, step=step, sampler=sampler,
           max_new_tokens=config.max_new_tokens, eos_id=config.eos_id)
       completions = [c for g in groups for c in g.completions]  # row order
@@ -374,19 +470,19 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
         scores["nli"] = nli_scores(classifier, [r["document"] for r in rows], texts)
       lengths = np.asarray([len(c) for c in completions], np.float32)
       total = scores[config.reward] - config.length_penalty * lengths
-      advantages = leave_one_out_advantages(total.reshape(-1, n)).reshape(-1)
+      baselines = leave_one_out_baselines(total.reshape(-1, n)).reshape(-1)
 
       # c. Every generation kept, before the update (a re-run step is not re-recorded).
       generations.record(
           groups, {"total": total, **scores}, step=step, policy_name="rlef",
           prompt_ids=[records[i].get("prompt_id") or S.content_id(records[i]["document"])
                       for i in indices],
-          task=TASK, trainer="rlef", texts=texts, sampler=sampler)
+          task=TASK, trainer="rlef", texts=texts, sampler=sampler,
+          policy_step=behaviour_step)
 
       # d. One update on prompt + completion rows (the loss on the completion).
       batch = rollouts.padded_batch(groups, row_length)
-      del batch["behaviour_logprobs"]  # on-policy: the loss recomputes log pi
-      batch["advantages"] = advantages
+      batch.update(returns=total.astype(np.float32), baselines=baselines)
       with place.context():
         params, opt_state, metrics = train_step(params, opt_state, place.batch(batch),
                                                 extra)
@@ -394,7 +490,8 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
       values.update({name: float(v.mean()) for name, v in scores.items()})
       values.update(reward=float(total.mean()), length=float(lengths.mean()),
                     eos=float(np.mean([c.stop_reason == sampling.STOP_EOS
-                                       for c in completions])))
+                                       for c in completions])),
+                    policy_lag=float(step - behaviour_step))
       split_index = np.repeat([prompts.split_index[i] for i in indices], n)
       common.check_finite(step, values, {"dataset": np.zeros_like(split_index),
                                          "record_index": split_index})
@@ -405,8 +502,12 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
       if done % config.log_every == 0 or done == config.steps:
         metrics_log.log(done, values)
       if done % config.checkpoint_every == 0 or done in (config.steps, end):
-        checkpoints.save(done, params, opt_state, {"step": done, "prompts": fingerprint},
+        data_state = {"step": done, "prompts": fingerprint}
+        if done % config.sync_every:  # resuming needs this sync's sampler parameters
+          data_state["behaviour_digest"] = behaviour_digest
+        checkpoints.save(done, params, opt_state, data_state,
                          {"origin": origin, "metrics": values})
+        _drop_snapshots(config.workdir, before=done - done % config.sync_every)
   finally:
     checkpoints.close()
     generations.close()

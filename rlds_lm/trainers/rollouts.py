@@ -108,10 +108,14 @@ class GenerationLog:
   def record(self, groups: Sequence[Group], rewards: Mapping[str, np.ndarray], *,
              step: int, policy_name: str, prompt_ids: Sequence[str], task: str,
              trainer: str, texts: Sequence[str] | None = None,
-             sampler: sampling.SamplerConfig | None = None) -> int:
+             sampler: sampling.SamplerConfig | None = None,
+             policy_step: int | None = None) -> int:
     """Records every completion; ``rewards[name]`` has one value per completion (group
-    order). Returns the number recorded (an episode already in the log is skipped)."""
+    order). ``policy_step``: the trainer step whose parameters sampled them (default
+    ``step``; earlier for stale rollouts), named in ``policy_name`` and the lineage.
+    Returns the number recorded (an episode already in the log is skipped)."""
     sampler = sampler or sampling.SamplerConfig()
+    policy_step = step if policy_step is None else policy_step
     k = 0
     recorded = 0
     for g, prompt_id in zip(groups, prompt_ids):
@@ -124,8 +128,9 @@ class GenerationLog:
                       reward=next(iter(values.values()), 0.0), rewards=values or None)
         episode = S.rollout_episode(
             self.config, [turn], prompt_id=prompt_id, task=task, sample_index=j,
-            policy_name=f"{policy_name}@{step}", seed=seed,
-            lineage={"trainer": trainer, "step": step}, **sampler.to_dict())
+            policy_name=f"{policy_name}@{policy_step}", seed=seed,
+            lineage={"trainer": trainer, "step": step, "policy_step": policy_step},
+            **sampler.to_dict())
         try:
           self._recorder.record(episode)
           recorded += 1

@@ -263,7 +263,8 @@ def test_kl_term_has_no_gradient_at_the_reference_and_the_right_value():
   mask = np.zeros((4, 16), bool)
   mask[:, 6:] = True
   batch = {"tokens": tokens, "segment_ids": np.ones((4, 16), np.int32), "loss_mask": mask,
-           "advantages": np.zeros(4, np.float32)}
+           "behaviour_logprobs": np.zeros((4, 16), np.float32),
+           "returns": np.zeros(4, np.float32), "baselines": np.zeros(4, np.float32)}
   config = rlef.RlefConfig(prompts="", workdir="", policy="", kl_coef=1.0)
   loss_fn = jax.jit(jax.value_and_grad(rlef.rlef_loss(config, model), has_aux=True))
   (loss, aux), grads = loss_fn(params, batch, {"reference": params})
@@ -284,3 +285,56 @@ def test_kl_term_has_no_gradient_at_the_reference_and_the_right_value():
   assert abs(float(aux["kl"])) > 0.01  # (k1 on tokens not drawn from pi: either sign)
   assert float(loss) == pytest.approx(float(aux["kl"]), rel=1e-5)  # pg_loss is 0
   assert float(optax.tree.norm(grads)) > 1e-3
+
+
+def test_vtrace_advantages_on_and_off_policy():
+  rng = np.random.default_rng(0)
+  b, t = 3, 7
+  mask = np.zeros((b, t), bool)
+  mask[0, 2:6] = mask[1, 1:7] = mask[2, 4:5] = True
+  target = -rng.uniform(0.1, 3.0, (b, t)).astype(np.float32)
+  returns = rng.normal(size=b).astype(np.float32)
+  baselines = rng.normal(size=b).astype(np.float32)
+  # On-policy every completion token's advantage is R - b.
+  on = np.asarray(rlef.vtrace_advantages(jnp.asarray(target), jnp.asarray(target),
+                                         jnp.asarray(mask), returns, baselines))
+  np.testing.assert_allclose(on, np.where(mask, (returns - baselines)[:, None], 0.0),
+                             rtol=1e-6, atol=1e-6)
+  # Stale: rho_t * prod_{t<i<T} c_i * rho_T * (R - b), ratios clipped at 1 (clip_rho=1).
+  behaviour = np.where(mask, target + rng.normal(0, 0.5, (b, t)), 0).astype(np.float32)
+  off = np.asarray(rlef.vtrace_advantages(jnp.asarray(behaviour), jnp.asarray(target),
+                                          jnp.asarray(mask), returns, baselines))
+  expected = np.zeros((b, t))
+  for row in range(b):
+    cols = np.flatnonzero(mask[row])
+    ratio = np.minimum(1.0, np.exp(target[row, cols] - behaviour[row, cols]))
+    for k, col in enumerate(cols):
+      factor = ratio[k] * np.prod(ratio[k + 1:-1]) * (ratio[-1] if k < len(cols) - 1 else 1)
+      expected[row, col] = factor * (returns[row] - baselines[row])
+  np.testing.assert_allclose(off, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stale_rollouts_are_corrected_recorded_and_resume_exactly(assets, tmp_path):
+  # The sampler syncs every 3 steps: steps 1 and 2 sample with step 0's parameters.
+  # (Warm-up makes update 0 a no-op, so only step 2's learner has moved away from them.)
+  config = _config(assets, tmp_path / "stale", sync_every=3, checkpoint_every=10)
+  full = rlef.train(dataclasses.replace(config, workdir=os.fspath(tmp_path / "full")))
+  rows = _metrics(tmp_path / "full")
+  assert [r["policy_lag"] for r in rows] == [0, 1, 2]
+  assert abs(rows[0]["ratio"] - 1) < 1e-4 and abs(rows[2]["ratio"] - 1) > 1e-3
+  episodes = list(logs.read_log(tmp_path / "full" / "generations"))
+  steps = sorted({(json.loads(e[S.LINEAGE])["step"], json.loads(e[S.LINEAGE])["policy_step"])
+                  for e in episodes})
+  assert steps == [(0, 0), (1, 0), (2, 0)]
+  # Stopped at step 2 (between two syncs) and resumed: the same samples and updates.
+  assert rlef.train(config, stop_at=2)["stopped_at"] == 2
+  resumed = rlef.train(config)
+  assert resumed["resumed_from"] == 2
+  assert _metrics(tmp_path / "stale") == rows
+  assert resumed["policy_digest"] == full["policy_digest"]
+  # Without the correction the stale step's update differs; on-policy steps do not.
+  rlef.train(dataclasses.replace(config, workdir=os.fspath(tmp_path / "none"),
+                                 off_policy="none"))
+  uncorrected = _metrics(tmp_path / "none")
+  assert uncorrected[0]["pg_loss"] == pytest.approx(rows[0]["pg_loss"], abs=1e-5)
+  assert uncorrected[2]["pg_loss"] != pytest.approx(rows[2]["pg_loss"], abs=1e-5)
