@@ -161,7 +161,7 @@ _PER_TOKEN_KEYS = (TOKENS, LOSS_MASK, BEHAVIOUR_LOGPROBS, TOKEN_REWARDS, THINKIN
                    TEACHER_SAMPLED_IDS, TEACHER_SAMPLED_COUNTS)
 
 # Changing any of these changes the batches: they are part of the state fingerprint.
-_ALGORITHM = "rlds_lm.trainers.data/2"
+_ALGORITHM = "rlds_lm.trainers.data/3"
 _WEIGHT_RESOLUTION = 10_000  # mixture weights are rounded to multiples of 1/10000
 _OPEN_ROWS = 8  # packing: rows still open for first fit
 _SCAN_CHUNK = 1024  # records read per call while indexing a dataset
@@ -409,10 +409,13 @@ class _Dataset:
     # Content identity, not location: the same dataset copied elsewhere keeps its order.
     # (Not the lineage: it names paths, e.g. the Riegeli log a dataset was published
     # from, and would make the order depend on where the run happened.) The first and
-    # last records stand in for the content.
+    # last records stand in for the content, re-serialised with sorted keys: a
+    # tf.train.Example's feature map is written in hash order, which differs between
+    # the processes that publish the same episodes.
+    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
     split_info = builder.info.splits[split.split("[")[0]]
-    ends = [bytes(self.source[i]) for i in sorted({0, len(self.source) - 1})
-            if len(self.source)]
+    ends = [tf_example_pb2.Example.FromString(bytes(self.source[i])).SerializeToString(
+        deterministic=True) for i in sorted({0, len(self.source) - 1}) if len(self.source)]
     self.identity = S.content_id({
         "name": self.name, "split": split, "records": len(self.source),
         "bytes": int(split_info.num_bytes), "schema": self.schema.to_json(),
