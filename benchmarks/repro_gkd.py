@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from rlds_lm import toy
 
 NAME = "repro_gkd"
 DOC_NAME = "results.md"
@@ -64,8 +65,10 @@ scale.
 
 """
 
-BOS, EOS = 1, 2
-MAX_NEW_TOKENS = 6  # answers are at most 3 bytes ("-19"), then EOS
+BOS, EOS = toy.BOS, toy.EOS
+MAX_NEW_TOKENS = toy.ANSWER_TOKENS
+prompt_tokens, answer_tokens = toy.prompt_tokens, toy.answer_tokens
+is_correct, make_eval_fn = toy.is_correct, toy.make_eval_fn
 MAX_LENGTH = 16  # BOS + "19-19=" + answer + EOS fits
 
 
@@ -133,63 +136,14 @@ def methods(sizes: Sizes) -> list[Method]:
 def split_problems(sizes: Sizes):
   """(train, test): every distinct problem, in the generator's (random) order."""
   from rlds_lm import toy  # pylint: disable=g-import-not-at-top
-  problems = toy.arithmetic_problems(2 * sizes.max_operand ** 2, seed=0,
-                                     max_operand=sizes.max_operand)
-  n_test = int(round(sizes.test_fraction * len(problems)))
-  return problems[n_test:], problems[:n_test]
-
-
-def prompt_tokens(problem) -> np.ndarray:
-  from rlds_lm.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
-  return ByteTokenizer().encode(problem.question, add_bos=True)
-
-
-def answer_tokens(problem) -> np.ndarray:
-  from rlds_lm.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
-  return ByteTokenizer().encode(problem.answer, add_eos=True)
-
-
-def is_correct(problem, completion) -> bool:
-  """Exact answer, then EOS (``toy.check_answer`` on the decoded text)."""
-  from rlds_lm import toy  # pylint: disable=g-import-not-at-top
-  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
-  from rlds_lm.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
-  text = ByteTokenizer().decode(completion.tokens)
-  return (completion.stop_reason == sampling.STOP_EOS and
-          bool(toy.check_answer(problem, text)))
-
-
-def make_eval_fn(problems):
-  """``(model_config, params) -> {"accuracy"}``: greedy decoding of ``problems``."""
-  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
-  prompts = [prompt_tokens(p) for p in problems]
-  seeds = [0] * len(prompts)
-
-  def eval_fn(model, params) -> dict[str, float]:
-    completions = sampling.sample(model, params, prompts, seeds,
-                                  sampling.SamplerConfig.greedy(), MAX_NEW_TOKENS,
-                                  eos_id=EOS).completions()
-    return {"accuracy": float(np.mean([is_correct(p, c)
-                                       for p, c in zip(problems, completions)]))}
-
-  return eval_fn
+  return toy.split_problems(sizes.max_operand, sizes.test_fraction)
 
 
 def publish_references(data_dir: str, problems) -> str:
   """The train split with its reference answers as rollout episodes (SFT data)."""
-  from rlds_lm import publish as P  # pylint: disable=g-import-not-at-top
-  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
   from rlds_lm import toy  # pylint: disable=g-import-not-at-top
-  schema = S.SchemaConfig(vocab_size=259, tokenizer="byte")
-  episodes = []
-  for p in problems:
-    turn = S.Turn(S.observation(schema, prompt_tokens(p), p.question),
-                  action_tokens=answer_tokens(p), action_text=p.answer, reward=1.0)
-    episodes.append(S.rollout_episode(schema, [turn], prompt_id=p.prompt_id,
-                                      task=toy.ARITHMETIC, policy_name="reference",
-                                      lineage={"source": "toy.arithmetic_problems"}))
-  return P.publish({"train": episodes}, data_dir=data_dir, name="arith_reference",
-                   config=schema, lineage={"benchmark": NAME, "kind": "reference answers"})
+  return toy.publish_references(data_dir, problems,
+                                lineage={"benchmark": NAME, "kind": "reference answers"})
 
 
 def publish_teacher_samples(data_dir: str, problems, teacher_dir: str,
@@ -267,11 +221,8 @@ def _distill_config(sizes: Sizes, **kwargs: Any):
 
 
 def teacher_config(sizes: Sizes):
-  from rlds_lm.models import config as mc  # pylint: disable=g-import-not-at-top
-  width = sizes.teacher_width
-  return dataclasses.replace(mc.get_config(
-      "tiny", d_model=width, num_heads=4, num_kv_heads=2, head_dim=width // 4,
-      mlp_dim=4 * width, num_layers=4), name="teacher")
+  from rlds_lm import toy  # pylint: disable=g-import-not-at-top
+  return toy.decoder_config(sizes.teacher_width, "teacher")
 
 
 def train_teacher(work: str, reference: str, sizes: Sizes, eval_fn) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,24 +41,66 @@ def _stats(values: list[float]) -> dict[str, float]:
   if not values:
     return {}
   array = np.asarray(values, np.float64)
+  p10, p50, p90 = np.percentile(array, [10, 50, 90])
   return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()),
+          "p10": float(p10), "median": float(p50), "p90": float(p90),
           "max": float(array.max())}
 
 
-def summarize(path: str | os.PathLike[str], split: str = "train", show: int = 3
-              ) -> dict[str, Any]:
-  """Counts, fields, reward statistics, lineage and the first ``show`` episodes as text."""
+@dataclasses.dataclass(frozen=True)
+class Filter:
+  """Which episodes to look at: by primary reward (the sum over turns) and prompt."""
+
+  min_reward: float | None = None
+  max_reward: float | None = None
+  prompt_ids: tuple[str, ...] = ()
+
+  def __call__(self, episode: Mapping[str, Any]) -> bool:
+    if self.prompt_ids and _text(episode[S.PROMPT_ID]) not in self.prompt_ids:
+      return False
+    if self.min_reward is None and self.max_reward is None:
+      return True
+    reward = sum(float(s[S.REWARD]) for s in episode[S.STEPS] if not s[S.IS_LAST])
+    return ((self.min_reward is None or reward >= self.min_reward) and
+            (self.max_reward is None or reward <= self.max_reward))
+
+  @property
+  def active(self) -> bool:
+    return self != Filter()
+
+
+def _text(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Scan(NamedTuple):
+  summary: dict[str, Any]
+  config: S.SchemaConfig
+  episodes: list[dict[str, Any]]  # the first ``keep`` matching episodes
+  tokenizer: Any  # None when the dataset's tokenizer cannot be loaded
+
+
+def scan(path: str | os.PathLike[str], split: str = "train", show: int = 3,
+         where: Filter = Filter(), keep: int = 0) -> Scan:
+  """Reads every episode once: statistics of those ``where`` matches, the first ``show``
+  of them as text and the first ``keep`` as episodes."""
   config, lineage, episodes, count = load_episodes(path, split)
-  steps = obs_tokens = act_tokens = invalid = 0
+  steps = obs_tokens = act_tokens = invalid = matched = 0
   rewards: dict[str, list[float]] = {"reward": []}
-  shown = []
+  per_prompt: dict[str, int] = {}
+  shown, kept = [], []
   try:
     tokenizer = tokenizer_from_name(config.tokenizer)
   except ValueError:
     tokenizer = None
   for episode in episodes:
+    if not where(episode):
+      continue
+    matched += 1
     steps += len(episode[S.STEPS])
     invalid += bool(episode[S.INVALID])
+    prompt_id = _text(episode[S.PROMPT_ID])
+    per_prompt[prompt_id] = per_prompt.get(prompt_id, 0) + 1
     totals = {"reward": 0.0}
     for step in episode[S.STEPS]:
       obs_tokens += len(step[S.OBSERVATION][S.OBS_TOKENS])
@@ -71,11 +114,18 @@ def summarize(path: str | os.PathLike[str], split: str = "train", show: int = 3
       rewards.setdefault(name, []).append(value)
     if len(shown) < show:
       shown.append(episode_text(episode, config, tokenizer))
-  return {
+    if len(kept) < keep:
+      kept.append(episode)
+  group_sizes = list(per_prompt.values())
+  summary = {
       "path": os.fspath(path),
       "kind": config.kind,
       "schema": json.loads(config.to_json()),
-      "episodes": count,
+      "episodes": matched,
+      "episodes_in_split": count,
+      "filter": dataclasses.asdict(where) if where.active else None,
+      "prompts": len(per_prompt),
+      "episodes_per_prompt": _stats(group_sizes),
       "steps": steps,
       "observation_tokens": obs_tokens,
       "action_tokens": act_tokens,
@@ -85,6 +135,14 @@ def summarize(path: str | os.PathLike[str], split: str = "train", show: int = 3
       "lineage": lineage,
       "examples": shown,
   }
+  return Scan(summary, config, kept, tokenizer)
+
+
+def summarize(path: str | os.PathLike[str], split: str = "train", show: int = 3,
+              where: Filter = Filter()) -> dict[str, Any]:
+  """Counts, fields, reward statistics, lineage and the first ``show`` episodes as text
+  (of the episodes ``where`` matches)."""
+  return scan(path, split, show, where).summary
 
 
 def field_list(config: S.SchemaConfig) -> list[str]:
@@ -116,18 +174,29 @@ def episode_text(episode: Mapping[str, Any], config: S.SchemaConfig, tokenizer=N
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-  out = [f"{summary['path']}: {summary['episodes']} {summary['kind']} episodes, "
+  matched = ""
+  if summary.get("filter"):
+    active = {k: v for k, v in summary["filter"].items() if v not in (None, [], ())}
+    matched = (f" (of {summary['episodes_in_split']}; filter "
+               f"{json.dumps(active, sort_keys=True)})")
+  out = [f"{summary['path']}: {summary['episodes']} {summary['kind']} episodes{matched}, "
          f"{summary['steps']} steps, {summary['observation_tokens']} observation tokens, "
          f"{summary['action_tokens']} action tokens, {summary['invalid_episodes']} invalid"]
   schema = summary["schema"]
   out.append(f"schema: vocab {schema['vocab_size']} ({schema['tokenizer']}), teacher top-k "
              f"{schema['teacher_top_k']}, sampled-k {schema['teacher_sampled_k']}, rewards "
              f"{schema['reward_names'] or '-'}, image channels {schema['image_channels']}")
+  per_prompt = summary.get("episodes_per_prompt") or {}
+  if per_prompt:
+    out.append(f"prompts: {summary['prompts']}, episodes per prompt: mean "
+               f"{per_prompt['mean']:.3g} (min {per_prompt['min']:.0f}, max "
+               f"{per_prompt['max']:.0f})")
   out.append("rewards per episode:")
   for name, stats in summary["rewards"].items():
     if stats:
       out.append(f"  {name:>12}: mean {stats['mean']:.4g}  std {stats['std']:.4g}  "
-                 f"min {stats['min']:.4g}  max {stats['max']:.4g}")
+                 f"min {stats['min']:.4g}  p10 {stats['p10']:.4g}  median "
+                 f"{stats['median']:.4g}  p90 {stats['p90']:.4g}  max {stats['max']:.4g}")
   out.append(f"lineage: {json.dumps(summary['lineage'], sort_keys=True)}")
   out.append(f"fields ({len(summary['fields'])}): " + ", ".join(summary["fields"]))
   for text in summary["examples"]:

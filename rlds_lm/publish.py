@@ -10,6 +10,8 @@ listed in ``dataset_info.json``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -129,8 +131,11 @@ def publish(
   if builder.is_prepared():
     raise FileExistsError(f"{builder.data_dir} already holds a published dataset; "
                           "publish a new version or choose another data_dir")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  # TFDS prints a "Downloading and preparing dataset Unknown size" banner: nothing is
+  # downloaded here, so it goes.
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   for file_format in file_formats[1:]:
     add_file_format(builder.data_dir, file_format)
   return os.fspath(builder.data_dir)

@@ -363,6 +363,10 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
   ds = grain.MapDataset.source(source)
   if shard_count > 1:
     ds = ds[shard_index::shard_count]
+  if drop_remainder and len(ds) < batch_size:
+    raise ValueError(f"{path}: {len(ds)} episodes (in shard {shard_index} of "
+                     f"{shard_count}) make no full batch of {batch_size}; lower batch_size "
+                     f"or pass drop_remainder=False")
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.map(RawSequenceDecoder(max_length, pad_id=pad_id, teacher_top_k=k))

@@ -1,15 +1,23 @@
-"""A tiny arithmetic task and a byte-level n-gram policy, for the quickstart and tests.
+"""A tiny arithmetic task, its helpers for JAX policies, and a byte-level n-gram policy.
 
-The policy is a real (if weak) language model: bigram counts over bytes with add-alpha
-smoothing, sampled with temperature, top-k and top-p. A sample depends only on
-(prompt, seed, sampler settings, model), never on batch composition or wall clock.
-Issue 3 brings the Gemma-style JAX decoder; this stays as the dependency-free toy.
+The arithmetic task (``"a+b="`` / ``"a-b="``, exact answers) is what the quickstart, the
+GKD / J-BOND reproductions and many tests train on: :func:`split_problems`, the byte
+prompt and answer tokens, :func:`is_correct` for a sampled completion,
+:func:`make_eval_fn` (greedy accuracy) and :func:`publish_references` (the reference
+answers as a published rollout dataset, the SFT data).
+
+The n-gram policy is a real (if weak) language model: bigram counts over bytes with
+add-alpha smoothing, sampled with temperature, top-k and top-p. A sample depends only on
+(prompt, seed, sampler settings, model), never on batch composition or wall clock; it is
+the dependency-free toy of the environment tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +26,8 @@ from rlds_lm.tokenizers import ByteTokenizer
 
 ARITHMETIC = "arithmetic"
 REWARD_CORRECT = "correct"
+BOS, EOS = 1, 2  # ByteTokenizer's
+ANSWER_TOKENS = 6  # answers are at most 3 bytes ("-19", operands < 20), then EOS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +60,75 @@ def arithmetic_problems(count: int, seed: int = 0, max_operand: int = 50) -> lis
 def check_answer(problem: Problem, completion: str) -> float:
   """1.0 if the completion's first line is exactly the answer, else 0.0."""
   return float(completion.split("\n", 1)[0].strip() == problem.answer)
+
+
+def split_problems(max_operand: int, test_fraction: float, seed: int = 0
+                   ) -> tuple[list[Problem], list[Problem]]:
+  """(train, test): every distinct problem with operands < ``max_operand``, in the
+  generator's (random) order; the first ``test_fraction`` of them are the test split."""
+  problems = arithmetic_problems(2 * max_operand ** 2, seed=seed, max_operand=max_operand)
+  n_test = int(round(test_fraction * len(problems)))
+  return problems[n_test:], problems[:n_test]
+
+
+def prompt_tokens(problem: Problem) -> np.ndarray:
+  """BOS + the question's bytes (no answer)."""
+  return ByteTokenizer().encode(problem.question, add_bos=True)
+
+
+def answer_tokens(problem: Problem) -> np.ndarray:
+  """The answer's bytes + EOS: the completion a perfect policy writes."""
+  return ByteTokenizer().encode(problem.answer, add_eos=True)
+
+
+def is_correct(problem: Problem, completion) -> bool:
+  """A sampled completion (``tokens``, ``stop_reason``) is the exact answer, then EOS."""
+  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
+  text = ByteTokenizer().decode(completion.tokens)
+  return completion.stop_reason == sampling.STOP_EOS and bool(check_answer(problem, text))
+
+
+def make_eval_fn(problems: Sequence[Problem], max_new_tokens: int = ANSWER_TOKENS
+                 ) -> Callable[[Any, Any], dict[str, float]]:
+  """``(model_config, params) -> {"accuracy"}``: greedy decoding of ``problems``."""
+  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
+  prompts = [prompt_tokens(p) for p in problems]
+  seeds = [0] * len(prompts)
+
+  def eval_fn(model, params) -> dict[str, float]:
+    completions = sampling.sample(model, params, prompts, seeds,
+                                  sampling.SamplerConfig.greedy(), max_new_tokens,
+                                  eos_id=EOS).completions()
+    return {"accuracy": float(np.mean([is_correct(p, c)
+                                       for p, c in zip(problems, completions)]))}
+
+  return eval_fn
+
+
+def publish_references(data_dir: str, problems: Sequence[Problem], *,
+                       name: str = "arith_reference",
+                       lineage: Mapping[str, Any] | None = None) -> str:
+  """The problems with their reference answers as a published rollout dataset (the
+  train split; SFT data). Returns the dataset directory."""
+  from rlds_lm import publish as P  # pylint: disable=g-import-not-at-top
+  schema = S.SchemaConfig(vocab_size=ByteTokenizer.vocab_size, tokenizer="byte")
+  episodes = []
+  for p in problems:
+    turn = S.Turn(S.observation(schema, prompt_tokens(p), p.question),
+                  action_tokens=answer_tokens(p), action_text=p.answer, reward=1.0)
+    episodes.append(S.rollout_episode(schema, [turn], prompt_id=p.prompt_id,
+                                      task=ARITHMETIC, policy_name="reference",
+                                      lineage={"source": "toy.arithmetic_problems"}))
+  return P.publish({"train": episodes}, data_dir=data_dir, name=name, config=schema,
+                   lineage=dict(lineage or {}))
+
+
+def decoder_config(width: int, name: str, num_layers: int = 4):
+  """A ``tiny``-family decoder ``width`` wide (4 heads, 2 KV heads, MLP 4x)."""
+  from rlds_lm.models import config as mc  # pylint: disable=g-import-not-at-top
+  return dataclasses.replace(mc.get_config(
+      "tiny", d_model=width, num_heads=4, num_kv_heads=2, head_dim=width // 4,
+      mlp_dim=4 * width, num_layers=num_layers), name=name)
 
 
 class NgramPolicy:

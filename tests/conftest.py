@@ -73,3 +73,17 @@ def assets(tmp_path_factory):
   paths["summarization"] = _build_prompts(
       grounded_summarization_dataset_builder.Builder, "tiny", data_dir)
   return paths
+
+
+@pytest.fixture(scope="session")
+def quickstart_small(tmp_path_factory):
+  """``rlds-lm quickstart --workdir qs --size small``, run as a user runs it (about a
+  minute): (working directory, the ``qs`` workdir, its stdout)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  cwd = tmp_path_factory.mktemp("quickstart")
+  result = subprocess.run([sys.executable, "-m", "rlds_lm.cli", "quickstart", "--workdir",
+                           "qs", "--size", "small"], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return cwd, cwd / "qs", result.stdout

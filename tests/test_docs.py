@@ -1,9 +1,13 @@
-"""The docs stay true: docs/schema.md is generated from the code, and the commands of
-docs/pipelines.md and docs/trainers.md run as written."""
+"""The docs stay true: docs/schema.md is generated from the code, and every command
+block of the docs runs as written (``test_every_command_block_is_accounted_for`` says
+which test runs each one)."""
 
+import glob
 import os
+import re
 import subprocess
 import sys
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,39 +19,142 @@ def test_schema_doc_matches_the_code():
 
 
 def _bash_block(doc: str, first_line: str) -> str:
-  import re  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(REPO, "docs", doc)) as f:
+  with open(os.path.join(REPO, doc if doc == "README.md" else os.path.join("docs", doc))) as f:
     text = f.read()
-  match = re.search(r"```bash\n(" + re.escape(first_line) + r".*?)```", text, re.S)
-  assert match, f"docs/{doc} has no bash block starting with {first_line!r}"
+  match = re.search(r"```(?:bash|sh)?\n(" + re.escape(first_line) + r".*?)```", text, re.S)
+  assert match, f"{doc} has no command block starting with {first_line!r}"
   return match.group(1)
 
 
-def test_pipelines_doc_full_run_works(tmp_path):
-  """The "full run on one machine" of docs/pipelines.md, as written (one worker process
-  per stage to keep the suite fast; the docs' default is two)."""
-  block = _bash_block("pipelines.md", "# Prompt sources")
-  block = block.replace("tfds build builders/", f"tfds build {REPO}/builders/")
-  lines = []
-  for line in block.splitlines():  # one worker: add the flag to each stage command
-    if line.startswith("python -m pipelines.") and "pipelines.models" not in line and (
-        "pipelines.nli" not in line):
-      line = line.rstrip("\\").rstrip() + " --workers=1 \\" if line.endswith("\\") else (
-          line + " --workers=1")
-    lines.append(line)
-  script = "set -euo pipefail\n" + "\n".join(lines)
+# Every command block (```bash, ```sh, or a bare ``` of commands) of README.md and docs/,
+# by (file, first line): the test that runs it, or why none can.
+COMMAND_BLOCKS = {
+    ("README.md", "python3 -m venv .venv && .venv/bin/pip install -q -e . &&"):
+        "test_quickstart_doc_commands_run (the quickstart part, --size small); the "
+        "install is what .ci/run does",
+    ("README.md", "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test,gemma]'"):
+        ".ci/run runs it verbatim: it is the test run itself",
+    ("pipelines.md", "# Prompt sources"): "test_pipelines_doc_full_run_works",
+    ("pipelines.md", "python -m pipelines.generate --prompts=gs://"):
+        "not run: needs a Google Cloud project, bucket and Dataflow",
+    ("pipelines.md", "python -m pipelines.teacher --rollouts=gs://"):
+        "not run: needs a Google Cloud project, bucket and Dataflow",
+    ("pipelines.md", "python -m pipelines.score --rollouts=gs://"):
+        "not run: needs a Google Cloud project, bucket and Dataflow",
+    ("trainers.md", "# After the full run"): "test_pipelines_doc_full_run_works",
+    ("schema.md", "python docs/gen_schema_examples.py"): "test_schema_doc_commands_run",
+    ("benchmarks.md", "python -m benchmarks.record_throughput"):
+        "test_benchmark_doc_commands_run (each with --quick)",
+    ("interop.md", "# On the quickstart's output"): "test_quickstart_doc_commands_run",
+    ("interop.md", "rlds-lm export"): "test_quickstart_doc_commands_run",
+    ("quickstart.md", "rlds-lm quickstart --workdir"): "test_quickstart_doc_commands_run "
+    "(--size small)",
+    ("quickstart.md", "# After a quickstart"): "test_quickstart_doc_commands_run",
+}
+
+
+def _command_blocks():
+  docs = sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))) + [
+      os.path.join(REPO, "README.md")]
+  for path in docs:
+    with open(path) as f:
+      text = f.read()
+    # Every fenced block in order (a closing fence is never taken for an opening one).
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```[ \t]*$", text, re.S | re.M):
+      language, body = match.groups()
+      if language not in ("bash", "sh", ""):
+        continue
+      if language == "" and not re.search(r"^(python|rlds-lm|tfds) ", body, re.M):
+        continue  # a bare block of something else (a diagram, a listing)
+      yield os.path.basename(path), body.splitlines()[0]
+
+
+def test_every_command_block_is_accounted_for():
+  found = set()
+  for doc, first in _command_blocks():
+    keys = [k for k in COMMAND_BLOCKS if k[0] == doc and first.startswith(k[1])]
+    assert keys, (f"{doc}: the command block starting {first!r} is run by no test: add "
+                  f"it to a test and to COMMAND_BLOCKS")
+    found.update(keys)
+  assert found == set(COMMAND_BLOCKS), f"stale entries: {set(COMMAND_BLOCKS) - found}"
+
+
+def _run_block(block: str, cwd, timeout: int = 900) -> str:
   bin_dir = os.path.dirname(sys.executable)
-  env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
-  done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                        text=True, timeout=900)
+  env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+             PYTHONPATH=REPO)
+  done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
   assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-  assert "published summaries_tiny 1.0.0" in done.stdout
-  assert "rollout episodes" in done.stdout  # rlds-lm inspect's summary
-  assert (tmp_path / "work" / "datasets" / "summaries_tiny" / "1.0.0" / "README.md").exists()
-  # docs/trainers.md's distillation command trains on that dataset (3 steps here).
-  command = _bash_block("trainers.md", "# After the full run").splitlines()[1:]
-  command = " ".join(line.rstrip("\\").strip() for line in command if line.strip())
-  done = subprocess.run(["bash", "-c", command + " --steps 3"], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return done.stdout
+
+
+def test_schema_doc_commands_run():
+  block = _bash_block("schema.md", "python docs/gen_schema_examples.py")
+  commands = [line.split("#")[0].strip() for line in block.splitlines()]
+  # --write rewrites docs/schema.md; --check (below, and in the test above) proves it
+  # would write what is there.
+  out = _run_block("\n".join(c for c in commands if "--write" not in c), REPO)
+  assert "```yaml" in out or "SchemaConfig" in out
+
+
+def test_quickstart_doc_commands_run(quickstart_small):
+  """README's main job and docs/quickstart.md (at --size small, made by the fixture
+  with the same command), then docs/quickstart.md's and docs/interop.md's commands on
+  its output."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  cwd, workdir, _ = quickstart_small
+  readme = _bash_block("README.md", "python3 -m venv .venv && .venv/bin/pip install -q -e . &&")
+  assert "rlds-lm quickstart --workdir" in readme
+  assert _bash_block("quickstart.md", "rlds-lm quickstart --workdir").startswith(
+      "rlds-lm quickstart --workdir qs")
+  out = _run_block(_bash_block("quickstart.md", "# After a quickstart"), cwd)
+  assert "rollout episodes" in out
+  out = _run_block(_bash_block("interop.md", "# On the quickstart's output"), cwd)
+  assert (workdir / "viewer.html").stat().st_size > 1000 and "viewer:" in out
+  out = _run_block(_bash_block("interop.md", "rlds-lm export"), cwd)
+  for name in ("onpolicy_distill", "onpolicy_sft"):
+    builder = tfds.builder_from_directory(os.fspath(workdir / "imported" / name / "1.0.0"))
+    assert builder.info.splits["train"].num_examples > 0
+
+
+def test_benchmark_doc_commands_run(tmp_path):
+  """docs/benchmarks.md's commands, each as its --quick smoke run, two at a time, each
+  writing its table into its own temporary folder."""
+  block = _bash_block("benchmarks.md", "python -m benchmarks.record_throughput")
+  commands = []
+  for i, line in enumerate(l for l in block.splitlines() if l.strip()):
+    out = tmp_path / str(i)
+    out.mkdir()
+    commands.append(line.split("#")[0].strip().replace("--out docs/", f"--out {out}")
+                    + " --quick")
+  (tmp_path / "commands").write_text("\n".join(commands) + "\n")
+  _run_block(f"xargs -P 2 -d '\\n' -I CMD bash -c CMD < {tmp_path / 'commands'}", REPO,
+             timeout=1200)
+  for i in range(len(commands)):
+    assert "quick" in (tmp_path / str(i) / "benchmarks.md").read_text()
+
+
+def _python_blocks(doc: str) -> list[str]:
+  with open(os.path.join(REPO, "docs", doc)) as f:
+    return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+
+
+def test_overview_and_models_code_runs(tmp_path):
+  """docs/overview.md's record -> publish -> replay snippets in sequence, then
+  docs/models.md's sampling snippet (after a few lines that make its inputs)."""
+  setup = ("from rlds_lm import models\n"
+           "from rlds_lm.models import gemma\n"
+           "config = models.get_config('tiny')\n"
+           "params = gemma.init_params(config, 0)\n"
+           "prompt_ids, seed = tok.encode('2+3=', add_bos=True), 7\n")
+  code = "\n".join(_python_blocks("overview.md")) + "\n" + setup + \
+      _python_blocks("models.md")[0] + "\nprint('steps', len(episode['steps']), " \
+      "'batch', sorted(first), done[0].stop_reason)\n"
+  script = tmp_path / "snippets.py"
+  script.write_text(code)
+  done = subprocess.run([sys.executable, os.fspath(script)], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO))
   assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-  assert (tmp_path / "runs" / "kd" / "student").is_dir()
+  assert "steps 2 batch" in done.stdout
+  assert (tmp_path / "datasets" / "my_rollouts" / "1.0.0" / "dataset_info.json").exists()

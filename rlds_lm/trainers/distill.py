@@ -180,7 +180,9 @@ def _step_rng(seed: int, step: int) -> np.random.Generator:
 
 def train(config: DistillConfig,
           eval_fn: Callable[[model_config.ModelConfig, Any], Mapping[str, float]] | None = None,
-          *, stop_at: int | None = None) -> dict[str, Any]:
+          *, stop_at: int | None = None,
+          progress: Callable[[int, Mapping[str, float]], None] | None = None
+          ) -> dict[str, Any]:
   """Runs (or resumes) a distillation run; returns the final metrics and paths.
 
   Args:
@@ -189,6 +191,7 @@ def train(config: DistillConfig,
       ``eval_every`` steps and at the end; logged as ``eval/<name>``.
     stop_at: stop after this many steps (with a checkpoint), as if the job had been
       preempted; calling ``train`` again resumes from it.
+    progress: called with (steps done, metrics) whenever metrics are logged.
   """
   started = time.perf_counter()
   os.makedirs(config.workdir, exist_ok=True)
@@ -263,10 +266,16 @@ def train(config: DistillConfig,
             f"sequences from the right)")
       last = values
       done = step + 1
+      logged = {}
       if done % config.log_every == 0 or done == config.steps:
         metrics_log.log(done, values)
+        logged = values
       if config.eval_every and eval_fn is not None and done % config.eval_every == 0:
-        metrics_log.log(done, {f"eval/{k}": v for k, v in eval_fn(model, params).items()})
+        evals = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
+        metrics_log.log(done, evals)
+        logged = {**logged, **evals}
+      if progress is not None and logged:
+        progress(done, logged)
       if done % config.checkpoint_every == 0 or done in (config.steps, end):
         checkpoints.save(done, params, opt_state, iterator.get_state(),
                          {"origin": origin, "metrics": values})

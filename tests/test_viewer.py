@@ -1,0 +1,150 @@
+"""``rlds-lm inspect``: filters, and the HTML viewer rendered by a real (headless) Chromium."""
+
+from __future__ import annotations
+
+import html.parser
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import PREFERENCE, ROLLOUT, preferences, rollouts
+from rlds_lm import publish as P
+from rlds_lm import schema as S
+from rlds_lm import validate as V
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on PATH (Debian: apt-get install chromium)")
+
+
+def _cli(*args):
+  result = subprocess.run([sys.executable, "-m", "rlds_lm.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def _chromium(*args, timeout=120):
+  result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+class _Dom(html.parser.HTMLParser):
+  """Elements by class, with their attributes and text (of the DOM Chromium dumped)."""
+
+  def __init__(self):
+    super().__init__()
+    self.elements, self._open = [], []
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    element = {"tag": tag, "classes": set((attrs.get("class") or "").split()),
+               "attrs": attrs, "text": ""}
+    self.elements.append(element)
+    if tag not in ("input", "br", "meta"):
+      self._open.append(element)
+
+  def handle_endtag(self, tag):
+    if self._open:
+      self._open.pop()
+
+  def handle_data(self, data):
+    for element in self._open:
+      element["text"] += data
+
+  def find(self, cls):
+    return [e for e in self.elements if cls in e["classes"]]
+
+  def by_id(self, ident):
+    return next(e for e in self.elements if e["attrs"].get("id") == ident)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+  root = tmp_path_factory.mktemp("viewer")
+  rollout_episodes = [V.validate_episode(e, ROLLOUT) for e in rollouts(12)]
+  return {
+      "rollouts": P.publish({"train": rollout_episodes}, data_dir=root, name="r",
+                            config=ROLLOUT),
+      "preferences": P.publish({"train": preferences(6)}, data_dir=root, name="p",
+                               config=PREFERENCE),
+      "episodes": rollout_episodes,
+      "preference_episodes": preferences(6),
+  }
+
+
+def _reward(episode):
+  return sum(float(s[S.REWARD]) for s in episode[S.STEPS] if not s[S.IS_LAST])
+
+
+def test_inspect_filters_by_reward_and_prompt(datasets):
+  episodes = datasets["episodes"]
+  threshold = float(np.median([_reward(e) for e in episodes]))
+  expected = sum(_reward(e) >= threshold for e in episodes)
+  out = _cli("inspect", datasets["rollouts"], "--min_reward", threshold, "--show", 0)
+  assert f"{expected} rollout episodes (of 12; filter" in out
+  out = _cli("inspect", datasets["rollouts"], "--prompt_id", "prompt-1", "--show", 4)
+  assert "4 rollout episodes (of 12" in out and "prompts: 1," in out
+  assert out.count("prompt prompt-1") == 4
+  assert "p10" in out and "median" in out
+
+
+@needs_chromium
+def test_the_viewer_page_renders_groups_tokens_and_colours(datasets, tmp_path):
+  page = tmp_path / "view.html"
+  _cli("inspect", datasets["rollouts"], "--html", page, "--show", 0)
+  dom = _Dom()
+  dom.feed(_chromium("--dump-dom", page.as_uri()))
+  episodes = datasets["episodes"]
+  # The page's script ran in the browser: it counted the rollouts it shows.
+  assert dom.by_id("shown")["text"] == "12 of 12 rollouts shown"
+  groups = [g for g in dom.find("group")]
+  by_prompt = {}
+  for episode in episodes:
+    by_prompt.setdefault(episode[S.PROMPT_ID], []).append(episode)
+  assert sorted(g["attrs"]["data-prompt"] for g in groups) == sorted(by_prompt)
+  # Best-of-N: one card per sample, the best reward of each group marked.
+  cards = dom.find("card")
+  assert len(cards) == 12
+  best = {c["attrs"]["data-episode"] for c in dom.find("best")}
+  assert best == {max(group, key=_reward)[S.EPISODE_ID] for group in by_prompt.values()}
+  # One span per action token; coloured where the teacher finds the token less likely
+  # than the student did (behaviour log-prob above the teacher's).
+  spans = dom.find("tok")
+  steps = [s for e in episodes for s in e[S.STEPS] if not s[S.IS_LAST]]
+  assert len(spans) == sum(len(s[S.ACTION][S.ACT_TOKENS]) for s in steps)
+  gaps = np.concatenate([np.asarray(s[S.ACTION_LOGPROBS]) -
+                         np.asarray(s[S.TEACHER][S.TEACHER_TOKEN_LOGPROB]) for s in steps])
+  coloured = ["transparent" not in span["attrs"]["style"] for span in spans]
+  assert sum(coloured) == int((gaps > 0).sum()) > 0
+
+  shot = tmp_path / "view.png"
+  _chromium(f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri())
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+  assert image.shape == (1600, 1200, 3)
+  red = (image[..., 0] > 200) & (image[..., 1] < 190) & (image[..., 2] < 190)
+  assert red.sum() > 50  # coloured tokens are on screen
+  assert (image.std(axis=(0, 1)) > 10).all()  # not a blank page
+
+
+@needs_chromium
+def test_the_viewer_shows_preference_judgements(datasets, tmp_path):
+  page = tmp_path / "prefs.html"
+  _cli("inspect", datasets["preferences"], "--html", page, "--show", 0)
+  dom = _Dom()
+  dom.feed(_chromium("--dump-dom", page.as_uri()))
+  groups = dom.find("preference")
+  assert len(groups) == len(datasets["preference_episodes"])
+  chosen = dom.find("chosen")
+  assert len(chosen) == sum(int(e[S.STEPS][0][S.ACTION][S.ACT_CHOICE]) >= 0
+                            for e in datasets["preference_episodes"])
+  for card in chosen:
+    assert "· chosen" in card["text"] and "rank 1" in card["text"]
