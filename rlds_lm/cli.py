@@ -40,6 +40,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
   from rlds_lm import inspect_data  # pylint: disable=g-import-not-at-top
 
+  _quiet_libraries()
   where = inspect_data.Filter(min_reward=args.min_reward, max_reward=args.max_reward,
                               prompt_ids=tuple(args.prompt_id or ()))
   result = inspect_data.scan(args.path, split=args.split, show=args.show, where=where,
@@ -63,10 +64,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
   from rlds_lm import interop  # pylint: disable=g-import-not-at-top
 
+  _quiet_libraries()
   if args.jsonl:
-    count = interop.export_jsonl(args.path, args.jsonl, args.format, args.split)
+    count = interop.export_jsonl(args.path, args.jsonl, args.format, args.split,
+                                 tokenizer_model=args.tokenizer_model)
   else:
-    count = interop.export_hf(args.path, args.hf, args.format, args.split)
+    count = interop.export_hf(args.path, args.hf, args.format, args.split,
+                              tokenizer_model=args.tokenizer_model)
   print(f"{count} {args.format} rows written to {args.jsonl or args.hf}")
   return 0
 
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
       "distillation through recorded and published datasets, report")
   q.add_argument("--workdir", default="rlds_lm_quickstart", help="output directory")
   q.add_argument("--size", choices=("default", "small"), default="default",
-                 help="default: about 5 minutes on 2 cores; small: about a minute")
+                 help="default: about 3.5 minutes on 2 cores; small: about a minute")
   q.add_argument("--iterations", type=int, default=None, help="on-policy iterations")
   q.add_argument("--seed", type=int, default=None)
   q.add_argument("--overwrite", action="store_true", help="replace an earlier run's output")
@@ -115,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("path", help="dataset directory (…/name/version) or Riegeli log directory")
   e.add_argument("--format", choices=formats, required=True)
   e.add_argument("--split", default="train")
+  e.add_argument("--tokenizer_model", help="SentencePiece model file of a spm: dataset")
   out = e.add_mutually_exclusive_group(required=True)
   out.add_argument("--jsonl", help="output JSONL file")
   out.add_argument("--hf", help="output directory for datasets.Dataset.save_to_disk")

@@ -14,10 +14,14 @@ Three row formats, the ones TRL's trainers read:
 
 Every row also carries what the episode knew: ``prompt_id``, ``episode_id``, the token
 ids (``prompt_token_ids``, ``completion_token_ids``, candidate ids), rewards, the policy
-and sampler; the import uses them, so an exported dataset imported back gives the same
-episodes (same ids, tokens, rewards, teacher arrays) with lineage naming the file it came
-from. Rows made elsewhere need only the text columns: they are tokenised with the byte
-tokenizer (or ``tokenizer=``) and given content-derived ids.
+and sampler; the import uses them, so a single-turn rollout or a two-candidate judgement
+exported and imported back is the same episode (same id, tokens, log-probs, rewards,
+teacher top-k) with lineage naming the file it came from. Not carried: per-token
+rewards, thinking masks, images, the invalid flag, sampled-k draws; multi-turn episodes
+keep every turn's tokens and roles but come back with their rewards summed onto the last
+turn; a judgement of N > 2 candidates becomes N - 1 pairwise ones (TRL's format). Rows
+made elsewhere need only the text columns: they are tokenised with the byte tokenizer
+(or ``tokenizer=``) and given content-derived ids.
 
 Writers: :func:`export_jsonl` (one JSON object per line) and :func:`export_hf`
 (``datasets.Dataset.save_to_disk``, Arrow). Readers: :func:`import_rows` from either
@@ -52,20 +56,24 @@ class InteropError(ValueError):
 
 
 def _text(tokenizer, text: str, tokens) -> str:
-  return text if text else (tokenizer.decode(tokens) if tokenizer is not None else "")
+  return text if text else tokenizer.decode(tokens)
 
 
 def _role(role: str) -> str:
   return "user" if role in ("prompt", "user", "environment") else role
 
 
-def export_rows(path: str | os.PathLike[str], fmt: str, split: str = "train"
-                ) -> list[dict[str, Any]]:
+def export_rows(path: str | os.PathLike[str], fmt: str, split: str = "train", *,
+                tokenizer_model: str | None = None) -> list[dict[str, Any]]:
   """The rows of a published dataset (or a Riegeli log) in ``fmt``.
+
+  ``tokenizer_model``: the SentencePiece model file of a ``spm:`` dataset, to decode
+  token ids into the text columns.
 
   Raises:
     InteropError: the dataset's kind or contents do not fit ``fmt`` (a preference format
-      of rollouts, teacher columns without teacher data, multi-turn distillation).
+      of rollouts, teacher columns without teacher data, multi-turn distillation), or
+      its tokenizer cannot be loaded to write the text columns.
   """
   from rlds_lm import inspect_data  # pylint: disable=g-import-not-at-top
   if fmt not in FORMATS:
@@ -79,12 +87,14 @@ def export_rows(path: str | os.PathLike[str], fmt: str, split: str = "train"
     raise InteropError(f"{path} stores no teacher top-k (teacher_top_k=0): format "
                        f"'distill' has nothing to export; use 'prompt_completion'")
   try:
-    tokenizer = tokenizers.tokenizer_from_name(config.tokenizer)
-  except ValueError:
-    tokenizer = None  # a SentencePiece dataset without its model: token ids only
+    tokenizer = tokenizers.tokenizer_from_name(config.tokenizer, tokenizer_model)
+  except ValueError as e:
+    raise InteropError(f"{path}: the text columns need the dataset's tokenizer "
+                       f"{config.tokenizer!r}: {e} (pass its model file)") from e
   episodes = list(episodes)
   if fmt == PREFERENCE:
-    return [row for e in episodes for row in _preference_rows(e, tokenizer)]
+    return [{**row, "tokenizer": config.tokenizer, "vocab_size": config.vocab_size}
+            for e in episodes for row in _preference_rows(e, tokenizer)]
   multi_turn = any(len(e[S.STEPS]) > 2 for e in episodes)
   if fmt == DISTILL and multi_turn:
     raise InteropError(f"{path} has multi-turn episodes; format 'distill' holds one "
@@ -127,6 +137,7 @@ def _rollout_row(episode, config: S.SchemaConfig, tokenizer, conversational: boo
   if config.reward_names:
     row["rewards"] = {name: float(sum(float(s[S.REWARDS][name]) for s in turns))
                       for name in config.reward_names}
+    row["reward_names"] = list(config.reward_names)  # JSON objects lose their order
   if teacher:
     arrays = last[S.TEACHER]
     row["teacher_topk_ids"] = np.asarray(arrays[S.TEACHER_TOPK_IDS]).tolist()
@@ -173,9 +184,9 @@ def _preference_rows(episode, tokenizer) -> list[dict[str, Any]]:
 
 
 def export_jsonl(path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
-                 split: str = "train") -> int:
+                 split: str = "train", *, tokenizer_model: str | None = None) -> int:
   """Writes ``fmt`` rows as JSON lines to ``out``; returns the row count."""
-  rows = export_rows(path, fmt, split)
+  rows = export_rows(path, fmt, split, tokenizer_model=tokenizer_model)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w", encoding="utf-8") as f:
     for row in rows:
@@ -183,11 +194,20 @@ def export_jsonl(path: str | os.PathLike[str], out: str | os.PathLike[str], fmt:
   return len(rows)
 
 
+def _datasets():
+  try:
+    import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise InteropError("Hugging Face datasets is not installed: pip install "
+                       "'rlds_lm[hf]' (or datasets); JSONL needs nothing extra") from e
+  return datasets
+
+
 def export_hf(path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
-              split: str = "train") -> int:
+              split: str = "train", *, tokenizer_model: str | None = None) -> int:
   """Saves ``fmt`` rows as a Hugging Face ``datasets.Dataset`` (Arrow) in ``out``."""
-  import datasets  # pylint: disable=g-import-not-at-top
-  rows = export_rows(path, fmt, split)
+  datasets = _datasets()
+  rows = export_rows(path, fmt, split, tokenizer_model=tokenizer_model)
   if not rows:
     raise InteropError(f"{path} gives no {fmt} rows (e.g. only ties): nothing to save")
   datasets.Dataset.from_list(rows).save_to_disk(os.fspath(out))
@@ -204,7 +224,7 @@ def read_rows(source: str | os.PathLike[str]) -> list[dict[str, Any]]:
   gives the rows of its ``train`` split)."""
   source = os.fspath(source)
   if os.path.isdir(source):
-    import datasets  # pylint: disable=g-import-not-at-top
+    datasets = _datasets()
     loaded = datasets.load_from_disk(source)
     if isinstance(loaded, datasets.DatasetDict):
       if "train" not in loaded:
@@ -266,6 +286,38 @@ def _as_lists(value: Any, count: int) -> list[Any]:
   return list(value)
 
 
+def _add_unique(episodes: list[dict[str, Any]], episode: dict[str, Any],
+                seen: dict[str, str], where: str) -> None:
+  """Appends ``episode`` unless a row before made the same one (same content id)."""
+  episode_id = episode[S.EPISODE_ID]
+  if episode_id in seen:
+    raise InteropError(f"{where} is the same episode ({episode_id}) as {seen[episode_id]}: "
+                       f"de-duplicate the rows, or give them distinct prompt_id / "
+                       f"sample_index columns")
+  seen[episode_id] = where
+  episodes.append(episode)
+
+
+def _teacher_arrays(row: Mapping[str, Any], length: int, top_k: int, where: str
+                    ) -> dict[str, np.ndarray]:
+  """The teacher columns of a ``distill`` row, checked against the completion's length."""
+  _need(row, ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_logprobs"),
+        where)
+  arrays = {
+      S.TEACHER_TOPK_IDS: np.asarray(row["teacher_topk_ids"], np.int32),
+      S.TEACHER_TOPK_LOGPROBS: np.asarray(row["teacher_topk_logprobs"], np.float32),
+      S.TEACHER_TOKEN_LOGPROB: np.asarray(row["teacher_token_logprobs"], np.float32)}
+  expected = {S.TEACHER_TOPK_IDS: (length, top_k), S.TEACHER_TOPK_LOGPROBS: (length, top_k),
+              S.TEACHER_TOKEN_LOGPROB: (length,)}
+  for key, shape in expected.items():
+    if arrays[key].shape != shape:
+      raise InteropError(
+          f"{where}: teacher {key} has shape {arrays[key].shape}, the completion's "
+          f"{length} tokens need {shape} (rows without completion_token_ids are "
+          f"tokenised here, with EOS appended: give the token ids the teacher scored)")
+  return arrays
+
+
 def rollout_episodes(rows: Iterable[Mapping[str, Any]], *, source: str, fmt: str,
                      tokenizer: tokenizers.Tokenizer | None = None
                      ) -> tuple[S.SchemaConfig, list[dict[str, Any]]]:
@@ -275,17 +327,20 @@ def rollout_episodes(rows: Iterable[Mapping[str, Any]], *, source: str, fmt: str
     raise InteropError(f"{source}: no rows")
   tokenizer = tokenizer or tokenizers.ByteTokenizer()
   first = rows[0]
-  top_k = len(first["teacher_topk_ids"][0]) if fmt == DISTILL and first.get(
-      "teacher_topk_ids") else 0
-  if fmt == DISTILL and not top_k:
-    raise InteropError(f"{source}: format 'distill' needs teacher_topk_ids / "
-                       f"teacher_topk_logprobs columns")
-  reward_names = tuple(sorted(first.get("rewards") or {}))
+  top_k = 0
+  if fmt == DISTILL:
+    ids = first.get("teacher_topk_ids")
+    top_k = len(ids[0]) if ids and isinstance(ids[0], list) else 0
+    if not top_k:
+      raise InteropError(f"{source} row 0: format 'distill' needs teacher_topk_ids "
+                         f"[completion tokens][k] (and teacher_topk_logprobs, "
+                         f"teacher_token_logprobs)")
+  reward_names = tuple(first.get("reward_names") or sorted(first.get("rewards") or {}))
   vocab_size = int(first.get("vocab_size") or tokenizer.vocab_size)
   config = S.SchemaConfig(vocab_size=vocab_size,
                           tokenizer=first.get("tokenizer") or tokenizer.name,
                           teacher_top_k=top_k, reward_names=reward_names)
-  episodes = []
+  episodes, seen = [], {}
   for index, row in enumerate(rows):
     where = f"{source} row {index}"
     _need(row, ("prompt", "completion"), where)
@@ -306,16 +361,7 @@ def rollout_episodes(rows: Iterable[Mapping[str, Any]], *, source: str, fmt: str
         zip(turns, prompt_ids, action_ids, logprobs)):
       act_ids = np.asarray(act_ids, np.int32)
       last = i == len(turns) - 1
-      teacher = None
-      if top_k:
-        teacher = {
-            S.TEACHER_TOPK_IDS: np.asarray(row["teacher_topk_ids"], np.int32).reshape(
-                len(act_ids), top_k),
-            S.TEACHER_TOPK_LOGPROBS: np.asarray(row["teacher_topk_logprobs"],
-                                                np.float32).reshape(len(act_ids), top_k),
-            S.TEACHER_TOKEN_LOGPROB: np.asarray(
-                row.get("teacher_token_logprobs") or np.zeros(len(act_ids)),
-                np.float32)}
+      teacher = _teacher_arrays(row, len(act_ids), top_k, where) if top_k else None
       rewards = ({k: float(v) for k, v in row["rewards"].items()}
                  if last and reward_names else None)
       out_turns.append(S.Turn(
@@ -325,7 +371,7 @@ def rollout_episodes(rows: Iterable[Mapping[str, Any]], *, source: str, fmt: str
           reward=float(row.get("reward") or 0.0) if last else 0.0,
           rewards=rewards, teacher=teacher))
     policy, sampler = row.get("policy") or {}, row.get("sampler") or {}
-    episodes.append(S.rollout_episode(
+    episode = S.rollout_episode(
         config, out_turns, prompt_id=row.get("prompt_id") or S.content_id(
             row["prompt"], prefix="p-"),
         task=row.get("task") or "", sample_index=int(row.get("sample_index") or 0),
@@ -335,7 +381,8 @@ def rollout_episodes(rows: Iterable[Mapping[str, Any]], *, source: str, fmt: str
         top_k=int(sampler.get(S.SAMPLER_TOP_K, 0)),
         top_p=float(sampler.get(S.SAMPLER_TOP_P, 1.0)),
         seed=int(sampler.get(S.SAMPLER_SEED, 0)),
-        lineage={"imported_from": source, "format": fmt, "row": index}))
+        lineage={"imported_from": source, "format": fmt, "row": index})
+    _add_unique(episodes, episode, seen, where)
   return config, episodes
 
 
@@ -348,9 +395,10 @@ def preference_episodes(rows: Iterable[Mapping[str, Any]], *, source: str,
   if not rows:
     raise InteropError(f"{source}: no rows")
   tokenizer = tokenizer or tokenizers.ByteTokenizer()
-  config = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=tokenizer.vocab_size,
-                          tokenizer=tokenizer.name)
-  episodes = []
+  config = S.SchemaConfig(kind=S.PREFERENCE,
+                          vocab_size=int(rows[0].get("vocab_size") or tokenizer.vocab_size),
+                          tokenizer=rows[0].get("tokenizer") or tokenizer.name)
+  episodes, seen = [], {}
   for index, row in enumerate(rows):
     where = f"{source} row {index}"
     _need(row, ("prompt", "chosen", "rejected"), where)
@@ -368,7 +416,7 @@ def preference_episodes(rows: Iterable[Mapping[str, Any]], *, source: str,
                      row.get("rejected_id") or S.content_id(rejected.tolist(), prefix="c-")]
     scores = [float(row.get("score_chosen") or 0.0), float(row.get("score_rejected") or 0.0)]
     judge = row.get("judge") or {}
-    episodes.append(S.preference_episode(
+    episode = S.preference_episode(
         config, S.observation(config, prompt, row["prompt"], "judge"), candidate_ids,
         [chosen, rejected], prompt_id=row.get("prompt_id") or S.content_id(
             row["prompt"], prefix="p-"),
@@ -376,7 +424,8 @@ def preference_episodes(rows: Iterable[Mapping[str, Any]], *, source: str,
         judge_name=judge.get(S.JUDGE_NAME, "imported"),
         judge_digest=judge.get(S.JUDGE_DIGEST, ""),
         judge_kind=judge.get(S.JUDGE_KIND) or "human", task=row.get("task") or "",
-        lineage={"imported_from": source, "format": PREFERENCE, "row": index}))
+        lineage={"imported_from": source, "format": PREFERENCE, "row": index})
+    _add_unique(episodes, episode, seen, where)
   return config, episodes
 
 

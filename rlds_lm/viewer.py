@@ -3,11 +3,14 @@
 One file, no network: inline CSS, a few lines of inline JavaScript, the data as HTML.
 
 * Rollouts are grouped by prompt (the N samples of a Best-of-N group side by side, the
-  best reward marked). Each completion is shown token by token, coloured by
+  samples with the group's best reward marked unless all tie). Each completion is shown token by token, coloured by
   ``color``: ``teacher`` = how much less likely the teacher finds the token than the
   student did (``log p_student - log p_teacher``, red the more the teacher disagrees;
-  needs teacher data), ``reward`` = per-token reward (green positive, red negative),
-  ``none``. Hovering a token shows its id and both log-probs and the teacher's top
+  needs teacher data; where no behaviour log-probs were stored they read 0, so the
+  colour is the teacher's surprise alone), ``reward`` = per-token reward (green
+  positive, red negative), ``none``; ``auto`` picks teacher, else reward where any
+  token reward is non-zero, else none. Each token is decoded alone, so a multi-byte
+  character shows as replacement characters. Hovering a token shows its id and both log-probs and the teacher's top
   choice.
 * Preference judgements show the prompt and the candidates side by side, the chosen
   one marked, with their scores and rank.
@@ -92,7 +95,8 @@ def _shade(value: float, scale: float, positive_green: bool) -> str:
   return f"rgba(220, 40, 40, {alpha})"
 
 
-def token_colors(step: Mapping[str, Any], color: str) -> tuple[list[str], list[str]]:
+def token_colors(step: Mapping[str, Any], color: str, tokenizer=None
+                 ) -> tuple[list[str], list[str]]:
   """(CSS background, tooltip) of each action token of a rollout step."""
   tokens = np.asarray(step[S.ACTION][S.ACT_TOKENS])
   student = np.asarray(step.get(S.ACTION_LOGPROBS, np.zeros(len(tokens))), np.float64)
@@ -108,7 +112,8 @@ def token_colors(step: Mapping[str, Any], color: str) -> tuple[list[str], list[s
     if i < len(teacher_lp):
       tip.append(f"teacher log p {teacher_lp[i]:.3f}")
     if top_ids.ndim == 2 and i < len(top_ids) and top_ids.shape[1]:
-      tip.append(f"teacher top-1 id {int(top_ids[i, 0])}")
+      top = int(top_ids[i, 0])
+      tip.append(f"teacher top-1 {_token_piece(tokenizer, top)!r} (id {top})")
     if i < len(rewards) and rewards[i]:
       tip.append(f"token reward {rewards[i]:.3f}")
     if color == "teacher" and i < len(teacher_lp):
@@ -125,7 +130,7 @@ def token_colors(step: Mapping[str, Any], color: str) -> tuple[list[str], list[s
 
 def _tokens_html(step: Mapping[str, Any], tokenizer, color: str) -> str:
   tokens = np.asarray(step[S.ACTION][S.ACT_TOKENS])
-  backgrounds, tips = token_colors(step, color)
+  backgrounds, tips = token_colors(step, color, tokenizer)
   spans = [f'<span class="tok" style="background:{bg}" title="{_esc(tip)}">'
            f"{_esc(_token_piece(tokenizer, int(t)))}</span>"
            for t, bg, tip in zip(tokens, backgrounds, tips)]
@@ -198,7 +203,11 @@ def render(summary: Mapping[str, Any], episodes: Sequence[Mapping[str, Any]],
   if color not in COLORS:
     raise ValueError(f"color must be one of {COLORS}, found {color!r}")
   if color == "auto":
-    color = "teacher" if config.teacher_top_k or config.teacher_sampled_k else "reward"
+    has_token_rewards = any(
+        np.any(np.asarray(s.get(S.TOKEN_REWARDS, ())) != 0)
+        for e in episodes for s in e[S.STEPS] if config.kind == S.ROLLOUT)
+    color = ("teacher" if config.teacher_top_k or config.teacher_sampled_k else
+             "reward" if has_token_rewards else "none")
   rows = [("episodes", f"{summary['episodes']} {summary['kind']}"),
           ("steps", summary["steps"]),
           ("tokens", f"{summary['observation_tokens']} observation, "
@@ -233,10 +242,11 @@ def render(summary: Mapping[str, Any], episodes: Sequence[Mapping[str, Any]],
         f'<span id="min-reward-value"></span> · <span id="shown"></span></p>')
     for prompt_id, members in groups.items():
       members = sorted(members, key=lambda e: int(e[S.SAMPLE_INDEX]))
-      best = max(range(len(members)), key=lambda i: _episode_reward(members[i]))
+      rewards = [_episode_reward(e) for e in members]
+      top = max(rewards)  # every sample with the top reward, unless all tie
       first_obs = members[0][S.STEPS][0][S.OBSERVATION]
-      cards = [_rollout_card(e, tokenizer, color, best=(i == best and len(members) > 1))
-               for i, e in enumerate(members)]
+      cards = [_rollout_card(e, tokenizer, color, best=(r == top and min(rewards) < top))
+               for e, r in zip(members, rewards)]
       body.append(f'<div class="group" data-prompt="{_esc(prompt_id)}">'
                   f"<h2>prompt {_esc(prompt_id)} · {len(members)} sample"
                   f'{"s" if len(members) != 1 else ""}</h2>'

@@ -77,13 +77,21 @@ def assets(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quickstart_small(tmp_path_factory):
-  """``rlds-lm quickstart --workdir qs --size small``, run as a user runs it (about a
-  minute): (working directory, the ``qs`` workdir, its stdout)."""
+  """docs/quickstart.md's first command (``rlds-lm quickstart --workdir qs --size
+  small``, about a minute), run as written: (working directory, the ``qs`` workdir, its
+  stdout)."""
+  import re  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "docs", "quickstart.md"), encoding="utf-8") as f:
+    block = re.search(r"```bash\n(rlds-lm quickstart .*?)\n", f.read()).group(1)
+  command = block.split("#")[0].strip()
+  assert command == "rlds-lm quickstart --workdir qs --size small", command
   cwd = tmp_path_factory.mktemp("quickstart")
-  result = subprocess.run([sys.executable, "-m", "rlds_lm.cli", "quickstart", "--workdir",
-                           "qs", "--size", "small"], cwd=cwd, capture_output=True,
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
+             os.environ.get("PATH", ""))
+  result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   return cwd, cwd / "qs", result.stdout

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import AGENTIC, PREFERENCE, ROLLOUT, agentic, preferences, rollouts
+from conftest import AGENTIC, PREFERENCE, ROLLOUT, agentic, preferences
 from rlds_lm import cli
 from rlds_lm import interop as I
 from rlds_lm import publish as P
@@ -38,7 +38,6 @@ def sources(tmp_path_factory):
       "single": _publish(root, "single", TOP_K_ONLY, single),
       "multi": _publish(root, "multi", AGENTIC, agentic()),
       "preference": _publish(root, "prefs", PREFERENCE, preferences()),
-      "sampled": _publish(root, "sampled", ROLLOUT, rollouts(4)),
   }
 
 
@@ -194,7 +193,23 @@ def test_refusals_name_the_problem(sources, tmp_path):
   missing.write_text('{"prompt": "a", "chosen": "b"}\n')
   with pytest.raises(I.InteropError, match=r"row 0: missing \['rejected'\]"):
     I.import_rows(missing, I.PREFERENCE, data_dir=os.fspath(tmp_path / "x"), name="x")
+  duplicated = tmp_path / "dup.jsonl"
+  duplicated.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", '
+                        '"completion": "d"}\n{"prompt": "a", "completion": "b"}\n')
+  with pytest.raises(I.InteropError, match=r"row 2 is the same episode .* as .*row 0"):
+    I.import_rows(duplicated, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "x"),
+                  name="x")
+  rows = I.export_rows(sources["single"], I.DISTILL)
+  rows[3]["teacher_topk_ids"] = rows[3]["teacher_topk_ids"][:-1]  # one token short
+  short = tmp_path / "short.jsonl"
+  short.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with pytest.raises(I.InteropError, match=r"row 3: teacher topk_ids has shape"):
+    I.import_rows(short, I.DISTILL, data_dir=os.fspath(tmp_path / "x"), name="x")
   assert not os.path.exists(tmp_path / "x")  # nothing published
+  spm = _publish(tmp_path, "spm", S.SchemaConfig(tokenizer="spm:0123456789abcdef"),
+                 [T.fake_rollout(S.SchemaConfig(tokenizer="spm:0123456789abcdef"))])
+  with pytest.raises(I.InteropError, match="needs its SentencePiece model file"):
+    I.export_rows(spm, I.PROMPT_COMPLETION)
 
 
 def test_cli_export_and_import(sources, tmp_path, capsys):

@@ -44,13 +44,18 @@ that explicit and reproducible: the completions of step s are sampled by the lea
 parameters of step ``k * floor(s / k)``, so rollouts are up to k - 1 updates old. With
 ``off_policy="vtrace"`` the advantage is then V-trace's (Espeholt et al. 2018,
 :func:`~rlds_lm.trainers.losses.vtrace`) with the behaviour log-probs the episodes store
-(``action_logprobs``, the sampler's own, so a ``temperature`` != 1 is corrected too):
+(``action_logprobs``, the sampler's own, so a ``temperature`` != 1 is corrected too on
+those steps):
 each completion is an episode whose only reward ``R_i`` comes with its last token, and
 V(x_t) is its leave-one-out baseline ``b_i`` (a state-independent critic); token t's
 advantage becomes ``rho_t c_{t+1} ... c_{T-1} rho_T (R_i - b_i)`` with clipped ratios
 ``rho = min(clip_rho, pi/mu)``, ``c = min(1, pi/mu)``, which is exactly ``R_i - b_i``
 when pi == mu (:func:`vtrace_advantages`). ``off_policy="none"`` ignores the staleness
-(the biased baseline to compare against). The KL term is on the same stale samples.
+(the biased baseline to compare against). The correction applies to stale steps only:
+on-policy steps keep the plain RLOO advantage, which at ``temperature`` != 1 is slightly
+off-policy (log pi is taken at temperature 1; the default is 1), rather than pay the
+truncated importance weights' variance on every step. The KL term is on the same stale
+samples.
 
 A run is deterministic: the prompt order and the sampling seeds are functions of
 (seed, step), so a checkpoint holds parameters, optimizer state and the data state
@@ -290,7 +295,8 @@ def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
   ``batch``: ``tokens``, ``segment_ids``, ``loss_mask`` (the completion),
   ``behaviour_logprobs`` float32 [B, L] (the sampler's, aligned with ``tokens``),
   ``returns`` and ``baselines`` float32 [B] (the advantage is ``returns - baselines``,
-  V-trace-corrected when ``config.off_policy == "vtrace"``);
+  V-trace-corrected on the rows ``stale`` (bool [B]) marks when ``config.off_policy ==
+  "vtrace"``);
   ``extra["reference"]``: the frozen reference parameters.
   """
 
@@ -304,11 +310,12 @@ def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
         targets))
     behaviour = batch["behaviour_logprobs"][:, 1:]
     log_ratio = jnp.where(mask, jax.lax.stop_gradient(logp) - behaviour, 0.0)
-    if config.off_policy == "vtrace":
-      advantages = vtrace_advantages(behaviour, jax.lax.stop_gradient(logp), mask,
-                                     batch["returns"], batch["baselines"], config.clip_rho)
-    else:
-      advantages = (batch["returns"] - batch["baselines"])[:, None]
+    advantages = jnp.broadcast_to((batch["returns"] - batch["baselines"])[:, None],
+                                  logp.shape)
+    if config.off_policy == "vtrace":  # on stale rows only (policy lag > 0)
+      corrected = vtrace_advantages(behaviour, jax.lax.stop_gradient(logp), mask,
+                                    batch["returns"], batch["baselines"], config.clip_rho)
+      advantages = jnp.where(batch["stale"][:, None], corrected, advantages)
     pg_loss = L.policy_gradient_loss(logp, advantages, mask)
     # Per-token KL estimates as values; each token's log pi is weighted by the KL still
     # to come from it on (its own and every later token's). ``x - sg(x)`` is 0 with the
@@ -342,7 +349,8 @@ def _drop_snapshots(workdir: str, before: int) -> None:
 def _fingerprint(config: RlefConfig, records: Sequence[Mapping[str, Any]]) -> str:
   """What the prompt stream depends on; a checkpoint of another stream is refused."""
   return S.content_id([r.get("prompt_id", r["document"]) for r in records], config.seed,
-                      config.prompts_per_step, config.samples_per_prompt, prefix="rlef-")
+                      config.prompts_per_step, config.samples_per_prompt,
+                      config.sync_every, config.off_policy, config.clip_rho, prefix="rlef-")
 
 
 # --------------------------------------------------------------------------------------
@@ -482,7 +490,8 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
 
       # d. One update on prompt + completion rows (the loss on the completion).
       batch = rollouts.padded_batch(groups, row_length)
-      batch.update(returns=total.astype(np.float32), baselines=baselines)
+      batch.update(returns=total.astype(np.float32), baselines=baselines,
+                   stale=np.full(len(total), step > behaviour_step))
       with place.context():
         params, opt_state, metrics = train_step(params, opt_state, place.batch(batch),
                                                 extra)

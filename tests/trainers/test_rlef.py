@@ -264,7 +264,8 @@ def test_kl_term_has_no_gradient_at_the_reference_and_the_right_value():
   mask[:, 6:] = True
   batch = {"tokens": tokens, "segment_ids": np.ones((4, 16), np.int32), "loss_mask": mask,
            "behaviour_logprobs": np.zeros((4, 16), np.float32),
-           "returns": np.zeros(4, np.float32), "baselines": np.zeros(4, np.float32)}
+           "returns": np.zeros(4, np.float32), "baselines": np.zeros(4, np.float32),
+           "stale": np.zeros(4, bool)}
   config = rlef.RlefConfig(prompts="", workdir="", policy="", kl_coef=1.0)
   loss_fn = jax.jit(jax.value_and_grad(rlef.rlef_loss(config, model), has_aux=True))
   (loss, aux), grads = loss_fn(params, batch, {"reference": params})
@@ -312,6 +313,20 @@ def test_vtrace_advantages_on_and_off_policy():
       factor = ratio[k] * np.prod(ratio[k + 1:-1]) * (ratio[-1] if k < len(cols) - 1 else 1)
       expected[row, col] = factor * (returns[row] - baselines[row])
   np.testing.assert_allclose(off, expected, rtol=1e-5, atol=1e-6)
+  # rho-bar = 2 clips rho at 2, c stays clipped at 1.
+  off = np.asarray(rlef.vtrace_advantages(jnp.asarray(behaviour), jnp.asarray(target),
+                                          jnp.asarray(mask), returns, baselines, 2.0))
+  for row in range(b):
+    cols = np.flatnonzero(mask[row])
+    ratio = np.exp(target[row, cols] - behaviour[row, cols])
+    rho, c = np.minimum(2.0, ratio), np.minimum(1.0, ratio)
+    for k, col in enumerate(cols):
+      factor = rho[k] * np.prod(c[k + 1:-1]) * (rho[-1] if k < len(cols) - 1 else 1)
+      expected[row, col] = factor * (returns[row] - baselines[row])
+  np.testing.assert_allclose(off, expected, rtol=1e-5, atol=1e-6)
+  assert np.abs(off - np.asarray(rlef.vtrace_advantages(
+      jnp.asarray(behaviour), jnp.asarray(target), jnp.asarray(mask), returns,
+      baselines))).max() > 1e-3  # the ratios do exceed 1 somewhere
 
 
 def test_stale_rollouts_are_corrected_recorded_and_resume_exactly(assets, tmp_path):
