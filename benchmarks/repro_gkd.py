@@ -34,7 +34,6 @@ Results go to ``benchmarks/results/repro_gkd.json`` and, with ``--out DIR``, to 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -200,13 +199,8 @@ def publish_teacher_samples(data_dir: str, problems, teacher_dir: str,
 
 def _curve(workdir: str) -> list[list[float]]:
   """[[step, accuracy], ...] from a run's metrics.jsonl (one point per step)."""
-  points = {}
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      if "eval/accuracy" in row:
-        points[int(row["step"])] = float(row["eval/accuracy"])
-  return [[s, points[s]] for s in sorted(points)]
+  from rlds_lm.trainers import common  # pylint: disable=g-import-not-at-top
+  return common.metric_curve(workdir, "eval/accuracy")
 
 
 def _distill_config(sizes: Sizes, **kwargs: Any):

@@ -279,12 +279,7 @@ def train_policy(work: str, algorithm: str, prompts: str, reference: str, sizes:
       log_every=max(1, sizes.eval_every), checkpoint_every=sizes.steps,
       eval_every=sizes.eval_every, eos_id=EOS)
   result = bond.train(config, eval_fn)
-  train_rewards = []
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      if "reward" in row:
-        train_rewards.append([int(row["step"]), float(row["reward"])])
+  train_rewards = common.metric_curve(workdir, "reward")
   policy = G._restore(result["policy"])  # pylint: disable=protected-access
   return {"algorithm": algorithm, "kl_weight": config.kl_weight,
           "final": {k[5:]: v for k, v in result["eval"].items()},

@@ -250,14 +250,8 @@ def train_sft(work: str, references: str, sizes: Sizes, context: int) -> dict[st
       optim=common.OptimConfig(learning_rate=sizes.sft_lr,
                                warmup_steps=max(1, steps // 20)),
       log_every=max(1, steps // 20), checkpoint_every=steps, eos_id=EOS))
-  curve = []
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      if "loss" in row:
-        curve.append([int(row["step"]), float(row["loss"])])
   return {"checkpoint": result["student"], "seconds": result["seconds"],
-          "loss_curve": curve}
+          "loss_curve": common.metric_curve(workdir, "loss")}
 
 
 def train_rlef(work: str, prompts: str, policy: str, nli_dir: str, reward: str,

@@ -139,6 +139,7 @@ def run(workdir: str, config: QuickstartConfig = QuickstartConfig(), *,
   from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from rlds_lm.models import config as model_config  # pylint: disable=g-import-not-at-top
   from rlds_lm.models import gemma  # pylint: disable=g-import-not-at-top
+  from rlds_lm.trainers import common  # pylint: disable=g-import-not-at-top
   from rlds_lm.trainers import loop  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
@@ -214,7 +215,8 @@ def run(workdir: str, config: QuickstartConfig = QuickstartConfig(), *,
           "dataset": it["dataset"], "reward": it["rewards"][toy.REWARD_CORRECT],
           "accuracy_before": it["eval_before"]["accuracy"],
           "accuracy": it["eval_after"]["eval/accuracy"], "loss": it["loss"],
-          "divergence": _losses(it["train_dir"]), "student": it["student"]}
+          "divergence": common.metric_curve(it["train_dir"], "loss"),
+          "student": it["student"]}
                      for it in iterations],
       "datasets": sorted([reference] + [it["dataset"] for it in iterations]),
       "final_student": loop_result["student"],
@@ -238,17 +240,6 @@ def run(workdir: str, config: QuickstartConfig = QuickstartConfig(), *,
             f"{loop_result['student']} (final student)")
   _progress(f"report:      {os.path.join(workdir, REPORT)}")
   return result
-
-
-def _losses(train_dir: str) -> list[list[float]]:
-  """[[step, loss], ...] of one distillation run's metrics.jsonl."""
-  points = []
-  with open(os.path.join(train_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      if "loss" in row:
-        points.append([int(row["step"]), float(row["loss"])])
-  return points
 
 
 def _plots(workdir: str, result: Mapping[str, Any]) -> dict[str, str]:

@@ -66,6 +66,14 @@ class _Dom(html.parser.HTMLParser):
     return next(e for e in self.elements if e["attrs"].get("id") == ident)
 
 
+def _rendered(dataset, page):
+  """``rlds-lm inspect DATASET --html PAGE``, then the DOM Chromium builds from it."""
+  _cli("inspect", dataset, "--html", page, "--show", 0)
+  dom = _Dom()
+  dom.feed(_chromium("--dump-dom", page.as_uri()))
+  return page, dom
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
   root = tmp_path_factory.mktemp("viewer")
@@ -101,10 +109,7 @@ def test_inspect_filters_by_reward_and_prompt(datasets):
 
 @needs_chromium
 def test_the_viewer_page_renders_groups_tokens_and_colours(datasets, tmp_path):
-  page = tmp_path / "view.html"
-  _cli("inspect", datasets["rollouts"], "--html", page, "--show", 0)
-  dom = _Dom()
-  dom.feed(_chromium("--dump-dom", page.as_uri()))
+  page, dom = _rendered(datasets["rollouts"], tmp_path / "view.html")
   episodes = datasets["episodes"]
   # The page's script ran in the browser: it counted the rollouts it shows.
   assert dom.by_id("shown")["text"] == "12 of 12 rollouts shown"
@@ -145,10 +150,7 @@ def test_the_viewer_page_renders_groups_tokens_and_colours(datasets, tmp_path):
 
 @needs_chromium
 def test_the_viewer_shows_preference_judgements(datasets, tmp_path):
-  page = tmp_path / "prefs.html"
-  _cli("inspect", datasets["preferences"], "--html", page, "--show", 0)
-  dom = _Dom()
-  dom.feed(_chromium("--dump-dom", page.as_uri()))
+  _, dom = _rendered(datasets["preferences"], tmp_path / "prefs.html")
   groups = dom.find("preference")
   assert len(groups) == len(datasets["preference_episodes"])
   chosen = dom.find("chosen")

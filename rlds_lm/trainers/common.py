@@ -258,6 +258,19 @@ def finish(workdir: str, name: str, model: ModelConfig, params: Params, metrics:
 # --------------------------------------------------------------------------------------
 
 
+def metric_curve(workdir: str | os.PathLike[str], key: str) -> list[list[float]]:
+  """``[[step, value], ...]`` of ``key`` in ``workdir/metrics.jsonl``, by step (the last
+  value logged for a step wins: a resumed run logs its redone steps again)."""
+  points = {}
+  path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line) if line.strip() else {}
+      if key in row:
+        points[int(row["step"])] = float(row[key])
+  return [[step, points[step]] for step in sorted(points)]
+
+
 class Metrics:
   """Appends ``{"step": n, ...}`` JSON lines to ``path``; :meth:`plot` draws PNGs."""
 
