@@ -158,3 +158,43 @@ def test_overview_and_models_code_runs(tmp_path):
   assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
   assert "steps 2 batch" in done.stdout
   assert (tmp_path / "datasets" / "my_rollouts" / "1.0.0" / "dataset_info.json").exists()
+
+
+def test_pipelines_doc_full_run_works(tmp_path):
+  """The "full run on one machine" of docs/pipelines.md, as written (one worker process
+  per stage to keep the suite fast; the docs' default is two)."""
+  block = _bash_block("pipelines.md", "# Prompt sources")
+  block = block.replace("tfds build builders/", f"tfds build {REPO}/builders/")
+  lines = []
+  for line in block.splitlines():  # one worker: add the flag to each stage command
+    if line.startswith("python -m pipelines.") and "pipelines.models" not in line and (
+        "pipelines.nli" not in line):
+      line = line.rstrip("\\").rstrip() + " --workers=1 \\" if line.endswith("\\") else (
+          line + " --workers=1")
+    lines.append(line)
+  script = "set -euo pipefail\n" + "\n".join(lines)
+  bin_dir = os.path.dirname(sys.executable)
+  env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+  done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=900)
+  assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+  assert "published summaries_tiny 1.0.0" in done.stdout
+  assert "rollout episodes" in done.stdout  # rlds-lm inspect's summary
+  assert (tmp_path / "work" / "datasets" / "summaries_tiny" / "1.0.0" / "README.md").exists()
+  # docs/trainers.md's distillation command trains on that dataset (3 steps here).
+  command = _bash_block("trainers.md", "# After the full run").splitlines()[1:]
+  command = " ".join(line.rstrip("\\").strip() for line in command if line.strip())
+  done = subprocess.run(["bash", "-c", command + " --steps 3"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+  assert (tmp_path / "runs" / "kd" / "student").is_dir()
+  # docs/trainers.md's RLEF and J-BOND snippets on the same files (2 steps each here).
+  snippets = [b for b in _python_blocks("trainers.md")
+              if "rlef.train(" in b or "bond.train(" in b]
+  assert len(snippets) == 2
+  code = "\n".join(re.sub(r"steps=\d+", "steps=2", b) for b in snippets)
+  done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=600, env=dict(env, PYTHONPATH=REPO))
+  assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+  for run in ("rlef", "jbond"):
+    assert (tmp_path / "runs" / run / "metrics.jsonl").read_text().count("\n") == 2
