@@ -349,6 +349,20 @@ class Transformer(nnx.Module):
                logit_slots: jax.Array | None = None, lengths: jax.Array | None = None,
                ) -> tuple[jax.Array, KVCache | None]:
     """See :func:`forward`."""
+    x, cache = self.trunk(tokens, positions, valid, cache, cache_index, lengths)
+    if logit_slots is not None:  # project only what is needed: [B, 1, D]
+      x = jnp.take_along_axis(x, logit_slots.astype(jnp.int32)[:, None, None], axis=1)
+    return self.logits(x), cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """Final-normed hidden states [..., D] -> soft-capped logits [..., vocab]."""
+    return softcap(self.embedder.decode(hidden), self.config.final_logit_softcap)
+
+  def trunk(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array,
+            cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+            lengths: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    """The final-normed hidden state of every input token [B, T, D] (what the logits
+    are projected from), and the updated cache."""
     x = self.embedder.encode(tokens)
     if cache is None:
       kv_positions, kv_valid = positions, valid
@@ -369,14 +383,10 @@ class Transformer(nnx.Module):
       if kv is not None:
         keys.append(kv[0])
         values.append(kv[1])
-    if logit_slots is not None:  # project only what is needed: [B, 1, D]
-      x = jnp.take_along_axis(x, logit_slots.astype(jnp.int32)[:, None, None], axis=1)
-    logits = self.embedder.decode(self.final_norm(x))
-    logits = softcap(logits, self.config.final_logit_softcap)
     if cache is not None:
       cache = KVCache(keys=tuple(keys), values=tuple(values), positions=kv_positions,
                       valid=kv_valid)
-    return logits, cache
+    return self.final_norm(x), cache
 
 
 # -- functional API -----------------------------------------------------------------------
@@ -511,6 +521,17 @@ def forward(config: ModelConfig, params: Params, tokens: jax.Array, positions: j
   """
   return bind(config, params)(tokens, positions, valid, cache, cache_index, logit_slots,
                              lengths)
+
+
+def hidden_and_logits(config: ModelConfig, params: Params, tokens: jax.Array,
+                      positions: jax.Array, valid: jax.Array, *,
+                      lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(final-normed hidden states [B, T, D], float32 logits [B, T, vocab]) of every input
+  token, no cache: what a value head on the policy's trunk reads. Arguments as
+  :func:`forward`."""
+  model = bind(config, params)
+  hidden, _ = model.trunk(tokens, positions, valid, lengths=lengths)
+  return hidden, model.logits(hidden)
 
 
 @functools.partial(jax.jit, static_argnums=0)

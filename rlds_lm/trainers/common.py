@@ -77,6 +77,18 @@ def sequence_logprobs(config: ModelConfig, params: Params, tokens: jax.Array,
   return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
+def sequence_hidden_and_logprobs(config: ModelConfig, params: Params, tokens: jax.Array,
+                                 valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`sequence_logprobs` plus the final-normed hidden states [B, L, D] they were
+  projected from (``hidden[:, t]`` is the state that predicts ``tokens[:, t + 1]``)."""
+  b, length = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+  lengths = jnp.sum(valid, axis=-1, dtype=jnp.int32)
+  hidden, logits = gemma.hidden_and_logits(config, params, tokens, positions, valid,
+                                           lengths=lengths)
+  return hidden, jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
 def targets_and_mask(batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(targets [B, L-1], mask [B, L-1]): the next token of every position and whether
   it is a trained (action) token."""
@@ -115,6 +127,13 @@ class Placement:
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, params)
     return gemma.shard_params(params, self.config, self.mesh)
+
+  def replicated(self, tree: Any) -> Any:
+    """Small arrays every device holds whole (e.g. a value head)."""
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, tree)
+    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
 
   def batch(self, batch: Batch) -> dict[str, jax.Array]:
     if self.mesh is None:

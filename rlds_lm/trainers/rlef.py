@@ -57,6 +57,14 @@ off-policy (log pi is taken at temperature 1; the default is 1), rather than pay
 truncated importance weights' variance on every step. The KL term is on the same stale
 samples.
 
+Critic (``critic="value_head"``): V(x_t) is a linear head on the policy's final hidden
+state (:func:`value_head`, reading it under stop_gradient, so the trunk is trained by
+the policy loss alone) instead of the per-prompt baseline: the advantage of token t
+becomes ``R_i - V(x_t)`` (V-trace's with these values on stale steps), and
+``value_coef * value_loss`` regresses V on the returns (V-trace's targets v_s on stale
+steps). The head is trained and checkpointed with the policy (the parameters become
+``{"policy": ..., "value": {"w", "b"}}``); the exported policy is the policy part.
+
 A run is deterministic: the prompt order and the sampling seeds are functions of
 (seed, step), so a checkpoint holds parameters, optimizer state and the data state
 ``{"step": n, "prompts": <fingerprint of the prompt stream>}``, and a resumed run makes
@@ -99,6 +107,7 @@ from rlds_lm.trainers import rollouts
 
 REWARDS = ("oracle", "nli")
 OFF_POLICY = ("vtrace", "none")
+CRITICS = ("baseline", "value_head")
 # Dataset fields each reward needs (the prompt is made from "document").
 _REQUIRED = {"oracle": ("document", "facts"), "nli": ("document",)}
 # = pipelines.tasks.prompt_text("summarization", record) (a test checks); kept here so
@@ -135,6 +144,8 @@ class RlefConfig:
   sync_every: int = 1  # the sampler takes the learner's parameters every k steps
   off_policy: str = "vtrace"  # correction of stale rollouts: "vtrace" or "none"
   clip_rho: float = 1.0  # V-trace's rho-bar (c-bar is 1)
+  critic: str = "baseline"  # V(x_t): "baseline" (leave-one-out) or "value_head"
+  value_coef: float = 0.5  # weight of the value head's loss (critic="value_head")
 
   def __post_init__(self):
     if self.reward not in REWARDS:
@@ -152,6 +163,9 @@ class RlefConfig:
                        f"mean of the others), found {self.samples_per_prompt}")
     if self.prompts_per_step < 1 or self.max_new_tokens < 1 or self.steps < 1:
       raise ValueError("prompts_per_step, max_new_tokens and steps must be >= 1")
+    if self.critic not in CRITICS or self.value_coef < 0:
+      raise ValueError(f"critic must be one of {CRITICS} and value_coef >= 0, found "
+                       f"{self.critic!r}, {self.value_coef}")
     if self.sync_every < 1 or self.off_policy not in OFF_POLICY or self.clip_rho <= 0:
       raise ValueError(f"need sync_every >= 1, off_policy in {OFF_POLICY} and clip_rho "
                        f"> 0, found {self.sync_every}, {self.off_policy!r}, "
@@ -267,55 +281,90 @@ def leave_one_out_advantages(rewards: np.ndarray) -> np.ndarray:
   return (rewards - leave_one_out_baselines(rewards)).astype(np.float32)
 
 
-def vtrace_advantages(behaviour_logp: jax.Array, target_logp: jax.Array, mask: jax.Array,
-                      returns: jax.Array, baselines: jax.Array, clip_rho: float = 1.0
-                      ) -> jax.Array:
-  """[B, T] V-trace policy-gradient advantages of completions with a terminal reward.
+def vtrace_targets(behaviour_logp: jax.Array, target_logp: jax.Array, mask: jax.Array,
+                   returns: jax.Array, values: jax.Array, clip_rho: float = 1.0
+                   ) -> L.VTraceOutput:
+  """V-trace (value targets, policy-gradient advantages), both [B, T], of completions
+  with a terminal reward.
 
   Row b is one episode over its ``mask`` tokens (one contiguous run): reward
-  ``returns[b]`` on the last of them, 0 before; discount 1 inside, 0 at the end;
-  V(x_t) = ``baselines[b]`` throughout. Columns outside the mask get advantage 0 (their
-  ratio is taken as 1: prompt and padding are not actions).
+  ``returns[b]`` on the last of them, 0 before; discount 1 inside, 0 at the end; V(x_t)
+  = ``values`` ([B]: one per row, e.g. a baseline; or [B, T]: a value head). Columns
+  outside the mask get 0 (their ratio is taken as 1: prompt and padding are not actions).
   """
   mask = mask.astype(bool)
   following = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
   last = mask & ~following
   rewards = jnp.where(last, returns[:, None], 0.0)
   discounts = (mask & ~last).astype(jnp.float32)
-  values = jnp.broadcast_to(baselines[:, None], mask.shape)
+  values = jnp.broadcast_to(values[:, None] if values.ndim == 1 else values, mask.shape)
   behaviour = jnp.where(mask, behaviour_logp, target_logp)
-  out = L.vtrace(behaviour, target_logp, rewards, values, jnp.zeros_like(baselines),
-                 discounts, clip_rho=clip_rho, clip_c=1.0)
-  return jnp.where(mask, out.pg_advantages, 0.0)
+  out = L.vtrace(behaviour, target_logp, rewards, values,
+                 jnp.zeros(mask.shape[:1], jnp.float32), discounts, clip_rho=clip_rho,
+                 clip_c=1.0)
+  return L.VTraceOutput(jnp.where(mask, out.vs, 0.0), jnp.where(mask, out.pg_advantages, 0.0))
+
+
+def vtrace_advantages(behaviour_logp: jax.Array, target_logp: jax.Array, mask: jax.Array,
+                      returns: jax.Array, baselines: jax.Array, clip_rho: float = 1.0
+                      ) -> jax.Array:
+  """[B, T] V-trace policy-gradient advantages (:func:`vtrace_targets`) with one
+  baseline per row as V."""
+  return vtrace_targets(behaviour_logp, target_logp, mask, returns, baselines,
+                        clip_rho).pg_advantages
+
+
+def value_head_init(model: model_config.ModelConfig) -> dict[str, np.ndarray]:
+  """A linear value head on the policy's final hidden state, starting at V = 0."""
+  return {"w": np.zeros(model.d_model, np.float32), "b": np.zeros((), np.float32)}
+
+
+def value_head(head: Mapping[str, jax.Array], hidden: jax.Array) -> jax.Array:
+  """V(x_t) [B, T] from hidden states [B, T, D]. The trunk is not trained through it:
+  the head reads ``stop_gradient(hidden)``, so the value loss leaves the policy alone."""
+  features = jax.lax.stop_gradient(hidden).astype(jnp.float32)
+  return jnp.einsum("btd,d->bt", features, head["w"]) + head["b"]
 
 
 def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
   """loss_fn(params, batch, extra): REINFORCE with a KL(pi || ref) penalty reward.
 
-  ``batch``: ``tokens``, ``segment_ids``, ``loss_mask`` (the completion),
-  ``behaviour_logprobs`` float32 [B, L] (the sampler's, aligned with ``tokens``),
-  ``returns`` and ``baselines`` float32 [B] (the advantage is ``returns - baselines``,
-  V-trace-corrected on the rows ``stale`` (bool [B]) marks when ``config.off_policy ==
-  "vtrace"``);
+  ``params``: the policy's parameters, or ``{"policy": ..., "value": ...}`` with
+  ``critic="value_head"``. ``batch``: ``tokens``, ``segment_ids``, ``loss_mask`` (the
+  completion), ``behaviour_logprobs`` float32 [B, L] (the sampler's, aligned with
+  ``tokens``), ``returns`` and ``baselines`` float32 [B], ``stale`` bool [B]. The
+  advantage is ``returns - V`` (V the leave-one-out ``baselines`` or the value head's
+  V(x_t)), V-trace-corrected on ``stale`` rows when ``config.off_policy == "vtrace"``;
+  the value head regresses the returns (V-trace's targets v_s on stale rows).
   ``extra["reference"]``: the frozen reference parameters.
   """
+  with_head = config.critic == "value_head"
 
   def loss_fn(params, batch, extra):
+    policy = params["policy"] if with_head else params
     tokens, valid = batch["tokens"], batch["segment_ids"] > 0
     targets, mask = common.targets_and_mask(batch)
-    logp = common.gather_tokens(
-        common.sequence_logprobs(model, params, tokens, valid)[:, :-1], targets)
+    if with_head:
+      hidden, logp_all = common.sequence_hidden_and_logprobs(model, policy, tokens, valid)
+      values = value_head(params["value"], hidden[:, :-1])  # V before each target token
+    else:
+      logp_all = common.sequence_logprobs(model, policy, tokens, valid)
+      values = jnp.broadcast_to(batch["baselines"][:, None], targets.shape)
+    logp = common.gather_tokens(logp_all[:, :-1], targets)
     ref_logp = jax.lax.stop_gradient(common.gather_tokens(
         common.sequence_logprobs(model, extra["reference"], tokens, valid)[:, :-1],
         targets))
     behaviour = batch["behaviour_logprobs"][:, 1:]
     log_ratio = jnp.where(mask, jax.lax.stop_gradient(logp) - behaviour, 0.0)
-    advantages = jnp.broadcast_to((batch["returns"] - batch["baselines"])[:, None],
-                                  logp.shape)
+    fixed_values = jax.lax.stop_gradient(values)
+    advantages = batch["returns"][:, None] - fixed_values  # on-policy: R - V(x_t)
+    value_targets = jnp.broadcast_to(batch["returns"][:, None], targets.shape)
     if config.off_policy == "vtrace":  # on stale rows only (policy lag > 0)
-      corrected = vtrace_advantages(behaviour, jax.lax.stop_gradient(logp), mask,
-                                    batch["returns"], batch["baselines"], config.clip_rho)
-      advantages = jnp.where(batch["stale"][:, None], corrected, advantages)
+      corrected = vtrace_targets(behaviour, jax.lax.stop_gradient(logp), mask,
+                                 batch["returns"], fixed_values, config.clip_rho)
+      stale = batch["stale"][:, None]
+      advantages = jnp.where(stale, corrected.pg_advantages, advantages)
+      value_targets = jnp.where(stale, corrected.vs, value_targets)
     pg_loss = L.policy_gradient_loss(logp, advantages, mask)
     # Per-token KL estimates as values; each token's log pi is weighted by the KL still
     # to come from it on (its own and every later token's). ``x - sg(x)`` is 0 with the
@@ -326,10 +375,15 @@ def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
     kl_term = L.masked_mean(kl, mask) + L.masked_mean(
         kl_to_go * (logp - jax.lax.stop_gradient(logp)), mask)
     loss = pg_loss + config.kl_coef * kl_term
-    return loss, {"pg_loss": pg_loss, "kl": L.masked_mean(kl, mask),
-                  "kl_sequence": jnp.mean(jnp.sum(kl, -1)),
-                  # mean pi/mu of the completion tokens: 1 on-policy
-                  "ratio": L.masked_mean(jnp.exp(log_ratio), mask)}
+    metrics = {"pg_loss": pg_loss, "kl": L.masked_mean(kl, mask),
+               "kl_sequence": jnp.mean(jnp.sum(kl, -1)),
+               # mean pi/mu of the completion tokens: 1 on-policy
+               "ratio": L.masked_mean(jnp.exp(log_ratio), mask)}
+    if with_head:
+      value_loss = L.value_loss(values, value_targets, mask)
+      loss = loss + config.value_coef * value_loss
+      metrics.update(value_loss=value_loss, value=L.masked_mean(values, mask))
+    return loss, metrics
 
   return loss_fn
 
@@ -350,7 +404,8 @@ def _fingerprint(config: RlefConfig, records: Sequence[Mapping[str, Any]]) -> st
   """What the prompt stream depends on; a checkpoint of another stream is refused."""
   return S.content_id([r.get("prompt_id", r["document"]) for r in records], config.seed,
                       config.prompts_per_step, config.samples_per_prompt,
-                      config.sync_every, config.off_policy, config.clip_rho, prefix="rlef-")
+                      config.sync_every, config.off_policy, config.clip_rho, config.critic,
+                      prefix="rlef-")
 
 
 # --------------------------------------------------------------------------------------
@@ -401,11 +456,15 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
   place = common.Placement.create(model, config.mesh_data, config.mesh_model)
   optimizer = common.make_optimizer(dataclasses.replace(config.optim,
                                                         total_steps=config.steps))
+  with_head = config.critic == "value_head"
   with place.context():
     params = place.params(host_params)
+    if with_head:  # trained with the policy: one optimizer, one checkpoint
+      params = {"policy": params, "value": place.replicated(value_head_init(model))}
     # A separate copy: the step donates (overwrites) the policy's buffers.
     extra = {"reference": place.params(jax.tree.map(np.copy, host_params))}
     opt_state = jax.jit(optimizer.init)(params)
+  policy_of = (lambda p: p["policy"]) if with_head else (lambda p: p)
   checkpoints = common.Checkpoints(os.path.join(config.workdir, "checkpoints"))
   start_step = 0
   resumed = checkpoints.restore(params, opt_state)
@@ -456,7 +515,7 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
       # a. The step's prompts, each completed n times by the current policy.
       if step % config.sync_every == 0:  # the sampler takes the learner's parameters
         behaviour_step = step
-        behaviour_params = jax.tree.map(np.array, jax.device_get(params))  # a copy
+        behaviour_params = jax.tree.map(np.array, jax.device_get(policy_of(params)))
         if config.sync_every > 1:
           behaviour_digest = ckpt_lib.save(_behaviour_dir(config.workdir, step), model,
                                            behaviour_params, overwrite=True)
@@ -529,8 +588,9 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
 
   # 5. The tuned policy as a plain checkpoint (pipelines.generate samples from it), plots.
   keys = ["reward"] + [k for k in ("oracle", "nli") if k in reward_names] + ["kl", "length"]
+  keys += ["value_loss"] if with_head else []
   policy_dir, digest, plot = common.finish(
-      config.workdir, "policy", model, params, metrics_log, keys,
+      config.workdir, "policy", model, policy_of(params), metrics_log, keys,
       f"RLEF (reward={config.reward}, kl_coef={config.kl_coef})")
   return {**summary, "policy": policy_dir, "policy_digest": digest, "plot": plot,
           "seconds": time.perf_counter() - started}

@@ -353,3 +353,70 @@ def test_stale_rollouts_are_corrected_recorded_and_resume_exactly(assets, tmp_pa
   uncorrected = _metrics(tmp_path / "none")
   assert uncorrected[0]["pg_loss"] == pytest.approx(rows[0]["pg_loss"], abs=1e-5)
   assert uncorrected[2]["pg_loss"] != pytest.approx(rows[2]["pg_loss"], abs=1e-5)
+
+
+def test_the_value_head_regresses_the_returns_and_leaves_the_trunk_alone():
+  model = dataclasses.replace(model_config.get_config("tiny"), num_layers=2)
+  policy = gemma.init_params(model, 0)
+  rng = np.random.default_rng(0)
+  b, length = 6, 12
+  tokens = rng.integers(3, model.vocab_size, (b, length)).astype(np.int32)
+  mask = np.zeros((b, length), bool)
+  mask[:, 5:] = True
+  returns = rng.normal(size=b).astype(np.float32)
+  batch = {"tokens": tokens, "segment_ids": np.ones((b, length), np.int32),
+           "loss_mask": mask, "behaviour_logprobs": np.zeros((b, length), np.float32),
+           "returns": returns, "baselines": np.zeros(b, np.float32),
+           "stale": np.zeros(b, bool)}
+  config = rlef.RlefConfig(prompts="", workdir="", policy="", kl_coef=0.0,
+                           critic="value_head", value_coef=1.0)
+  loss_fn = rlef.rlef_loss(config, model)
+  # The least-squares fit of the returns on the hidden states of the action positions
+  # (the state before each completion token), computed here with NumPy.
+  hidden, _ = common.sequence_hidden_and_logprobs(model, policy, jnp.asarray(tokens),
+                                                  jnp.ones((b, length), bool))
+  features = np.asarray(hidden)[:, :-1][mask[:, 1:]].astype(np.float64)
+  targets = np.repeat(returns, mask[:, 1:].sum(1)).astype(np.float64)
+  design = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+  solution = np.linalg.lstsq(design, targets, rcond=None)[0]
+  head = {"w": jnp.asarray(solution[:-1], jnp.float32),
+          "b": jnp.asarray(solution[-1], jnp.float32)}
+
+  def value_grad(head):
+    return jax.grad(lambda h: loss_fn({"policy": policy, "value": h}, batch,
+                                      {"reference": policy})[0])(head)
+
+  # The value loss's gradient vanishes at the least-squares head (and only there: not at
+  # the zero head), so V regresses the returns.
+  at_fit = value_grad(head)
+  at_zero = value_grad(rlef.value_head_init(model))
+  assert float(optax.tree.norm(at_fit)) < 1e-3 * float(optax.tree.norm(at_zero))
+  # The value loss does not reach the trunk: its gradient is the same with and without
+  # it; and a zero head gives the policy gradient of zero baselines.
+  def trunk_grad(head, value_coef):
+    fn = rlef.rlef_loss(dataclasses.replace(config, value_coef=value_coef), model)
+    return jax.grad(lambda p: fn({"policy": p, "value": head}, batch,
+                                 {"reference": policy})[0])(policy)
+
+  def distance(x, y):
+    return float(optax.tree.norm(jax.tree.map(lambda a, b: a - b, x, y)))
+
+  assert distance(trunk_grad(head, 1.0), trunk_grad(head, 0.0)) < 1e-6
+  pg_only = rlef.RlefConfig(prompts="", workdir="", policy="", kl_coef=0.0)
+  baseline_grad = jax.grad(lambda p: rlef.rlef_loss(pg_only, model)(
+      p, batch, {"reference": policy})[0])(policy)
+  assert distance(trunk_grad(rlef.value_head_init(model), 1.0), baseline_grad) < 1e-6
+
+
+def test_a_value_head_run_trains_checkpoints_and_resumes(assets, tmp_path):
+  config = _config(assets, tmp_path / "critic", critic="value_head", sync_every=2,
+                   checkpoint_every=10)
+  full = rlef.train(dataclasses.replace(config, workdir=os.fspath(tmp_path / "full")))
+  rows = _metrics(tmp_path / "full")
+  assert all(np.isfinite(r["value_loss"]) for r in rows)
+  assert rows[0]["value"] == 0.0 and rows[-1]["value"] != 0.0  # the head trained
+  assert ckpt_lib.restore(full["policy"]).config == ckpt_lib.restore(assets["policy"]).config
+  assert rlef.train(config, stop_at=1)["stopped_at"] == 1
+  resumed = rlef.train(config)
+  assert _metrics(tmp_path / "critic") == rows
+  assert resumed["policy_digest"] == full["policy_digest"]
