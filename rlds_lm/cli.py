@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
       "distillation through recorded and published datasets, report")
   q.add_argument("--workdir", default="rlds_lm_quickstart", help="output directory")
   q.add_argument("--size", choices=("default", "small"), default="default",
-                 help="default: about 3.5 minutes on 2 cores; small: about a minute")
+                 help="default: about 3 minutes on 2 cores; small: about a minute")
   q.add_argument("--iterations", type=int, default=None, help="on-policy iterations")
   q.add_argument("--seed", type=int, default=None)
   q.add_argument("--overwrite", action="store_true", help="replace an earlier run's output")

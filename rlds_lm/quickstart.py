@@ -42,7 +42,7 @@ OUTPUTS = ("datasets", "teacher", "student_sft", "onpolicy", "report.md", "quick
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartConfig:
-  """Sizes of a quickstart run. The defaults take about 3.5 minutes on 2 CPU cores."""
+  """Sizes of a quickstart run. The defaults take about 3 minutes on 2 CPU cores."""
 
   max_operand: int = 20  # operands in [0, max_operand): 2 * max_operand^2 problems
   test_fraction: float = 0.25
