@@ -329,13 +329,20 @@ def test_vtrace_advantages_on_and_off_policy():
       baselines))).max() > 1e-3  # the ratios do exceed 1 somewhere
 
 
-def test_stale_rollouts_are_corrected_recorded_and_resume_exactly(assets, tmp_path):
+def test_stale_rollouts_with_a_value_head_are_corrected_recorded_and_resume_exactly(
+    assets, tmp_path):
   # The sampler syncs every 3 steps: steps 1 and 2 sample with step 0's parameters.
   # (Warm-up makes update 0 a no-op, so only step 2's learner has moved away from them.)
-  config = _config(assets, tmp_path / "stale", sync_every=3, checkpoint_every=10)
+  # The critic is the value head, trained and checkpointed with the policy.
+  config = _config(assets, tmp_path / "stale", sync_every=3, checkpoint_every=10,
+                   critic="value_head")
   full = rlef.train(dataclasses.replace(config, workdir=os.fspath(tmp_path / "full")))
   rows = _metrics(tmp_path / "full")
   assert [r["policy_lag"] for r in rows] == [0, 1, 2]
+  assert all(np.isfinite(r["value_loss"]) for r in rows)
+  assert rows[0]["value"] == 0.0 and rows[-1]["value"] != 0.0  # the head trained
+  exported = ckpt_lib.restore(full["policy"])  # the plain policy, without the head
+  assert exported.config == ckpt_lib.restore(assets["policy"]).config
   assert abs(rows[0]["ratio"] - 1) < 1e-4 and abs(rows[2]["ratio"] - 1) > 1e-3
   episodes = list(logs.read_log(tmp_path / "full" / "generations"))
   steps = sorted({(json.loads(e[S.LINEAGE])["step"], json.loads(e[S.LINEAGE])["policy_step"])
@@ -406,17 +413,3 @@ def test_the_value_head_regresses_the_returns_and_leaves_the_trunk_alone():
   baseline_grad = jax.grad(lambda p: rlef.rlef_loss(pg_only, model)(
       p, batch, {"reference": policy})[0])(policy)
   assert distance(trunk_grad(rlef.value_head_init(model), 1.0), baseline_grad) < 1e-6
-
-
-def test_a_value_head_run_trains_checkpoints_and_resumes(assets, tmp_path):
-  config = _config(assets, tmp_path / "critic", critic="value_head", sync_every=2,
-                   checkpoint_every=10)
-  full = rlef.train(dataclasses.replace(config, workdir=os.fspath(tmp_path / "full")))
-  rows = _metrics(tmp_path / "full")
-  assert all(np.isfinite(r["value_loss"]) for r in rows)
-  assert rows[0]["value"] == 0.0 and rows[-1]["value"] != 0.0  # the head trained
-  assert ckpt_lib.restore(full["policy"]).config == ckpt_lib.restore(assets["policy"]).config
-  assert rlef.train(config, stop_at=1)["stopped_at"] == 1
-  resumed = rlef.train(config)
-  assert _metrics(tmp_path / "critic") == rows
-  assert resumed["policy_digest"] == full["policy_digest"]
