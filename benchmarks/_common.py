@@ -10,15 +10,19 @@ it is.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
 import gc
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -75,6 +79,28 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                       help="measure nothing: regenerate the Markdown section from the "
                            "saved results JSON")
   return parser
+
+
+def sizes_from(args: argparse.Namespace, quick: Any, full: Any, fields: Sequence[str]) -> Any:
+  """The ``quick`` or ``full`` sizes dataclass with the command line's overrides: each
+  of ``fields`` that ``args`` gives (not None / 0) replaces the default."""
+  given = {f: getattr(args, f) for f in fields if getattr(args, f)}
+  return dataclasses.replace(quick if args.quick else full, **given)
+
+
+@contextlib.contextmanager
+def scratch_dir(args: argparse.Namespace, name: str):
+  """``--workdir``, or a fresh directory on tmpfs (trainers that record every sample
+  fsync an episode each, which on a shared disk costs more than the training), removed
+  at the end unless ``--keep`` or ``--workdir``."""
+  shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+  work = args.workdir or tempfile.mkdtemp(prefix=f"{name}_", dir=shm)
+  os.makedirs(work, exist_ok=True)
+  try:
+    yield work
+  finally:
+    if not args.keep and not args.workdir:
+      shutil.rmtree(work, ignore_errors=True)
 
 
 def spread(seconds: Sequence[float]) -> str:

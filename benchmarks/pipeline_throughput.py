@@ -171,7 +171,6 @@ class _ShardWriter:
   def __init__(self, clock: _Clock, records: _Records, out_dir: str, name: str, schema,
                splits: Sequence[str], num_shards: int):
     from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
-    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
     self._clock = clock
     self._records = records
     self._out_dir = out_dir
@@ -180,7 +179,6 @@ class _ShardWriter:
     self._splits = tuple(splits)
     self._num_shards = num_shards
     self._features = S.episode_features(schema)
-    self._example = example_pb2.Example
     self._shards: dict[tuple[str, int], dict[str, bytes]] = {
         (split, i): {} for split in self._splits for i in range(num_shards)}
 
@@ -189,13 +187,13 @@ class _ShardWriter:
 
   def _add(self, split: str, episode: Mapping[str, Any]) -> None:
     from pipelines import core  # pylint: disable=g-import-not-at-top
+    from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
     from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
     from rlds_lm import validate as V  # pylint: disable=g-import-not-at-top
     episode_id = str(episode.get(S.EPISODE_ID, "?"))
     try:
       episode = V.validate_episode(episode, self._schema)
-      raw = self._example.FromString(self._features.serialize_example(episode)
-                                     ).SerializeToString(deterministic=True)
+      raw = R.canonical_example(self._features.serialize_example(episode))
     except Exception as e:  # pylint: disable=broad-except
       self._records.dropped[core.reason_of(e)] += 1
       return

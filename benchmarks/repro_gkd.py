@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -275,20 +273,11 @@ def run(args) -> dict[str, Any]:
   from rlds_lm.models import config as mc  # pylint: disable=g-import-not-at-top
 
   tfds.disable_progress_bar()
-  sizes = QUICK if args.quick else FULL
-  if args.student_steps:
-    sizes = dataclasses.replace(sizes, student_steps=args.student_steps)
-  if args.teacher_steps:
-    sizes = dataclasses.replace(sizes, teacher_steps=args.teacher_steps)
+  sizes = C.sizes_from(args, QUICK, FULL, ("student_steps", "teacher_steps"))
   if args.seeds:
     sizes = dataclasses.replace(sizes, seeds=tuple(range(args.seeds)))
-  # tmpfs by default: on-policy steps record every student sample (Recorder, one fsync
-  # per episode), which on a shared disk costs more than the training itself.
-  shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-  work = args.workdir or tempfile.mkdtemp(prefix="repro_gkd_", dir=shm)
-  os.makedirs(work, exist_ok=True)
   timings = {}
-  try:
+  with C.scratch_dir(args, NAME) as work:
     train, test = split_problems(sizes)
     eval_fn = make_eval_fn(test)
     t0 = time.perf_counter()
@@ -318,9 +307,6 @@ def run(args) -> dict[str, Any]:
         print(f"{method.key} seed {seed}: accuracy {r['accuracy']:.3f}, "
               f"{r['seconds']:.0f} s", flush=True)
         runs.append(r)
-  finally:
-    if not args.keep and not args.workdir:
-      shutil.rmtree(work, ignore_errors=True)
   return {
       "benchmark": NAME, "quick": args.quick, "machine": C.machine_info(),
       "sizes": dataclasses.asdict(sizes),

@@ -38,10 +38,8 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -294,25 +292,14 @@ def run(args) -> dict[str, Any]:
   from rlds_lm.models import config as mc  # pylint: disable=g-import-not-at-top
 
   tfds.disable_progress_bar()
-  sizes = QUICK if args.quick else FULL
-  if args.steps:
-    sizes = dataclasses.replace(sizes, steps=args.steps)
-  if args.warm_steps:
-    sizes = dataclasses.replace(sizes, warm_steps=args.warm_steps)
-  if args.lr:
-    sizes = dataclasses.replace(sizes, lr=args.lr)
-  if args.prompts_per_step:
-    sizes = dataclasses.replace(sizes, prompts_per_step=args.prompts_per_step)
+  sizes = C.sizes_from(args, QUICK, FULL, ("steps", "warm_steps", "lr", "prompts_per_step"))
   gkd_sizes = dataclasses.replace(
       G.QUICK if args.quick else G.FULL, max_operand=sizes.max_operand,
       test_fraction=sizes.test_fraction, warm_steps=sizes.warm_steps,
       student_batch=sizes.warm_batch, warm_lr=sizes.warm_lr, eval_every=sizes.warm_steps)
-  shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-  work = args.workdir or tempfile.mkdtemp(prefix="repro_jbond_", dir=shm)
-  os.makedirs(work, exist_ok=True)
   timings = {}
   register_reward()
-  try:
+  with C.scratch_dir(args, NAME) as work:
     train, test = G.split_problems(gkd_sizes)
     t0 = time.perf_counter()
     references = G.publish_references(os.path.join(work, "data"), train)
@@ -342,9 +329,6 @@ def run(args) -> dict[str, Any]:
       r["curve"] = [{"step": 0, **start}] + r["curve"]
       print(f"{algorithm}: {r['final']}, {r['seconds']:.0f} s", flush=True)
       runs.append(r)
-  finally:
-    if not args.keep and not args.workdir:
-      shutil.rmtree(work, ignore_errors=True)
   return {
       "benchmark": NAME, "quick": args.quick, "machine": C.machine_info(),
       "sizes": dataclasses.asdict(sizes),

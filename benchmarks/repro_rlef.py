@@ -33,9 +33,7 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -290,19 +288,13 @@ def run(args) -> dict[str, Any]:
   from rlds_lm.trainers import rollouts  # pylint: disable=g-import-not-at-top
 
   tfds.disable_progress_bar()
-  sizes = QUICK if args.quick else FULL
-  for field in ("sft_steps", "rl_steps"):
-    if getattr(args, field):
-      sizes = dataclasses.replace(sizes, **{field: getattr(args, field)})
+  sizes = C.sizes_from(args, QUICK, FULL, ("sft_steps", "rl_steps"))
   if args.sweep is not None:
     sizes = dataclasses.replace(sizes, sweep=tuple(args.sweep))
-  shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-  work = args.workdir or tempfile.mkdtemp(prefix="repro_rlef_", dir=shm)
-  os.makedirs(work, exist_ok=True)
   model = policy_config(sizes)
   context = model.max_seq_len
   timings = {}
-  try:
+  with C.scratch_dir(args, NAME) as work:
     t0 = time.perf_counter()
     prompts = build_documents(os.path.join(work, "data"), sizes)
     train_records = rollouts.load_prompt_records(prompts, "train")
@@ -340,9 +332,6 @@ def run(args) -> dict[str, Any]:
       print(f"rlef {reward} kl {kl_coef:g}: {r['final']}, {r['seconds']:.0f} s",
             flush=True)
       runs.append(r)
-  finally:
-    if not args.keep and not args.workdir:
-      shutil.rmtree(work, ignore_errors=True)
   return {
       "benchmark": NAME, "quick": args.quick, "machine": C.machine_info(),
       "sizes": dataclasses.asdict(sizes),

@@ -41,6 +41,7 @@ from apache_beam.options import pipeline_options as beam_options
 from pipelines.errors import PipelineError  # noqa: F401  (re-exported)
 from pipelines.errors import RecordError  # noqa: F401  (re-exported)
 from rlds_lm import publish as P
+from rlds_lm import read as R
 from rlds_lm import schema as S
 
 DEAD_LETTER = "dead_letter"  # tag of the dead-letter output of SafeMap / stages
@@ -390,13 +391,10 @@ class _Encode(beam.DoFn):
     self._num_shards = num_shards
     self._features = None
     self._config = None
-    self._example_cls = None
 
   def setup(self):
-    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
     self._config = S.SchemaConfig.from_json(self._config_json)
     self._features = S.episode_features(self._config)
-    self._example_cls = example_pb2.Example
 
   def process(self, element):
     from rlds_lm import validate as V  # pylint: disable=g-import-not-at-top
@@ -404,11 +402,8 @@ class _Encode(beam.DoFn):
     episode_id = str(episode.get(S.EPISODE_ID, "?"))
     try:
       episode = V.validate_episode(episode, self._config)
-      # tf.train.Example's feature map serialises in hash order, which differs between
-      # processes; re-serialising deterministically (sorted keys, ~10 us) makes the
-      # shard files byte-identical for any number of workers.
-      raw = self._example_cls.FromString(self._features.serialize_example(episode)
-                                         ).SerializeToString(deterministic=True)
+      # Canonical bytes make the shard files byte-identical for any number of workers.
+      raw = R.canonical_example(self._features.serialize_example(episode))
     except Exception as e:  # pylint: disable=broad-except
       reason = reason_of(e)
       counter(self._stage, "dropped").inc()

@@ -60,7 +60,7 @@ class Filter:
       return False
     if self.min_reward is None and self.max_reward is None:
       return True
-    reward = sum(float(s[S.REWARD]) for s in episode[S.STEPS] if not s[S.IS_LAST])
+    reward = S.episode_return(episode)
     return ((self.min_reward is None or reward >= self.min_reward) and
             (self.max_reward is None or reward <= self.max_reward))
 

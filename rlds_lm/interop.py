@@ -124,7 +124,7 @@ def _rollout_row(episode, config: S.SchemaConfig, tokenizer, conversational: boo
                                for s in turns],
       "completion_logprobs": [np.asarray(s[S.ACTION_LOGPROBS], np.float64).tolist()
                               for s in turns],
-      "reward": float(sum(float(s[S.REWARD]) for s in turns)),
+      "reward": S.episode_return(episode),
       "prompt_id": episode[S.PROMPT_ID], "episode_id": episode[S.EPISODE_ID],
       "sample_index": int(episode[S.SAMPLE_INDEX]), "task": episode[S.TASK],
       "policy": dict(episode[S.POLICY]), "sampler": _plain_dict(episode[S.SAMPLER]),

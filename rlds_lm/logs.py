@@ -23,7 +23,6 @@ directory per writer session), so ``envlogger.Reader(DIR)`` and
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any

@@ -76,6 +76,17 @@ def tfrecord_records(path: str | os.PathLike[str]):
       yield data
 
 
+def canonical_example(raw: bytes) -> bytes:
+  """A serialised tf.train.Example, re-serialised with its feature map in key order.
+
+  TFDS (and ``tf.train.Example``) write the map in hash order, which differs between
+  processes: the same episode gives the same bytes only after this (about 10 us).
+  No TensorFlow: TFDS's copy of the proto.
+  """
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  return tf_example_pb2.Example.FromString(raw).SerializeToString(deterministic=True)
+
+
 def iter_records(path: str | os.PathLike[str], split: str = "train"):
   """``(count, iterator of decoded records)`` of a split, from array_record when the
   dataset has it, else from its tfrecord shards (pipeline stage outputs)."""

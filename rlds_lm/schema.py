@@ -691,6 +691,11 @@ def preference_episode(
   return episode
 
 
+def episode_return(episode: Mapping[str, Any]) -> float:
+  """The episode's primary reward summed over its turns (the final step has none)."""
+  return float(sum(float(s[REWARD]) for s in episode[STEPS] if not s[IS_LAST]))
+
+
 def lineage_dict(episode: Mapping[str, Any]) -> dict[str, Any]:
   """Parses the episode's lineage JSON (strictly JSON: never evaluated as code)."""
   text = episode.get(LINEAGE, "") or "{}"

@@ -144,12 +144,8 @@ def _observation_text(obs: Mapping[str, Any], tokenizer) -> str:
   return text
 
 
-def _episode_reward(episode: Mapping[str, Any]) -> float:
-  return float(sum(float(s[S.REWARD]) for s in episode[S.STEPS] if not s[S.IS_LAST]))
-
-
 def _rollout_card(episode: Mapping[str, Any], tokenizer, color: str, best: bool) -> str:
-  reward = _episode_reward(episode)
+  reward = S.episode_return(episode)
   parts = [f'<div class="card{" best" if best else ""}" data-reward="{reward:.6g}" '
            f'data-episode="{_esc(episode[S.EPISODE_ID])}">',
            f'<div class="meta">sample {int(episode[S.SAMPLE_INDEX])} · reward '
@@ -228,7 +224,7 @@ def render(summary: Mapping[str, Any], episodes: Sequence[Mapping[str, Any]],
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for episode in episodes:
       groups.setdefault(episode[S.PROMPT_ID], []).append(episode)
-    rewards = [_episode_reward(e) for e in episodes] or [0.0]
+    rewards = [S.episode_return(e) for e in episodes] or [0.0]
     low, high = min(rewards), max(rewards)
     step_size = (high - low) / 100 if high > low else 1.0
     legend = {"teacher": "red: the teacher finds the token less likely than the student "
@@ -242,7 +238,7 @@ def render(summary: Mapping[str, Any], episodes: Sequence[Mapping[str, Any]],
         f'<span id="min-reward-value"></span> · <span id="shown"></span></p>')
     for prompt_id, members in groups.items():
       members = sorted(members, key=lambda e: int(e[S.SAMPLE_INDEX]))
-      rewards = [_episode_reward(e) for e in members]
+      rewards = [S.episode_return(e) for e in members]
       top = max(rewards)  # every sample with the top reward, unless all tie
       first_obs = members[0][S.STEPS][0][S.OBSERVATION]
       cards = [_rollout_card(e, tokenizer, color, best=(r == top and min(rewards) < top))

@@ -393,6 +393,7 @@ def train(config: BondConfig,
   # 4. The loop.
   last = {}
   end = config.steps if stop_at is None else min(stop_at, config.steps)
+  evals, evaluated_at = {}, None  # the last periodic evaluation, reused at the end
   try:
     for step in range(start_step, end):
       # 4a. Sample: 1 completion per prompt from the policy; J-BOND adds 2 from the anchor.
@@ -434,8 +435,9 @@ def train(config: BondConfig,
       done = step + 1
       if done % config.log_every == 0 or done == config.steps:
         metrics_log.log(done, values)
-      if config.eval_every and eval_fn is not None and done % config.eval_every == 0:
-        metrics_log.log(done, {f"eval/{k}": v for k, v in eval_fn(model, params).items()})
+      if config.eval_every and done % config.eval_every == 0:
+        evals, evaluated_at = common.evaluate(eval_fn, model, params, metrics_log,
+                                              done), done
       if done % config.checkpoint_every == 0 or done in (config.steps, end):
         checkpoints.save(done, {"policy": params, "anchor": anchor}, opt_state,
                          {"step": done}, {"origin": origin, "metrics": values})
@@ -447,10 +449,8 @@ def train(config: BondConfig,
     return {"metrics": last, "stopped_at": end, "resumed_from": start_step}
 
   # 5. The policy as a plain checkpoint (pipelines.generate can sample from it), plots.
-  final = {}
-  if eval_fn is not None:
-    final = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
-    metrics_log.log(config.steps, final)
+  final = evals if evaluated_at == config.steps else common.evaluate(
+      eval_fn, model, params, metrics_log, config.steps)
   keys = ["reward", "anchor_reward", "kl", "loss"] if jbond else ["reward", "kl", "loss"]
   policy_dir, digest, plot = common.finish(config.workdir, "policy", model, params,
                                            metrics_log, keys,

@@ -260,6 +260,17 @@ class Checkpoints:
     self._manager.close()
 
 
+def evaluate(eval_fn: Callable[[ModelConfig, Params], Mapping[str, float]] | None,
+             model: ModelConfig, params: Params, metrics: Metrics, step: int
+             ) -> dict[str, float]:
+  """``eval_fn``'s metrics as ``eval/<name>``, logged at ``step`` ({} without one)."""
+  if eval_fn is None:
+    return {}
+  values = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
+  metrics.log(step, values)
+  return values
+
+
 def finish(workdir: str, name: str, model: ModelConfig, params: Params, metrics: Metrics,
            plot_keys: Sequence[str], title: str) -> tuple[str, str, str]:
   """The end of every trainer: the trained model as a plain checkpoint

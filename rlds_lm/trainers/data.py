@@ -409,13 +409,11 @@ class _Dataset:
     # Content identity, not location: the same dataset copied elsewhere keeps its order.
     # (Not the lineage: it names paths, e.g. the Riegeli log a dataset was published
     # from, and would make the order depend on where the run happened.) The first and
-    # last records stand in for the content, re-serialised with sorted keys: a
-    # tf.train.Example's feature map is written in hash order, which differs between
-    # the processes that publish the same episodes.
-    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+    # last records stand in for the content, in canonical form (the stored bytes
+    # depend on the process that published them).
     split_info = builder.info.splits[split.split("[")[0]]
-    ends = [tf_example_pb2.Example.FromString(bytes(self.source[i])).SerializeToString(
-        deterministic=True) for i in sorted({0, len(self.source) - 1}) if len(self.source)]
+    ends = [R.canonical_example(bytes(self.source[i]))
+            for i in sorted({0, len(self.source) - 1}) if len(self.source)]
     self.identity = S.content_id({
         "name": self.name, "split": split, "records": len(self.source),
         "bytes": int(split_info.num_bytes), "schema": self.schema.to_json(),

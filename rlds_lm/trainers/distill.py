@@ -246,6 +246,7 @@ def train(config: DistillConfig,
   iterator = pipeline.iterator(data_state)
   last = {}
   end = config.steps if stop_at is None else min(stop_at, config.steps)
+  evals, evaluated_at = {}, None  # the last periodic evaluation, reused at the end
   try:
     for step in range(start_step, end):
       batch = next(iterator)
@@ -270,9 +271,9 @@ def train(config: DistillConfig,
       if done % config.log_every == 0 or done == config.steps:
         metrics_log.log(done, values)
         logged = values
-      if config.eval_every and eval_fn is not None and done % config.eval_every == 0:
-        evals = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
-        metrics_log.log(done, evals)
+      if config.eval_every and done % config.eval_every == 0:
+        evals, evaluated_at = common.evaluate(eval_fn, model, params, metrics_log,
+                                              done), done
         logged = {**logged, **evals}
       if progress is not None and logged:
         progress(done, logged)
@@ -289,10 +290,8 @@ def train(config: DistillConfig,
     return {"metrics": last, "stopped_at": end, "resumed_from": start_step}
 
   # 5. The student as a plain checkpoint (pipelines.generate can sample from it), plots.
-  final = {}
-  if eval_fn is not None:
-    final = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
-    metrics_log.log(config.steps, final)
+  final = evals if evaluated_at == config.steps else common.evaluate(
+      eval_fn, model, params, metrics_log, config.steps)
   student_dir, digest, plot = common.finish(config.workdir, "student", model, params,
                                             metrics_log, ["loss", "nll"],
                                             f"distill ({config.loss})")

@@ -141,7 +141,10 @@ def run(config: LoopConfig,
   for iteration in range(config.iterations):
     iter_dir = os.path.join(config.workdir, f"iter_{iteration}")
     student = sampling.Policy.from_checkpoint(student_dir, eos_id=config.eos_id)
-    before = dict(eval_fn(student.config, student.params)) if eval_fn else {}
+    if history:  # this student is the last iteration's, evaluated at its end
+      before = {k.removeprefix("eval/"): v for k, v in history[-1]["eval_after"].items()}
+    else:
+      before = dict(eval_fn(student.config, student.params)) if eval_fn else {}
     log_dir = os.path.join(iter_dir, "generations")
     if os.path.exists(log_dir):  # a re-run of an interrupted iteration starts it afresh
       import shutil  # pylint: disable=g-import-not-at-top
