@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
   m.add_argument("--name", required=True, help="dataset name")
   m.add_argument("--version", default="1.0.0")
   m.set_defaults(func=_cmd_import)
+  from rlds_lm import serve  # pylint: disable=g-import-not-at-top  (argparse only)
+  v = sub.add_parser("serve", help="an OpenAI-compatible server over a checkpoint "
+                     "(completions, chat, logprobs, prompt_logprobs)")
+  serve.add_arguments(v)
+  v.set_defaults(func=serve.serve)
   return parser
 
 

@@ -1,0 +1,186 @@
+"""Model backends as Apache Beam model handlers (``apache_beam.ml.inference``).
+
+A stage names its model with one flag, ``--model``: an rlds_lm checkpoint directory, or
+the root of an OpenAI-compatible API (``http://host:port/v1``, with ``--served_model``
+naming the model there). :class:`BackendSpec` is that choice, picklable for workers;
+:class:`BackendModelHandler` loads it once per worker (Beam's model sharing) and answers
+batches of :class:`SampleRequest` / :class:`ScoreRequest` through ``RunInference``.
+
+A request that fails (an endpoint that keeps answering 5xx, a refused prompt) does not
+fail the bundle: its result is a :class:`Failed` carrying the reason, which the stage
+sends to its dead-letter output. Keeping failures in the one output PCollection (instead
+of ``RunInference(...).with_exception_handling()``'s second, tagged output) keeps the
+graph free of multi-output ParDos, which some runners mis-route (../shared/STACK.md,
+Beam on Dask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from apache_beam.ml.inference import base as beam_inference
+
+from rlds_lm.backends import base
+
+
+class SampleRequest(NamedTuple):
+  """N samples of one prompt."""
+
+  key: str  # names the request in dead letters (the prompt id)
+  prompt: np.ndarray  # int32 [n]
+  seeds: tuple[int, ...]  # one per sample
+  sampler: Any  # rlds_lm.models.sampling.SamplerConfig
+  max_new_tokens: int
+  top_logprobs: int = 0
+
+
+class ScoreRequest(NamedTuple):
+  """Teacher data for the completion of one sequence."""
+
+  key: str
+  sequence: np.ndarray  # int32 [n]: prompt + completion
+  prompt_length: int
+  top_k: int
+
+
+class Failed(NamedTuple):
+  """A request the backend could not answer, with the reason (for the dead letters)."""
+
+  key: str
+  reason: str
+  detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+  """Which model a stage uses (picklable): a checkpoint or an OpenAI-compatible endpoint.
+
+  Attributes:
+    model: a checkpoint directory, or an API root such as ``http://127.0.0.1:8000/v1``.
+    served_model: the model's name at the endpoint (endpoints only).
+    tokenizer: ``byte`` or a SentencePiece ``.model`` file: the model's tokenizer.
+    name: the name episodes record (default: the checkpoint's or the served name).
+    api_key_env: environment variable with the endpoint's API key ("" for none).
+    max_concurrency / timeout_s / max_retries: the endpoint client's limits.
+    cache_dir: keep finished endpoint responses here (a re-run repeats none).
+  """
+
+  model: str
+  served_model: str = ""
+  tokenizer: str = "byte"
+  name: str = ""
+  api_key_env: str = "OPENAI_API_KEY"
+  max_concurrency: int = 8
+  timeout_s: float = 120.0
+  max_retries: int = 5
+  cache_dir: str = ""
+
+  @property
+  def is_endpoint(self) -> bool:
+    return self.model.startswith(("http://", "https://"))
+
+  def load(self) -> base.Backend:
+    """The backend (run once per worker: restores parameters or opens connections)."""
+    from rlds_lm.backends import local  # pylint: disable=g-import-not-at-top
+    if not self.is_endpoint:
+      return local.LocalBackend.from_checkpoint(self.model, tokenizer=self.tokenizer,
+                                                name=self.name or None)
+    from rlds_lm.backends import openai_compat  # pylint: disable=g-import-not-at-top
+    if not self.served_model:
+      raise base.BackendError(f"{self.model} is an endpoint: name the served model "
+                              f"(--served_model; GET {self.model}/models lists them)")
+    return openai_compat.OpenAIBackend(
+        self.model, self.served_model, tokenizer=local.load_tokenizer(self.tokenizer),
+        api_key_env=self.api_key_env, max_concurrency=self.max_concurrency,
+        timeout_s=self.timeout_s, max_retries=self.max_retries,
+        cache_dir=self.cache_dir or None)
+
+  def check(self, *, top_logprobs: int = 0, prompt_logprobs: int = 0) -> dict[str, Any]:
+    """Driver-side: refuse an unusable model before any work; returns its provenance."""
+    backend = self.load()
+    try:
+      if self.is_endpoint:
+        described = backend.check(top_logprobs=top_logprobs,
+                                  prompt_logprobs=prompt_logprobs)
+      else:
+        described = backend.describe()
+    finally:
+      backend.close()
+    if self.name:
+      described["name"] = self.name
+    return described
+
+
+class BackendModelHandler(beam_inference.ModelHandler):
+  """``RunInference`` over a :class:`BackendSpec`: one backend per worker, batched calls.
+
+  Sample requests of one batch that share sampler settings go to the backend in one
+  call (one model call in process; concurrent HTTP requests for an endpoint).
+  """
+
+  def __init__(self, spec: BackendSpec, *, max_batch_size: int = 16):
+    super().__init__()
+    self.spec = spec
+    self._max_batch_size = max_batch_size
+
+  def load_model(self) -> base.Backend:
+    return self.spec.load()
+
+  def batch_elements_kwargs(self) -> dict[str, Any]:
+    return {"max_batch_size": self._max_batch_size}
+
+  def get_metrics_namespace(self) -> str:
+    return "rlds_lm_backend"
+
+  def run_inference(self, batch: Sequence[Any], model: base.Backend,
+                    inference_args: dict[str, Any] | None = None
+                    ) -> Iterable[beam_inference.PredictionResult]:
+    del inference_args
+    out: list[Any] = [None] * len(batch)
+    samples = [i for i, r in enumerate(batch) if isinstance(r, SampleRequest)]
+    groups: dict[tuple, list[int]] = {}
+    for i in samples:
+      r = batch[i]
+      groups.setdefault((r.sampler, r.max_new_tokens, r.top_logprobs), []).append(i)
+    for (sampler, max_new, top), members in groups.items():
+      try:
+        prompts = [batch[i].prompt for i in members for _ in batch[i].seeds]
+        seeds = [s for i in members for s in batch[i].seeds]
+        gens = model.sample(prompts, seeds, sampler, max_new, top_logprobs=top)
+        start = 0
+        for i in members:
+          out[i] = gens[start:start + len(batch[i].seeds)]
+          start += len(batch[i].seeds)
+      except (base.BackendError, ValueError) as e:
+        # One bad request must not sink the others: retry them one by one.
+        for i in members:
+          out[i] = self._one_sample(model, batch[i], e if len(members) == 1 else None)
+    scores = [i for i, r in enumerate(batch) if isinstance(r, ScoreRequest)]
+    for i in scores:
+      r = batch[i]
+      try:
+        out[i] = model.annotate([r.sequence], [r.prompt_length], top_k=r.top_k)[0]
+      except (base.BackendError, ValueError) as e:
+        out[i] = Failed(r.key, _reason(e), str(e))
+    for i, r in enumerate(batch):
+      if out[i] is None:
+        raise TypeError(f"RunInference got a {type(r).__name__}; expected a SampleRequest "
+                        f"or a ScoreRequest")
+    return [beam_inference.PredictionResult(r, o) for r, o in zip(batch, out)]
+
+  @staticmethod
+  def _one_sample(model: base.Backend, r: SampleRequest, error: Exception | None):
+    if error is None:
+      try:
+        return model.sample([r.prompt] * len(r.seeds), list(r.seeds), r.sampler,
+                            r.max_new_tokens, top_logprobs=r.top_logprobs)
+      except (base.BackendError, ValueError) as e:
+        error = e
+    return Failed(r.key, _reason(error), str(error))
+
+
+def _reason(error: Exception) -> str:
+  return "backend_error" if isinstance(error, base.BackendError) else "model_refused"

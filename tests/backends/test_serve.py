@@ -1,0 +1,164 @@
+"""``rlds-lm serve`` over real HTTP on localhost, against the in-process backend."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from rlds_lm import schema as S
+from rlds_lm import tokenizers
+from rlds_lm.backends import BackendError
+from rlds_lm.backends import local
+from rlds_lm.backends import openai_compat
+from rlds_lm.models import checkpoint
+from rlds_lm.models import config as model_config
+from rlds_lm.models import gemma
+from rlds_lm.models import sampling
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+  """(endpoint, in-process backend) for a tiny checkpoint served by `rlds-lm serve`."""
+  path = str(tmp_path_factory.mktemp("serve") / "ckpt")
+  config = model_config.get_config("tiny")
+  checkpoint.save(path, config, gemma.init_params(config, 3))
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             RLDS_LM_SERVE_TEST_KEY="sk-test", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "rlds_lm.cli", "serve", path, "--port", str(port),
+       "--name", "tiny-policy", "--api_key_env", "RLDS_LM_SERVE_TEST_KEY"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  endpoint = f"http://127.0.0.1:{port}/v1"
+  try:
+    deadline = time.monotonic() + 180
+    while True:
+      if proc.poll() is not None:
+        pytest.fail(f"rlds-lm serve exited:\n{proc.stdout.read()[-3000:]}")
+      try:
+        if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+          break
+      except requests.ConnectionError:
+        pass
+      if time.monotonic() > deadline:
+        pytest.fail("rlds-lm serve did not answer within 180 s")
+      time.sleep(0.5)
+    yield endpoint, local.LocalBackend.from_checkpoint(path, name="tiny-policy")
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+
+
+def _client(endpoint, **kwargs):
+  tok = tokenizers.ByteTokenizer()
+  return openai_compat.OpenAIBackend(endpoint, "tiny-policy", tokenizer=tok,
+                                     api_key_env="RLDS_LM_SERVE_TEST_KEY", **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+  monkeypatch.setenv("RLDS_LM_SERVE_TEST_KEY", "sk-test")
+
+
+def _prompts(n):
+  tok = tokenizers.ByteTokenizer()
+  return [tok.encode(f"{i} + {2 * i} = ", add_bos=True) for i in range(n)]
+
+
+def test_http_samples_equal_in_process_samples(served):
+  endpoint, inproc = served
+  client = _client(endpoint, max_concurrency=8)
+  assert client.check(top_logprobs=4, prompt_logprobs=4)["revision"] == inproc.digest
+  prompts, seeds = _prompts(12), [S.content_seed("t", i) for i in range(12)]
+  sampler = sampling.SamplerConfig(temperature=0.8, top_p=0.95)
+  over_http = client.sample(prompts, seeds, sampler, 12, top_logprobs=4)
+  in_process = inproc.sample(prompts, seeds, sampler, 12, top_logprobs=4)
+  for h, p in zip(over_http, in_process):
+    np.testing.assert_array_equal(h.tokens, p.tokens)
+    np.testing.assert_allclose(h.logprobs, p.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(h.top_ids, p.top_ids)
+    np.testing.assert_allclose(h.top_logprobs, p.top_logprobs, atol=1e-5)
+    assert h.stop_reason == p.stop_reason and h.text == p.text
+
+
+def test_http_teacher_scores_equal_in_process_annotation(served):
+  endpoint, inproc = served
+  prompts = _prompts(5)
+  sequences = [np.concatenate([p, p[1:4]]) for p in prompts]
+  lengths = [len(p) for p in prompts]
+  over_http = _client(endpoint).annotate(sequences, lengths, top_k=6)
+  in_process = inproc.annotate(sequences, lengths, top_k=6)
+  for h, p in zip(over_http, in_process):
+    np.testing.assert_array_equal(h[S.TEACHER_TOPK_IDS], p[S.TEACHER_TOPK_IDS])
+    for key in (S.TEACHER_TOKEN_LOGPROB, S.TEACHER_TOPK_LOGPROBS):
+      np.testing.assert_allclose(h[key], p[key], atol=1e-5)
+
+
+def test_concurrent_requests_are_batched_and_answered_alike(served):
+  endpoint, _ = served
+  prompts = _prompts(24)
+  body = lambda i: {"model": "tiny-policy", "prompt": prompts[i].tolist(), "seed": i,
+                    "max_tokens": 6, "temperature": 0.9, "logprobs": 0,
+                    "return_tokens_as_token_ids": True}
+  headers = {"Authorization": "Bearer sk-test"}
+  post = lambda i: requests.post(f"{endpoint}/completions", json=body(i), headers=headers,
+                                 timeout=120).json()["choices"][0]["logprobs"]["tokens"]
+  with concurrent.futures.ThreadPoolExecutor(12) as pool:
+    together = list(pool.map(post, range(24)))
+  alone = [post(i) for i in (0, 7, 23)]
+  assert [together[i] for i in (0, 7, 23)] == alone
+
+
+def test_chat_completions_in_the_openai_shape(served):
+  endpoint, _ = served
+  reply = requests.post(f"{endpoint}/chat/completions", headers={
+      "Authorization": "Bearer sk-test"}, json={
+          "model": "tiny-policy", "seed": 1, "max_tokens": 5, "logprobs": True,
+          "top_logprobs": 2, "return_tokens_as_token_ids": True,
+          "messages": [{"role": "system", "content": "be brief"},
+                       {"role": "user", "content": "hi"}]}, timeout=120).json()
+  choice = reply["choices"][0]
+  assert choice["message"]["role"] == "assistant"
+  content = choice["logprobs"]["content"]
+  assert len(content) == reply["usage"]["completion_tokens"] > 0
+  assert all(e["token"].startswith("token_id:") and len(e["top_logprobs"]) == 2
+             for e in content)
+
+
+def test_refusals_are_openai_errors(served):
+  endpoint, _ = served
+  headers = {"Authorization": "Bearer sk-test"}
+  wrong_model = requests.post(f"{endpoint}/completions", headers=headers, json={
+      "model": "other", "prompt": [1, 2]}, timeout=60)
+  assert wrong_model.status_code == 404 and "does not exist" in wrong_model.json()[
+      "error"]["message"]
+  too_long = requests.post(f"{endpoint}/completions", headers=headers, json={
+      "model": "tiny-policy", "prompt": [1] * 10, "max_tokens": 10 ** 6}, timeout=60)
+  assert too_long.status_code == 400 and "context length" in too_long.json()["error"][
+      "message"]
+  no_key = requests.post(f"{endpoint}/completions", json={
+      "model": "tiny-policy", "prompt": [1]}, timeout=60)
+  assert no_key.status_code == 401
+  with pytest.raises(BackendError, match="refused the API key"):
+    os.environ["RLDS_LM_SERVE_TEST_KEY"] = "wrong"
+    _client(endpoint, max_retries=0).check()
