@@ -178,7 +178,8 @@ class Server:
     return {"object": "list", "data": [{
         "id": self.backend.name, "object": "model", "created": self.created,
         "owned_by": "rlds_lm", "root": self.backend.digest, "parent": None,
-        "max_model_len": self.backend.max_seq_len}]}
+        "max_model_len": self.backend.max_seq_len,
+        "rlds_lm_digest": self.backend.digest}]}
 
   # -- request parsing ---------------------------------------------------------------------
 

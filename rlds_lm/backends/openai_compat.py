@@ -114,6 +114,8 @@ class OpenAIBackend(base.Backend):
     self._sleep = sleep
     self._local = threading.local()
     self._revision = ""
+    self._digest = ""
+    self._identified = False
     self.stats = {"requests": 0, "retries": 0, "cached": 0}
     self._stats_lock = threading.Lock()
 
@@ -121,10 +123,15 @@ class OpenAIBackend(base.Backend):
 
   @property
   def digest(self) -> str:
-    """A digest of what identifies the served model: endpoint, name, reported revision."""
-    return S.content_id(self.endpoint, self.name, self._revision, prefix="")[:16]
+    """What identifies the served parameters: the checkpoint digest where the server
+    reports one (``rlds-lm serve`` does, so its episodes equal in-process ones), else a
+    digest of the served name and revision (not of the endpoint: a model restarted on
+    another port is the same model)."""
+    self._identify()
+    return self._digest or S.content_id(self.name, self._revision)[:16]
 
   def describe(self) -> dict[str, Any]:
+    self._identify()
     return {"backend": "openai", "endpoint": self.endpoint, "model": self.name,
             "revision": self._revision, "digest": self.digest,
             "tokenizer": getattr(self.tokenizer, "name", ""),
@@ -228,6 +235,27 @@ class OpenAIBackend(base.Backend):
 
   # -- checks ------------------------------------------------------------------------------
 
+  def _identify(self) -> None:
+    """Reads the served model's revision, digest and context from ``GET /models`` once;
+    refuses an endpoint that does not answer or does not serve ``model``."""
+    if self._identified:
+      return
+    try:
+      listing = self._call("GET", "/models")
+    except base.BackendError as e:
+      raise base.BackendError(f"the endpoint {self.endpoint} is not usable: {e}") from e
+    data = listing.get("data") if isinstance(listing, dict) else None
+    served = [m.get("id") for m in data or [] if isinstance(m, dict)]
+    if self.name not in served:
+      raise base.BackendError(f"the endpoint {self.endpoint} does not serve model "
+                              f"{self.name!r}; it serves {served}")
+    for m in data:
+      if isinstance(m, dict) and m.get("id") == self.name:
+        self._revision = str(m.get("revision") or m.get("root") or "")
+        self._digest = str(m.get("rlds_lm_digest") or "")
+        self.max_seq_len = self.max_seq_len or int(m.get("max_model_len") or 0)
+    self._identified = True
+
   def check(self, *, top_logprobs: int = 1, prompt_logprobs: int = 0) -> dict[str, Any]:
     """Refuses, with one clear message, an endpoint this backend cannot use.
 
@@ -235,18 +263,7 @@ class OpenAIBackend(base.Backend):
     behaviour log-probs with ``top_logprobs`` alternatives, and (``prompt_logprobs``)
     scores given tokens. Returns ``describe()``.
     """
-    try:
-      listing = self._call("GET", "/models")
-    except base.BackendError as e:
-      raise base.BackendError(f"the endpoint {self.endpoint} is not usable: {e}") from e
-    served = [m.get("id") for m in (listing or {}).get("data", []) if isinstance(m, dict)]
-    if self.name not in served:
-      raise base.BackendError(f"the endpoint {self.endpoint} does not serve model "
-                              f"{self.name!r}; it serves {served}")
-    for m in listing["data"]:
-      if m.get("id") == self.name:
-        self._revision = str(m.get("revision") or m.get("root") or "")
-        self.max_seq_len = self.max_seq_len or int(m.get("max_model_len") or 0)
+    self._identify()
     probe = [1] if not self.tokenizer else [int(getattr(self.tokenizer, "bos_id", 1))]
     gen = self._parse_sample(self._call("POST", "/completions", self._sample_body(
         probe, seed=0, sampler=None, max_new_tokens=1, top_logprobs=max(1, top_logprobs))),

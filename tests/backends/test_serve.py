@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import socket
 import subprocess
@@ -162,3 +163,35 @@ def test_refusals_are_openai_errors(served):
   with pytest.raises(BackendError, match="refused the API key"):
     os.environ["RLDS_LM_SERVE_TEST_KEY"] = "wrong"
     _client(endpoint, max_retries=0).check()
+
+
+def test_rollouts_helper_gives_the_same_episodes_over_http_and_in_process(served, tmp_path):
+  from rlds_lm import recorder as recorder_lib  # pylint: disable=g-import-not-at-top
+  from rlds_lm.backends import episodes  # pylint: disable=g-import-not-at-top
+  endpoint, inproc = served
+  tok = tokenizers.ByteTokenizer()
+  config = S.SchemaConfig(vocab_size=tok.vocab_size, teacher_top_k=4)
+  prompts = {f"p-{i}": f"{i} * 3 =" for i in range(3)}
+  kwargs = dict(tokenizer=tok, num_samples=2, max_new_tokens=8,
+                sampler=sampling.SamplerConfig(temperature=0.9))
+  client = _client(endpoint)
+  over_http = list(episodes.rollouts(client, prompts, config, teacher=client, **kwargs))
+  in_process = list(episodes.rollouts(inproc, prompts, config, teacher=inproc, **kwargs))
+  assert [e[S.EPISODE_ID] for e in over_http] == [e[S.EPISODE_ID] for e in in_process]
+  for h, p in zip(over_http, in_process):
+    hs, ps = h[S.STEPS][0], p[S.STEPS][0]
+    np.testing.assert_array_equal(hs[S.ACTION][S.ACT_TOKENS], ps[S.ACTION][S.ACT_TOKENS])
+    np.testing.assert_allclose(hs[S.ACTION_LOGPROBS], ps[S.ACTION_LOGPROBS], atol=1e-5)
+    teacher_h, teacher_p = hs[S.TEACHER], ps[S.TEACHER]
+    np.testing.assert_array_equal(teacher_h[S.TEACHER_TOPK_IDS], teacher_p[S.TEACHER_TOPK_IDS])
+    lineage = h[S.LINEAGE]
+    lineage = json.loads(lineage) if isinstance(lineage, str) else lineage
+    assert lineage["request"]["endpoint"] == endpoint
+    assert lineage["policy"]["backend"] == "openai" and "sk-test" not in json.dumps(lineage)
+  # They record and publish like any episodes.
+  with recorder_lib.Recorder(tmp_path / "log", config) as rec:
+    for episode in over_http:
+      rec.record(episode)
+  path = recorder_lib.publish_log(tmp_path / "log", data_dir=tmp_path / "data",
+                                  name="served_rollouts")
+  assert os.path.isdir(path)
