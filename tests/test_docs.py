@@ -50,6 +50,9 @@ COMMAND_BLOCKS = {
     ("quickstart.md", "rlds-lm quickstart --workdir"): "test_quickstart_doc_commands_run "
     "(--size small)",
     ("quickstart.md", "# After a quickstart"): "test_quickstart_doc_commands_run",
+    ("serving.md", "rlds-lm serve ckpt/policy"):
+        "tests/backends/test_serve.py's fixture runs `rlds-lm serve CKPT --port P --name N "
+        "--api_key_env NAME` on a tiny checkpoint",
 }
 
 
