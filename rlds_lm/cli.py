@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "(completions, chat, logprobs, prompt_logprobs)")
   serve.add_arguments(v)
   v.set_defaults(func=serve.serve)
+  from rlds_lm import annotate  # pylint: disable=g-import-not-at-top  (argparse only)
+  a = sub.add_parser("annotate", help="a local web app in which people judge the groups of "
+                     "a rollout dataset and write demonstrations (recorded as episodes)")
+  annotate.add_arguments(a)
+  a.set_defaults(func=annotate.run)
   return parser
 
 
