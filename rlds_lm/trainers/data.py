@@ -123,42 +123,38 @@ from rlds_lm import schema as S
 # Batch keys (see the module docstring for the contract).
 # --------------------------------------------------------------------------------------
 
-TOKENS = R.SEQ_TOKENS  # int32 [B, L]
-LOSS_MASK = R.SEQ_LOSS_MASK  # bool [B, L]
-BEHAVIOUR_LOGPROBS = R.SEQ_LOGPROBS  # float32 [B, L]
+# The per-token keys are the training-sequence keys of the schema (schema.SEQ_*), each
+# declared with the stored field it comes from (schema.step_specs, schema.token_fields).
+TOKENS = S.SEQ_TOKENS  # int32 [B, L]
+LOSS_MASK = S.SEQ_LOSS_MASK  # bool [B, L]
+BEHAVIOUR_LOGPROBS = S.SEQ_BEHAVIOUR_LOGPROBS  # float32 [B, L]
 SEGMENT_IDS = "segment_ids"  # int32 [B, L]: 1.. per sequence in the row, 0 on padding
 POSITIONS = "positions"  # int32 [B, L]: position within the segment, 0 on padding
-REWARD = R.SEQ_REWARD  # float32, per sequence: sum of step rewards
+REWARD = S.SEQ_REWARD  # float32, per sequence: sum of step rewards
 DATASET = "dataset"  # int32, per sequence: index in the mixture, -1 for an empty slot
 RECORD_INDEX = "record_index"  # int32, per sequence: record in its split, -1 when empty
-REWARDS = "rewards"  # float32, per sequence + [R]: named rewards summed over steps
-TOKEN_REWARDS = "token_rewards"  # float32 [B, L]
-THINKING_MASK = "thinking_mask"  # bool [B, L]
-TEACHER_TOKEN_LOGPROBS = "teacher_token_logprobs"  # float32 [B, L]
-TEACHER_TOPK_IDS = R.SEQ_TOPK_IDS  # int32 [B, L, K]
-TEACHER_TOPK_LOGPROBS = R.SEQ_TOPK_LOGPROBS  # float32 [B, L, K]
-TEACHER_SAMPLED_IDS = "teacher_sampled_ids"  # int32 [B, L, S]
-TEACHER_SAMPLED_COUNTS = "teacher_sampled_counts"  # int32 [B, L, S]
+REWARDS = S.SEQ_REWARDS  # float32, per sequence + [R]: named rewards summed over steps
+TOKEN_REWARDS = S.SEQ_TOKEN_REWARDS  # float32 [B, L]
+THINKING_MASK = S.SEQ_THINKING_MASK  # bool [B, L]
+TEACHER_TOKEN_LOGPROBS = S.SEQ_TEACHER_TOKEN_LOGPROBS  # float32 [B, L]
+TEACHER_TOPK_IDS = S.SEQ_TEACHER_TOPK_IDS  # int32 [B, L, K]
+TEACHER_TOPK_LOGPROBS = S.SEQ_TEACHER_TOPK_LOGPROBS  # float32 [B, L, K]
+TEACHER_SAMPLED_IDS = S.SEQ_TEACHER_SAMPLED_IDS  # int32 [B, L, S]
+TEACHER_SAMPLED_COUNTS = S.SEQ_TEACHER_SAMPLED_COUNTS  # int32 [B, L, S]
 
+# Every per-token field a rollout step may store, by batch key (the widths do not
+# matter here: a schema that stores each kind of teacher data).
+_TOKEN_FIELDS = S.token_fields(S.SchemaConfig(teacher_top_k=1, teacher_sampled_k=1))
 # Schema field names a trainer may `require` (or ask for as `optional`), and the batch
-# key each one fills. The action / observation tokens, behaviour log-probs and rewards
-# are in every rollout dataset; `rewards/<name>` asks for one named reward.
-_ALWAYS = {S.ACT_TOKENS: TOKENS, S.ACTION_LOGPROBS: BEHAVIOUR_LOGPROBS, S.REWARD: REWARD}
-_OPTIONAL = {
-    S.TOKEN_REWARDS: TOKEN_REWARDS,
-    S.ACT_THINKING_MASK: THINKING_MASK,
-    S.REWARDS: REWARDS,
-    S.TEACHER_TOKEN_LOGPROB: TEACHER_TOKEN_LOGPROBS,
-    S.TEACHER_TOPK_IDS: TEACHER_TOPK_IDS,
-    S.TEACHER_TOPK_LOGPROBS: TEACHER_TOPK_LOGPROBS,
-    S.TEACHER_SAMPLED_IDS: TEACHER_SAMPLED_IDS,
-    S.TEACHER_SAMPLED_COUNTS: TEACHER_SAMPLED_COUNTS,
-}
-FIELDS = tuple(_ALWAYS) + tuple(_OPTIONAL)  # what `require` / `optional` accept
+# key each one fills: the per-token fields, the primary reward and the named rewards
+# (`rewards/<name>` asks for one of them).
+_FIELD_KEYS = {**{f.name: key for key, f in _TOKEN_FIELDS.items()},
+               S.REWARD: REWARD, S.REWARDS: REWARDS}
+# In every batch: the action / observation tokens, behaviour log-probs and the reward.
+_ALWAYS = (S.ACT_TOKENS, S.ACTION_LOGPROBS, S.REWARD)
+FIELDS = tuple(_FIELD_KEYS)  # what `require` / `optional` accept
 # Keys copied token by token from a decoded sequence into its place in a row.
-_PER_TOKEN_KEYS = (TOKENS, LOSS_MASK, BEHAVIOUR_LOGPROBS, TOKEN_REWARDS, THINKING_MASK,
-                   TEACHER_TOKEN_LOGPROBS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS,
-                   TEACHER_SAMPLED_IDS, TEACHER_SAMPLED_COUNTS)
+_PER_TOKEN_KEYS = (LOSS_MASK, *_TOKEN_FIELDS)
 
 # Changing any of these changes the batches: they are part of the state fingerprint.
 _ALGORITHM = "rlds_lm.trainers.data/3"
@@ -487,75 +483,16 @@ class _Stream:
 
 
 # --------------------------------------------------------------------------------------
-# Decoding the fields RawSequenceDecoder does not produce.
-# --------------------------------------------------------------------------------------
-
-# key -> (schema path under steps, dtype, trailing shape from the SchemaConfig)
-_PER_TOKEN = {
-    TOKEN_REWARDS: ((S.TOKEN_REWARDS,), np.float32, lambda c: ()),
-    THINKING_MASK: ((S.ACTION, S.ACT_THINKING_MASK), np.bool_, lambda c: ()),
-    TEACHER_TOKEN_LOGPROBS: ((S.TEACHER, S.TEACHER_TOKEN_LOGPROB), np.float32, lambda c: ()),
-    TEACHER_SAMPLED_IDS: ((S.TEACHER, S.TEACHER_SAMPLED_IDS), np.int32,
-                          lambda c: (c.teacher_sampled_k,)),
-    TEACHER_SAMPLED_COUNTS: ((S.TEACHER, S.TEACHER_SAMPLED_COUNTS), np.int32,
-                             lambda c: (c.teacher_sampled_k,)),
-}
-
-
-class _ExtraDecoder:
-  """Per-token fields beyond RawSequenceDecoder's (placed the same way: action tokens of
-  each turn after its observation, cut at ``max_length``) and the named rewards."""
-
-  def __init__(self, max_length: int, fields: Mapping[str, tuple[str, Any, tuple[int, ...]]],
-               reward_names: Sequence[str]):
-    self.max_length = max_length
-    self.fields = dict(fields)  # batch key -> (feature key, dtype, trailing shape)
-    self.reward_keys = ["/".join((S.STEPS, S.REWARDS, name)) for name in reward_names]
-
-  def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
-    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
-
-    feature = tf_example_pb2.Example.FromString(raw).features.feature
-    length = self.max_length
-    out = {key: np.zeros((length,) + shape, dtype)
-           for key, (_, dtype, shape) in self.fields.items()}
-    per_step = {key: feature[name].bytes_list.value
-                for key, (name, _, _) in self.fields.items()}
-    pos = 0
-    steps = zip(feature[_OBS_TOKENS_KEY].bytes_list.value,
-                feature[_ACT_TOKENS_KEY].bytes_list.value)
-    for t, (obs, act) in enumerate(steps):
-      pos += min(len(obs) // 4, length - pos)
-      n = min(len(act) // 4, length - pos)
-      if n <= 0:
-        break
-      for key, (_, dtype, shape) in self.fields.items():
-        values = np.frombuffer(per_step[key][t], dtype, count=n * math.prod(shape))
-        out[key][pos:pos + n] = values.reshape((n,) + shape)
-      pos += n
-    if self.reward_keys:
-      out[REWARDS] = np.asarray(
-          [np.sum(np.asarray(feature[key].float_list.value, np.float32))
-           for key in self.reward_keys], np.float32)
-    return out
-
-
-# --------------------------------------------------------------------------------------
 # The pipeline.
 # --------------------------------------------------------------------------------------
 
 
 def _available(config: S.SchemaConfig) -> set[str]:
-  names = set(_ALWAYS) | {S.TOKEN_REWARDS, S.ACT_THINKING_MASK}
+  """The field names of :data:`FIELDS` (and ``rewards/<name>``) a dataset can fill."""
+  names = {field.name for field in S.token_fields(config).values()} | {S.REWARD}
   if config.reward_names:
     names.add(S.REWARDS)
     names.update(f"{S.REWARDS}/{name}" for name in config.reward_names)
-  if config.has_teacher:
-    names.add(S.TEACHER_TOKEN_LOGPROB)
-  if config.teacher_top_k:
-    names.update((S.TEACHER_TOPK_IDS, S.TEACHER_TOPK_LOGPROBS))
-  if config.teacher_sampled_k:
-    names.update((S.TEACHER_SAMPLED_IDS, S.TEACHER_SAMPLED_COUNTS))
   return names
 
 
@@ -662,13 +599,12 @@ class DataPipeline:
             f"({len(lengths)} records: {int(np.sum(lengths < 0))} invalid, "
             f"{int(np.sum(lengths == 0))} without tokens)")
       self._streams.append(stream)
-    k = self.teacher_top_k if TEACHER_TOPK_IDS in self._outputs else 0
-    self._decoders = [R.RawSequenceDecoder(config.max_length, pad_id=config.pad_id,
-                                           teacher_top_k=k) for _ in self._datasets]
-    extra = {key: ("/".join((S.STEPS,) + path), dtype, shape(self._datasets[0].schema))
-             for key, (path, dtype, shape) in _PER_TOKEN.items() if key in self._outputs}
-    names = self.reward_names if REWARDS in self._outputs else ()
-    self._extra = _ExtraDecoder(config.max_length, extra, names) if (extra or names) else None
+    # One decoder for every dataset: the fields and their widths agree (checked above).
+    self._fields = [field for key, field in S.token_fields(self._datasets[0].schema).items()
+                    if key in self._outputs]
+    self._decoder = R.RawSequenceDecoder(
+        config.max_length, pad_id=config.pad_id, fields=self._fields,
+        reward_names=self.reward_names if REWARDS in self._outputs else ())
 
   # -- validation ----------------------------------------------------------------------
 
@@ -727,9 +663,9 @@ class DataPipeline:
         wanted.discard(S.REWARDS)
         named = []
     self.reward_names = tuple(dict.fromkeys(named))
-    outputs = {TOKENS, LOSS_MASK, BEHAVIOUR_LOGPROBS, SEGMENT_IDS, POSITIONS, REWARD, DATASET,
-               RECORD_INDEX}
-    outputs.update(_OPTIONAL[n] for n in wanted if n in _OPTIONAL)
+    outputs = {LOSS_MASK, SEGMENT_IDS, POSITIONS, DATASET, RECORD_INDEX}
+    outputs.update(_FIELD_KEYS[n] for n in _ALWAYS)
+    outputs.update(_FIELD_KEYS[n] for n in wanted if n in _FIELD_KEYS)
     if TEACHER_TOPK_IDS in outputs or TEACHER_TOPK_LOGPROBS in outputs:
       outputs.update((TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS))  # decoded together
     if TEACHER_SAMPLED_IDS in outputs or TEACHER_SAMPLED_COUNTS in outputs:
@@ -765,13 +701,10 @@ class DataPipeline:
         POSITIONS: ((b, length), np.int32), REWARD: (per_seq, np.float32),
         DATASET: (per_seq, np.int32), RECORD_INDEX: (per_seq, np.int32),
         REWARDS: (per_seq + (len(self.reward_names),), np.float32),
-        TOKEN_REWARDS: ((b, length), np.float32), THINKING_MASK: ((b, length), np.bool_),
-        TEACHER_TOKEN_LOGPROBS: ((b, length), np.float32),
-        TEACHER_TOPK_IDS: ((b, length, self.teacher_top_k), np.int32),
-        TEACHER_TOPK_LOGPROBS: ((b, length, self.teacher_top_k), np.float32),
-        TEACHER_SAMPLED_IDS: ((b, length, self.teacher_sampled_k), np.int32),
-        TEACHER_SAMPLED_COUNTS: ((b, length, self.teacher_sampled_k), np.int32),
     }
+    # The per-token fields: [B, L] and each token's shape, as the schema declares them.
+    spec.update((field.key, ((b, length) + field.trailing, field.dtype))
+                for field in self._fields)
     return {k: (shape, np.dtype(dtype)) for k, (shape, dtype) in spec.items()
             if k in self._outputs}
 
@@ -828,9 +761,7 @@ class DataPipeline:
       offset = 0
       for s, (d, record) in enumerate(row):
         n = int(self._streams[d].lengths[record])
-        seq = self._decoders[d](raws[d, record])
-        if self._extra is not None:
-          seq.update(self._extra(raws[d, record]))
+        seq = self._decoder(raws[d, record])
         end = offset + n
         for key in per_token:
           out[key][b, offset:end] = seq[key][:n]
