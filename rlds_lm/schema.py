@@ -593,15 +593,10 @@ def _empty_step_metadata(config: SchemaConfig) -> dict[str, Any]:
 
 
 def empty_teacher(config: SchemaConfig, length: int) -> dict[str, np.ndarray]:
-  """Teacher arrays for ``length`` tokens, zero-filled (for the last step)."""
-  teacher = {TEACHER_TOKEN_LOGPROB: np.zeros(length, np.float32)}
-  if config.teacher_top_k:
-    teacher[TEACHER_TOPK_IDS] = np.zeros((length, config.teacher_top_k), np.int32)
-    teacher[TEACHER_TOPK_LOGPROBS] = np.zeros((length, config.teacher_top_k), np.float32)
-  if config.teacher_sampled_k:
-    teacher[TEACHER_SAMPLED_IDS] = np.zeros((length, config.teacher_sampled_k), np.int32)
-    teacher[TEACHER_SAMPLED_COUNTS] = np.zeros((length, config.teacher_sampled_k), np.int32)
-  return teacher
+  """Teacher arrays for ``length`` tokens, zero-filled (for the last step); empty when
+  ``config`` stores no teacher data."""
+  return {field.name: np.zeros((length,) + field.trailing, field.dtype)
+          for field in token_fields(config).values() if field.path[0] == TEACHER}
 
 
 def observation(config: SchemaConfig, tokens: Any, text: str = "", role: str = "prompt",
