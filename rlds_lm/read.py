@@ -351,6 +351,8 @@ class RawSequenceDecoder:
     # Flat feature keys of the serialised example: TFDS joins nested keys with "/".
     self._columns = [(f.key, _key(S.STEPS, *f.path), f.dtype, f.trailing,
                       math.prod(f.trailing)) for f in self.fields]
+    self._shapes = {f.key: ((max_length,) + f.trailing, f.dtype) for f in self.fields}
+    self._shapes[S.SEQ_LOSS_MASK] = ((max_length,), np.dtype(bool))
     self._rewards = [_key(S.STEPS, S.REWARDS, name) for name in self.reward_names]
     self._token_bytes = self.fields[0].dtype.itemsize  # the action tokens come first
 
@@ -360,8 +362,9 @@ class RawSequenceDecoder:
     feature = tf_example_pb2.Example.FromString(raw).features.feature
     length = self.max_length
     # Write each step's arrays straight into the padded outputs: one copy per array.
-    out = _empty_sequence(self.fields, length, self.pad_id)
+    out = {key: np.zeros(shape, dtype) for key, (shape, dtype) in self._shapes.items()}
     tokens, mask = out[S.SEQ_TOKENS], out[S.SEQ_LOSS_MASK]
+    tokens.fill(self.pad_id)
     columns = [(out[key], feature[name].bytes_list.value, dtype, trailing, width)
                for key, name, dtype, trailing, width in self._columns]
     steps = zip(feature[self._OBS].bytes_list.value, feature[self._ACT].bytes_list.value)
