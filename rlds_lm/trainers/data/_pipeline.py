@@ -17,10 +17,10 @@ import numpy as np
 from rlds_lm import read as R
 from rlds_lm import schema as S
 from rlds_lm.trainers.data._contract import (
-    _ALGORITHM, _ALWAYS, _FIELD_KEYS, _PER_TOKEN_KEYS, BEHAVIOUR_LOGPROBS, DATASET, FIELDS,
-    LOSS_MASK, POSITIONS, RECORD_INDEX, REWARD, REWARDS, SEGMENT_IDS, TEACHER_SAMPLED_IDS,
-    TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS, TEACHER_SAMPLED_COUNTS, TOKENS, DataConfig,
-    DataMismatchError, Datasets, StateMismatchError)
+    _ALGORITHM, _ALWAYS, _FIELD_KEYS, _PER_TOKEN_KEYS, DATASET, FIELDS, LOSS_MASK, POSITIONS,
+    RECORD_INDEX, REWARD, REWARDS, SEGMENT_IDS, TEACHER_SAMPLED_COUNTS, TEACHER_SAMPLED_IDS,
+    TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS, TOKENS, DataConfig, DataMismatchError, Datasets,
+    StateMismatchError)
 from rlds_lm.trainers.data._index import _Dataset, _index
 from rlds_lm.trainers.data._mixture import _Mixture, _weight_parts
 from rlds_lm.trainers.data._plan import _Stream
@@ -238,16 +238,14 @@ class DataPipeline:
     """``{key: (shape, dtype)}`` of this process's batches."""
     b, length = self.local_batch_size, self.config.max_length
     per_seq = (b, self.config.max_segments) if self.config.packing else (b,)
-    spec = {
-        TOKENS: ((b, length), np.int32), LOSS_MASK: ((b, length), np.bool_),
-        BEHAVIOUR_LOGPROBS: ((b, length), np.float32), SEGMENT_IDS: ((b, length), np.int32),
+    # The stored per-token fields: [B, L] and each token's shape, as the schema declares.
+    spec = {field.key: ((b, length) + field.trailing, field.dtype) for field in self._fields}
+    spec.update({
+        LOSS_MASK: ((b, length), np.bool_), SEGMENT_IDS: ((b, length), np.int32),
         POSITIONS: ((b, length), np.int32), REWARD: (per_seq, np.float32),
         DATASET: (per_seq, np.int32), RECORD_INDEX: (per_seq, np.int32),
         REWARDS: (per_seq + (len(self.reward_names),), np.float32),
-    }
-    # The per-token fields: [B, L] and each token's shape, as the schema declares them.
-    spec.update((field.key, ((b, length) + field.trailing, field.dtype))
-                for field in self._fields)
+    })
     return {k: (shape, np.dtype(dtype)) for k, (shape, dtype) in spec.items()
             if k in self._outputs}
 
