@@ -68,6 +68,12 @@ key                        dtype     shape          meaning
 The first eight keys are always there; the others when required or available (see
 :class:`DataPipeline`). A sequence longer than ``max_length`` is cut at ``max_length``, as
 :func:`rlds_lm.read.episode_to_sequence` does; a padded row equals that function's output.
+The per-token keys besides ``loss_mask``, ``segment_ids`` and ``positions`` are the stored
+per-token action fields, declared once in the schema's field table with the key each fills
+(:func:`rlds_lm.schema.token_fields`: ``action/tokens`` -> ``tokens``, ``action_logprobs``
+-> ``behaviour_logprobs``, ``teacher/topk_ids`` -> ``teacher_topk_ids``, ...): their
+dtypes and widths come from there, and one decoder (:class:`rlds_lm.read.RawSequenceDecoder`)
+reads them all in one parse of each record.
 
 **The packing contract a model must honour** (:func:`attention_mask` and
 :func:`target_mask` implement it and work on NumPy and JAX arrays alike):
