@@ -12,8 +12,9 @@ For tf.data and ``rlds.transformations`` see :mod:`rlds_lm.transforms`.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -226,31 +227,69 @@ def token_view(episode: Mapping[str, Any]) -> list[dict[str, Any]]:
 # Training sequences and padded batches.
 # --------------------------------------------------------------------------------------
 
-SEQ_TOKENS = "tokens"  # int32 [L]: prompt and completion tokens, padded with pad_id
-SEQ_LOSS_MASK = "loss_mask"  # bool [L]: True on action (model) tokens
-SEQ_LOGPROBS = "behaviour_logprobs"  # float32 [L]: behaviour log-probs (0 off-action)
-SEQ_TOPK_IDS = "teacher_topk_ids"  # int32 [L, K]
-SEQ_TOPK_LOGPROBS = "teacher_topk_logprobs"  # float32 [L, K]
-SEQ_REWARD = "reward"  # float32 []: sum of step rewards
+# The sequence keys (schema.SEQ_*; the per-token ones are declared with their fields in
+# schema.step_specs, see schema.token_fields).
+SEQ_TOKENS = S.SEQ_TOKENS  # int32 [L]: prompt and completion tokens, padded with pad_id
+SEQ_LOSS_MASK = S.SEQ_LOSS_MASK  # bool [L]: True on action (model) tokens
+SEQ_LOGPROBS = S.SEQ_BEHAVIOUR_LOGPROBS  # float32 [L]: behaviour log-probs (0 off-action)
+SEQ_TOPK_IDS = S.SEQ_TEACHER_TOPK_IDS  # int32 [L, K]
+SEQ_TOPK_LOGPROBS = S.SEQ_TEACHER_TOPK_LOGPROBS  # float32 [L, K]
+SEQ_REWARD = S.SEQ_REWARD  # float32 []: sum of step rewards
+SEQ_REWARDS = S.SEQ_REWARDS  # float32 [R]: named rewards, each summed over the steps
+
+# What a decoder produces unless told otherwise (with `teacher_top_k`, the top-k too).
+_DEFAULT_KEYS = (S.SEQ_TOKENS, S.SEQ_BEHAVIOUR_LOGPROBS, S.SEQ_TEACHER_TOPK_IDS,
+                 S.SEQ_TEACHER_TOPK_LOGPROBS)
+
+
+def sequence_fields(fields: Iterable[S.TokenField] | None = None, *,
+                    teacher_top_k: int = 0) -> tuple[S.TokenField, ...]:
+  """The per-token fields a decoder writes: ``fields`` (values of
+  :func:`rlds_lm.schema.token_fields`) with the action tokens first; by default the action
+  tokens and behaviour log-probs, and the teacher top-k when ``teacher_top_k > 0``."""
+  if fields is None:
+    # Only the widths matter here: a schema storing a top-k of that width.
+    table = S.token_fields(S.SchemaConfig(vocab_size=max(teacher_top_k, 1),
+                                          teacher_top_k=teacher_top_k))
+    fields = [table[key] for key in _DEFAULT_KEYS if key in table]
+  elif teacher_top_k:
+    raise ValueError("sequence_fields: pass teacher_top_k or fields, not both (the fields "
+                     "carry their widths)")
+  tokens = S.token_fields(S.SchemaConfig())[S.SEQ_TOKENS]
+  by_key = {tokens.key: tokens}
+  by_key.update((field.key, field) for field in fields)
+  return tuple(by_key.values())
+
+
+def _empty_sequence(fields: Sequence[S.TokenField], length: int,
+                    pad_id: int) -> dict[str, np.ndarray]:
+  out = {S.SEQ_TOKENS: np.full(length, pad_id, np.int32),
+         S.SEQ_LOSS_MASK: np.zeros(length, bool)}
+  for field in fields:
+    if field.key != S.SEQ_TOKENS:
+      out[field.key] = np.zeros((length,) + field.trailing, field.dtype)
+  return out
 
 
 def episode_to_sequence(record: Mapping[str, Any], max_length: int, *, pad_id: int = 0,
-                        teacher_top_k: int = 0) -> dict[str, np.ndarray]:
+                        teacher_top_k: int = 0, fields: Iterable[S.TokenField] | None = None,
+                        reward_names: Sequence[str] = ()) -> dict[str, np.ndarray]:
   """Flattens one episode into fixed-length training arrays.
 
   Tokens are the concatenation, turn by turn, of observation and action tokens, cut at
-  ``max_length``; ``reward`` sums every step's reward (not cut).
+  ``max_length``; each per-token field (:func:`sequence_fields` of ``fields`` and
+  ``teacher_top_k``) is placed on its action tokens, 0 elsewhere. ``reward`` sums every
+  step's reward (not cut), ``rewards`` each of ``reward_names`` (when given).
   """
+  fields = sequence_fields(fields, teacher_top_k=teacher_top_k)
   steps = record[S.STEPS]
-  tokens = np.full(max_length, pad_id, np.int32)
-  mask = np.zeros(max_length, bool)
-  logprobs = np.zeros(max_length, np.float32)
-  if teacher_top_k:
-    topk_ids = np.zeros((max_length, teacher_top_k), np.int32)
-    topk_lp = np.zeros((max_length, teacher_top_k), np.float32)
+  out = _empty_sequence(fields, max_length, pad_id)
+  tokens, mask = out[S.SEQ_TOKENS], out[S.SEQ_LOSS_MASK]
   # The reward is the whole episode's, also when its tokens are truncated.
   reward = np.float32(np.sum([np.float32(steps[i][S.REWARD]) for i in range(len(steps))],
                              dtype=np.float32))
+  rewards = [np.sum([np.float32(steps[i][S.REWARDS][name]) for i in range(len(steps))],
+                    dtype=np.float32) for name in reward_names]
   pos = 0
   for i in range(len(steps)):
     step = steps[i]
@@ -258,23 +297,17 @@ def episode_to_sequence(record: Mapping[str, Any], max_length: int, *, pad_id: i
     take = min(obs.shape[0], max_length - pos)
     tokens[pos:pos + take] = obs[:take]
     pos += take
-    act = step[S.ACTION][S.ACT_TOKENS]
-    take = min(act.shape[0], max_length - pos)
+    take = min(step[S.ACTION][S.ACT_TOKENS].shape[0], max_length - pos)
     if take > 0:
-      tokens[pos:pos + take] = act[:take]
       mask[pos:pos + take] = True
-      logprobs[pos:pos + take] = step[S.ACTION_LOGPROBS][:take]
-      if teacher_top_k:
-        topk_ids[pos:pos + take] = step[S.TEACHER][S.TEACHER_TOPK_IDS][:take]
-        topk_lp[pos:pos + take] = step[S.TEACHER][S.TEACHER_TOPK_LOGPROBS][:take]
+      for field in fields:
+        out[field.key][pos:pos + take] = field.get(step)[:take]
       pos += take
     if pos >= max_length:
       break
-  out = {SEQ_TOKENS: tokens, SEQ_LOSS_MASK: mask, SEQ_LOGPROBS: logprobs,
-         SEQ_REWARD: reward}
-  if teacher_top_k:
-    out[SEQ_TOPK_IDS] = topk_ids
-    out[SEQ_TOPK_LOGPROBS] = topk_lp
+  out[S.SEQ_REWARD] = reward
+  if reward_names:
+    out[S.SEQ_REWARDS] = np.asarray(rewards, np.float32)
   return out
 
 
@@ -284,69 +317,79 @@ def _key(*parts: str) -> str:
 
 class RawSequenceDecoder:
   """Serialized episode (tf.train.Example bytes) -> the arrays of
-  :func:`episode_to_sequence`, reading only the fields a trainer needs.
+  :func:`episode_to_sequence`, reading only the fields asked for.
 
-  The training fast path: TFDS' generic decoding materialises every field of every step
-  (texts, images, rewards) through Python; this parses the record once and turns the
-  per-step byte strings of the needed per-token arrays into numpy views. Picklable, so
-  Grain worker processes can use it. ``episode_to_sequence(materialize(record))`` gives
-  the same arrays (tests/test_read.py checks both against an independent flattening).
+  The training fast path (the readers' :func:`grain_batches` and the trainers' input
+  pipeline): TFDS' generic decoding materialises every field of every step (texts,
+  images, rewards) through Python; this parses the record once and turns the per-step
+  byte strings of the wanted per-token arrays into numpy views, laid out by the schema's
+  field table (:func:`rlds_lm.schema.token_fields`). Picklable, so Grain worker processes
+  can use it. ``episode_to_sequence(materialize(record), ...)`` with the same arguments
+  gives the same arrays (tests/test_read.py checks both against an independent
+  flattening).
+
+  Args:
+    max_length: length ``L`` of the arrays; longer sequences are cut.
+    pad_id: token id after the end.
+    teacher_top_k: with the default fields, also the teacher top-k of this width.
+    fields: the per-token fields to decode (values of :func:`rlds_lm.schema.token_fields`
+      of the dataset's config); None: see :func:`sequence_fields`.
+    reward_names: named rewards to sum over the steps into ``rewards`` (in this order).
   """
 
   _OBS = _key(S.STEPS, S.OBSERVATION, S.OBS_TOKENS)
   _ACT = _key(S.STEPS, S.ACTION, S.ACT_TOKENS)
-  _LOGPROBS = _key(S.STEPS, S.ACTION_LOGPROBS)
   _REWARD = _key(S.STEPS, S.REWARD)
-  _TOPK_IDS = _key(S.STEPS, S.TEACHER, S.TEACHER_TOPK_IDS)
-  _TOPK_LOGPROBS = _key(S.STEPS, S.TEACHER, S.TEACHER_TOPK_LOGPROBS)
 
-  def __init__(self, max_length: int, *, pad_id: int = 0, teacher_top_k: int = 0):
+  def __init__(self, max_length: int, *, pad_id: int = 0, teacher_top_k: int = 0,
+               fields: Iterable[S.TokenField] | None = None,
+               reward_names: Sequence[str] = ()):
     self.max_length = max_length
     self.pad_id = pad_id
-    self.teacher_top_k = teacher_top_k
+    self.fields = sequence_fields(fields, teacher_top_k=teacher_top_k)
+    self.reward_names = tuple(reward_names)
+    # Flat feature keys of the serialised example: TFDS joins nested keys with "/".
+    self._columns = [(f.key, _key(S.STEPS, *f.path), f.dtype, f.trailing,
+                      math.prod(f.trailing)) for f in self.fields]
+    self._shapes = {f.key: ((max_length,) + f.trailing, f.dtype) for f in self.fields}
+    self._shapes[S.SEQ_LOSS_MASK] = ((max_length,), np.dtype(bool))
+    self._rewards = [_key(S.STEPS, S.REWARDS, name) for name in self.reward_names]
+    self._token_bytes = self.fields[0].dtype.itemsize  # the action tokens come first
 
   def __call__(self, raw: bytes) -> dict[str, np.ndarray]:
     from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
 
     feature = tf_example_pb2.Example.FromString(raw).features.feature
-    length, k = self.max_length, self.teacher_top_k
+    length = self.max_length
     # Write each step's arrays straight into the padded outputs: one copy per array.
-    tokens = np.full(length, self.pad_id, np.int32)
-    mask = np.zeros(length, bool)
-    logprobs = np.zeros(length, np.float32)
-    if k:
-      ids = np.zeros((length, k), np.int32)
-      lps = np.zeros((length, k), np.float32)
-      ids_bytes = feature[self._TOPK_IDS].bytes_list.value
-      lps_bytes = feature[self._TOPK_LOGPROBS].bytes_list.value
-    steps = zip(feature[self._OBS].bytes_list.value, feature[self._ACT].bytes_list.value,
-                feature[self._LOGPROBS].bytes_list.value)
+    out = {key: np.zeros(shape, dtype) for key, (shape, dtype) in self._shapes.items()}
+    tokens, mask = out[S.SEQ_TOKENS], out[S.SEQ_LOSS_MASK]
+    tokens.fill(self.pad_id)
+    columns = [(out[key], feature[name].bytes_list.value, dtype, trailing, width)
+               for key, name, dtype, trailing, width in self._columns]
+    steps = zip(feature[self._OBS].bytes_list.value, feature[self._ACT].bytes_list.value)
     pos = 0
-    for t, (obs, act, lp) in enumerate(steps):
+    for t, (obs, act) in enumerate(steps):
       obs = np.frombuffer(obs, np.int32)
       n = min(obs.size, length - pos)
       tokens[pos:pos + n] = obs[:n]
       pos += n
-      n = min(len(act) // 4, length - pos)
+      n = min(len(act) // self._token_bytes, length - pos)
       if n > 0:  # a turn without action tokens (e.g. the last) adds its observation only
         end = pos + n
-        tokens[pos:end] = np.frombuffer(act, np.int32, count=n)
         mask[pos:end] = True
-        logprobs[pos:end] = np.frombuffer(lp, np.float32, count=n)
-        if k:
-          ids[pos:end] = np.frombuffer(ids_bytes[t], np.int32, count=n * k).reshape(n, k)
-          lps[pos:end] = np.frombuffer(lps_bytes[t], np.float32, count=n * k).reshape(n, k)
+        for array, per_step, dtype, trailing, width in columns:
+          values = np.frombuffer(per_step[t], dtype, count=n * width)
+          array[pos:end] = values.reshape((n,) + trailing) if trailing else values
         pos = end
       if pos >= length:
         break
-    out = {
-        SEQ_TOKENS: tokens, SEQ_LOSS_MASK: mask, SEQ_LOGPROBS: logprobs,
-        SEQ_REWARD: np.float32(np.sum(np.asarray(feature[self._REWARD].float_list.value,
-                                                 np.float32))),
-    }
-    if k:
-      out[SEQ_TOPK_IDS] = ids
-      out[SEQ_TOPK_LOGPROBS] = lps
+    out[S.SEQ_REWARD] = np.float32(np.sum(np.asarray(feature[self._REWARD].float_list.value,
+                                                     np.float32)))
+    if self._rewards:
+      out[S.SEQ_REWARDS] = np.asarray(
+          [np.sum(np.asarray(feature[key].float_list.value, np.float32))
+           for key in self._rewards], np.float32)
     return out
 
 

@@ -104,6 +104,23 @@ TASK = "task"  # string: task name, e.g. "arithmetic".
 INVALID = "invalid"  # bool: the episode is kept for the record but must not be trained on.
 LINEAGE = "lineage"  # string: JSON object saying where the episode came from.
 
+# Training sequences: a rollout flattened into padded arrays of L tokens (the observation
+# and action tokens turn by turn, cut at L), as rlds_lm.read's decoders and the trainers'
+# batches (rlds_lm.trainers.data) hold it. Each per-token action field names the key it
+# fills in its FieldSpec (`sequence`); see token_fields.
+SEQ_TOKENS = "tokens"  # int32 [L]: observation and action tokens; pad_id after the end.
+SEQ_LOSS_MASK = "loss_mask"  # bool [L]: True on action (policy) tokens.
+SEQ_BEHAVIOUR_LOGPROBS = "behaviour_logprobs"  # float32 [L]: ACTION_LOGPROBS; 0 off-action.
+SEQ_TOKEN_REWARDS = "token_rewards"  # float32 [L]: TOKEN_REWARDS; 0 off-action.
+SEQ_THINKING_MASK = "thinking_mask"  # bool [L]: ACT_THINKING_MASK; False off-action.
+SEQ_TEACHER_TOKEN_LOGPROBS = "teacher_token_logprobs"  # float32 [L]: TEACHER_TOKEN_LOGPROB.
+SEQ_TEACHER_TOPK_IDS = "teacher_topk_ids"  # int32 [L, K]: TEACHER_TOPK_IDS; 0 off-action.
+SEQ_TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"  # float32 [L, K]: their log-probs.
+SEQ_TEACHER_SAMPLED_IDS = "teacher_sampled_ids"  # int32 [L, S]: TEACHER_SAMPLED_IDS.
+SEQ_TEACHER_SAMPLED_COUNTS = "teacher_sampled_counts"  # int32 [L, S]: their draw counts.
+SEQ_REWARD = "reward"  # float32 []: REWARD summed over all steps (also when cut).
+SEQ_REWARDS = "rewards"  # float32 [R]: each named reward summed over all steps.
+
 ROLLOUT = "rollout"
 PREFERENCE = "preference"
 EPISODE_KINDS = (ROLLOUT, PREFERENCE)
@@ -199,12 +216,15 @@ class FieldSpec:
 
   ``shape`` uses ``"T"`` for the per-token length of the step's action, ``"T_obs"``
   for the observation length, ``None`` for another free length, ints for fixed sizes.
+  A per-token action field (shape ``("T", ...)``) names in ``sequence`` the key of the
+  training-sequence array it fills (``SEQ_*``; see :func:`token_fields`).
   """
 
   dtype: str  # numpy dtype name, or "string"
   shape: tuple[Any, ...] = ()
   doc: str = ""
   kind: str = ""  # "token", "logprob", "mask" ... drives value checks
+  sequence: str = ""  # SEQ_* key this per-token action field fills; "" for none
 
   @property
   def is_string(self) -> bool:
@@ -248,29 +268,37 @@ def step_specs(config: SchemaConfig) -> dict[str, Any]:
   step: dict[str, Any] = {
       OBSERVATION: _rollout_observation_specs(config),
       ACTION: {
-          ACT_TOKENS: FieldSpec("int32", ("T",), "generated token ids", "token"),
+          ACT_TOKENS: FieldSpec("int32", ("T",), "generated token ids", "token", SEQ_TOKENS),
           ACT_TEXT: FieldSpec("string", (), "the turn as text"),
-          ACT_THINKING_MASK: FieldSpec("bool", ("T",), "thinking tokens"),
+          ACT_THINKING_MASK: FieldSpec("bool", ("T",), "thinking tokens", "",
+                                       SEQ_THINKING_MASK),
       },
       **scalar,
-      ACTION_LOGPROBS: FieldSpec("float32", ("T",), "behaviour log-probs", "logprob"),
-      TOKEN_REWARDS: FieldSpec("float32", ("T",), "per-token rewards", "finite"),
+      ACTION_LOGPROBS: FieldSpec("float32", ("T",), "behaviour log-probs", "logprob",
+                                 SEQ_BEHAVIOUR_LOGPROBS),
+      TOKEN_REWARDS: FieldSpec("float32", ("T",), "per-token rewards", "finite",
+                               SEQ_TOKEN_REWARDS),
   }
   if config.reward_names:  # an empty FeaturesDict inside steps makes TFDS unreadable
     step[REWARDS] = {name: FieldSpec("float32", (), f"reward {name}", "finite")
                      for name in config.reward_names}
   if config.has_teacher:
     teacher: dict[str, FieldSpec] = {
-        TEACHER_TOKEN_LOGPROB: FieldSpec("float32", ("T",), "teacher log p(token)", "logprob"),
+        TEACHER_TOKEN_LOGPROB: FieldSpec("float32", ("T",), "teacher log p(token)", "logprob",
+                                         SEQ_TEACHER_TOKEN_LOGPROBS),
     }
     if config.teacher_top_k:
       k = config.teacher_top_k
-      teacher[TEACHER_TOPK_IDS] = FieldSpec("int32", ("T", k), "top-k ids", "token")
-      teacher[TEACHER_TOPK_LOGPROBS] = FieldSpec("float32", ("T", k), "top-k log-probs", "topk")
+      teacher[TEACHER_TOPK_IDS] = FieldSpec("int32", ("T", k), "top-k ids", "token",
+                                            SEQ_TEACHER_TOPK_IDS)
+      teacher[TEACHER_TOPK_LOGPROBS] = FieldSpec("float32", ("T", k), "top-k log-probs",
+                                                 "topk", SEQ_TEACHER_TOPK_LOGPROBS)
     if config.teacher_sampled_k:
       s = config.teacher_sampled_k
-      teacher[TEACHER_SAMPLED_IDS] = FieldSpec("int32", ("T", s), "sampled ids", "token")
-      teacher[TEACHER_SAMPLED_COUNTS] = FieldSpec("int32", ("T", s), "draw counts", "counts")
+      teacher[TEACHER_SAMPLED_IDS] = FieldSpec("int32", ("T", s), "sampled ids", "token",
+                                               SEQ_TEACHER_SAMPLED_IDS)
+      teacher[TEACHER_SAMPLED_COUNTS] = FieldSpec("int32", ("T", s), "draw counts", "counts",
+                                                  SEQ_TEACHER_SAMPLED_COUNTS)
     step[TEACHER] = teacher
   return step
 
@@ -312,6 +340,56 @@ def iter_specs(specs: Mapping[str, Any], prefix: str = ""):
       yield path, value
     else:
       yield from iter_specs(value, path + "/")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenField:
+  """A per-token action field of a rollout step, as it fills a training sequence.
+
+  Attributes:
+    path: the keys leading to it within a step, e.g. ``(TEACHER, TEACHER_TOPK_IDS)``.
+    spec: its :class:`FieldSpec` (shape ``("T", ...)``, ``sequence`` set).
+  """
+
+  path: tuple[str, ...]
+  spec: FieldSpec
+
+  @property
+  def name(self) -> str:
+    """The field's own name (``path[-1]``), e.g. ``TEACHER_TOPK_IDS``."""
+    return self.path[-1]
+
+  @property
+  def key(self) -> str:
+    """The ``SEQ_*`` key of the sequence array it fills."""
+    return self.spec.sequence
+
+  @property
+  def dtype(self) -> np.dtype:
+    return np.dtype(self.spec.dtype)
+
+  @property
+  def trailing(self) -> tuple[int, ...]:
+    """Shape of one token's value: ``()``, or ``(K,)`` / ``(S,)`` for teacher rows."""
+    return tuple(self.spec.shape[1:])
+
+  def get(self, step: Mapping[str, Any]) -> Any:
+    """This field's value in a step dict."""
+    for key in self.path:
+      step = step[key]
+    return step
+
+
+def token_fields(config: SchemaConfig) -> dict[str, TokenField]:
+  """The per-token action fields that ``config``'s steps store, by ``SEQ_*`` key.
+
+  The one description of a training sequence's per-token arrays: their dtypes and
+  trailing shapes come from :func:`step_specs`, so readers and trainers derive their
+  layout from here. Empty for preference episodes. The loss mask (True on action tokens)
+  is not stored; the observation tokens fill ``SEQ_TOKENS`` beside the action tokens.
+  """
+  return {spec.sequence: TokenField(tuple(path.split("/")), spec)
+          for path, spec in iter_specs(step_specs(config)) if spec.sequence}
 
 
 # --------------------------------------------------------------------------------------
@@ -515,15 +593,10 @@ def _empty_step_metadata(config: SchemaConfig) -> dict[str, Any]:
 
 
 def empty_teacher(config: SchemaConfig, length: int) -> dict[str, np.ndarray]:
-  """Teacher arrays for ``length`` tokens, zero-filled (for the last step)."""
-  teacher = {TEACHER_TOKEN_LOGPROB: np.zeros(length, np.float32)}
-  if config.teacher_top_k:
-    teacher[TEACHER_TOPK_IDS] = np.zeros((length, config.teacher_top_k), np.int32)
-    teacher[TEACHER_TOPK_LOGPROBS] = np.zeros((length, config.teacher_top_k), np.float32)
-  if config.teacher_sampled_k:
-    teacher[TEACHER_SAMPLED_IDS] = np.zeros((length, config.teacher_sampled_k), np.int32)
-    teacher[TEACHER_SAMPLED_COUNTS] = np.zeros((length, config.teacher_sampled_k), np.int32)
-  return teacher
+  """Teacher arrays for ``length`` tokens, zero-filled (for the last step); empty when
+  ``config`` stores no teacher data."""
+  return {field.name: np.zeros((length,) + field.trailing, field.dtype)
+          for field in token_fields(config).values() if field.path[0] == TEACHER}
 
 
 def observation(config: SchemaConfig, tokens: Any, text: str = "", role: str = "prompt",

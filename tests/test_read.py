@@ -188,3 +188,77 @@ def test_fast_decoder_equals_generic_flattening_when_truncated(tmp_path):
       generic = R.episode_to_sequence(R.materialize(decoded[i]), length,
                                       teacher_top_k=ROLLOUT.teacher_top_k)
       T.assert_episodes_equal(fast, generic)
+
+
+def _flatten_by_concatenation(episode, length: int, reward_names) -> dict[str, np.ndarray]:
+  """Every per-token field of ROLLOUT, flattened independently of the readers: whole
+  turns concatenated (observation then action), then cut and padded to ``length``."""
+  def fit(parts, dtype, trailing=()):
+    array = np.concatenate([np.asarray(p, dtype).reshape((-1,) + trailing) for p in parts])
+    out = np.zeros((length,) + trailing, dtype)
+    out[:min(length, len(array))] = array[:length]
+    return out
+
+  steps = episode[S.STEPS]
+  k, s = ROLLOUT.teacher_top_k, ROLLOUT.teacher_sampled_k
+  per_token = {  # key: (value of a step, dtype, trailing shape)
+      S.SEQ_BEHAVIOUR_LOGPROBS: (lambda st: st[S.ACTION_LOGPROBS], np.float32, ()),
+      S.SEQ_TOKEN_REWARDS: (lambda st: st[S.TOKEN_REWARDS], np.float32, ()),
+      S.SEQ_THINKING_MASK: (lambda st: st[S.ACTION][S.ACT_THINKING_MASK], bool, ()),
+      S.SEQ_TEACHER_TOKEN_LOGPROBS: (lambda st: st[S.TEACHER][S.TEACHER_TOKEN_LOGPROB],
+                                     np.float32, ()),
+      S.SEQ_TEACHER_TOPK_IDS: (lambda st: st[S.TEACHER][S.TEACHER_TOPK_IDS], np.int32, (k,)),
+      S.SEQ_TEACHER_TOPK_LOGPROBS: (lambda st: st[S.TEACHER][S.TEACHER_TOPK_LOGPROBS],
+                                    np.float32, (k,)),
+      S.SEQ_TEACHER_SAMPLED_IDS: (lambda st: st[S.TEACHER][S.TEACHER_SAMPLED_IDS],
+                                  np.int32, (s,)),
+      S.SEQ_TEACHER_SAMPLED_COUNTS: (lambda st: st[S.TEACHER][S.TEACHER_SAMPLED_COUNTS],
+                                     np.int32, (s,)),
+  }
+  obs = [st[S.OBSERVATION][S.OBS_TOKENS] for st in steps]
+  act = [st[S.ACTION][S.ACT_TOKENS] for st in steps]
+  out = {S.SEQ_TOKENS: fit([t for pair in zip(obs, act) for t in pair], np.int32),
+         S.SEQ_LOSS_MASK: fit([m for o, a in zip(obs, act)
+                               for m in (np.zeros(len(o)), np.ones(len(a)))], bool)}
+  for key, (value, dtype, trailing) in per_token.items():
+    out[key] = fit([v for o, st in zip(obs, steps)
+                    for v in (np.zeros((len(o),) + trailing), value(st))], dtype, trailing)
+  out[S.SEQ_REWARD] = np.float32(sum(float(st[S.REWARD]) for st in steps))
+  out[S.SEQ_REWARDS] = np.asarray([sum(float(st[S.REWARDS][n]) for st in steps)
+                                   for n in reward_names], np.float32)
+  return out
+
+
+def test_one_decoder_reads_every_per_token_field_of_the_schema_table(tmp_path):
+  from rlds_lm import publish as P
+  from rlds_lm import validate as V
+  episodes = [V.validate_episode(T.fake_rollout(ROLLOUT, seed=i, turns=1 + i % 3,
+                                                prompt_len=i % 4, thinking=i % 2 == 0),
+                                 ROLLOUT) for i in range(5)]
+  path = P.publish({"train": episodes}, data_dir=tmp_path, name="fields", config=ROLLOUT)
+  raw = R.open_builder(path).as_data_source(
+      "train", file_format="array_record",
+      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  decoded = R.data_source(path)
+  by_id = {e[S.EPISODE_ID]: e for e in episodes}
+  fields = S.token_fields(ROLLOUT).values()
+  names = ("entailment", "correct")  # any order, any subset
+  for length in (5, 11, 40):
+    decoder = pickle.loads(pickle.dumps(  # Grain workers get a pickled copy
+        R.RawSequenceDecoder(length, fields=fields, reward_names=names)))
+    for i in range(len(raw)):
+      fast = decoder(raw[i])
+      generic = R.episode_to_sequence(R.materialize(decoded[i]), length, fields=fields,
+                                      reward_names=names)
+      T.assert_episodes_equal(fast, generic)
+      episode = by_id[decoded[i][S.EPISODE_ID].decode()]  # records are in content order
+      expected = _flatten_by_concatenation(episode, length, names)
+      assert sorted(fast) == sorted(expected)
+      for key, value in expected.items():
+        assert fast[key].dtype == value.dtype, key
+        np.testing.assert_allclose(fast[key], value, rtol=1e-6, err_msg=key)
+  # The default stays the lean training sequence: no other field, no named rewards.
+  assert sorted(R.RawSequenceDecoder(8)(raw[0])) == sorted(
+      (S.SEQ_TOKENS, S.SEQ_LOSS_MASK, S.SEQ_BEHAVIOUR_LOGPROBS, S.SEQ_REWARD))
+  with pytest.raises(ValueError, match="not both"):
+    R.RawSequenceDecoder(8, teacher_top_k=4, fields=fields)

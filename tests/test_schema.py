@@ -86,3 +86,37 @@ def test_teacher_schema_refuses_turns_without_teacher_data():
   obs = S.observation(ROLLOUT, [1], "q")
   with pytest.raises(ValueError, match="turn 0 has no teacher data"):
     S.rollout_episode(ROLLOUT, [S.Turn(obs, [4])], prompt_id="p")
+
+
+@pytest.mark.parametrize("config", [ROLLOUT, AGENTIC, S.SchemaConfig(), PREFERENCE],
+                         ids=["rollout", "agentic", "default", "preference"])
+def test_token_fields_are_the_per_token_action_fields_of_the_step_table(config):
+  fields = S.token_fields(config)
+  per_token = {path: spec for path, spec in S.iter_specs(S.step_specs(config))
+               if spec.shape[:1] == ("T",)}
+  assert {"/".join(field.path): field.spec for field in fields.values()} == per_token
+  for key, field in fields.items():
+    assert field.key == key and field.dtype == np.dtype(per_token["/".join(field.path)].dtype)
+  if config.kind == S.PREFERENCE:
+    assert fields == {}
+    return
+  assert S.SEQ_TOKENS in fields and S.SEQ_BEHAVIOUR_LOGPROBS in fields
+  assert (S.SEQ_TEACHER_TOKEN_LOGPROBS in fields) == config.has_teacher
+  episode = T.fake_rollout(config, turns=2, thinking=True)
+  step = episode[S.STEPS][1]
+  np.testing.assert_array_equal(fields[S.SEQ_THINKING_MASK].get(step),
+                                step[S.ACTION][S.ACT_THINKING_MASK])
+  np.testing.assert_array_equal(fields[S.SEQ_BEHAVIOUR_LOGPROBS].get(step),
+                                step[S.ACTION_LOGPROBS])
+
+
+def test_token_field_widths_come_from_the_config():
+  fields = S.token_fields(ROLLOUT)
+  assert fields[S.SEQ_TEACHER_TOPK_IDS].trailing == (ROLLOUT.teacher_top_k,)
+  assert fields[S.SEQ_TEACHER_TOPK_LOGPROBS].dtype == np.float32
+  assert fields[S.SEQ_TEACHER_SAMPLED_COUNTS].trailing == (ROLLOUT.teacher_sampled_k,)
+  assert fields[S.SEQ_TEACHER_SAMPLED_IDS].path == (S.TEACHER, S.TEACHER_SAMPLED_IDS)
+  assert fields[S.SEQ_TOKENS].trailing == () and fields[S.SEQ_TOKENS].dtype == np.int32
+  only_sampled = S.token_fields(S.SchemaConfig(teacher_sampled_k=3))
+  assert S.SEQ_TEACHER_TOPK_IDS not in only_sampled
+  assert only_sampled[S.SEQ_TEACHER_SAMPLED_IDS].trailing == (3,)

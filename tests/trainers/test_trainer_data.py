@@ -413,3 +413,19 @@ print(json.dumps([pipeline.fingerprint, pipeline.batch(0)[D.TOKENS].tolist()]))
               "rb").read() for s in ("1", "2")]
   assert raw[0] != raw[1]  # the premise: the bytes differ
   assert outputs[0] == outputs[1]
+
+
+def test_batch_keys_and_shapes_follow_the_schema_field_table(ds):
+  # Every per-token field the dataset stores, shaped [B, L] + its per-token shape.
+  pipeline = D.DataPipeline(ds["k2"].path, D.DataConfig(batch_size=2, max_length=8))
+  spec = pipeline.batch_spec
+  fields = S.token_fields(NARROW_TEACHER)  # top-k of width 2, no sampled-k
+  per_token = {key for key, (shape, _) in spec.items() if shape[:2] == (2, 8)}
+  assert per_token - {D.LOSS_MASK, D.SEGMENT_IDS, D.POSITIONS} == set(fields)
+  for key, field in fields.items():
+    assert spec[key] == ((2, 8) + field.trailing, field.dtype), key
+  batch = pipeline.batch(0)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == spec
+  # What `require` accepts: the stored per-token fields and the rewards.
+  assert set(D.FIELDS) == ({f.name for f in S.token_fields(ROLLOUT).values()}
+                           | {S.REWARD, S.REWARDS})
