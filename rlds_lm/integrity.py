@@ -33,6 +33,8 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from rlds_lm import publish as P
 from rlds_lm import schema as S
 
@@ -78,7 +80,7 @@ _TABLE = _crc32c_table()
 
 
 def crc32c_python(data: bytes) -> int:
-  """crc32c in pure Python (table-driven, about 10 MB/s): the fallback of :func:`crc32c`."""
+  """crc32c in pure Python, table-driven (3 to 13 MB/s here); for short inputs."""
   crc = 0xFFFFFFFF
   table = _TABLE
   for byte in data:
@@ -86,17 +88,73 @@ def crc32c_python(data: bytes) -> int:
   return crc ^ 0xFFFFFFFF
 
 
-try:  # A C implementation (GBs/s) where installed; it comes with the Google Cloud clients.
+_NP_TABLE = np.asarray(_TABLE, np.uint32)
+# _BYTE_SHIFTS[i, v]: the register value v << 8i, one row per register byte.
+_BYTE_SHIFTS = (np.arange(256, dtype=np.uint32)[None, :]
+                << (8 * np.arange(4, dtype=np.uint32))[:, None])
+_ZEROS_MAPS: dict[int, np.ndarray] = {}
+
+
+def _apply(linear_map: np.ndarray, registers: np.ndarray) -> np.ndarray:
+  """A GF(2)-linear map of the register, given by its value on each register byte."""
+  return (linear_map[0][registers & 0xFF] ^ linear_map[1][(registers >> 8) & 0xFF]
+          ^ linear_map[2][(registers >> 16) & 0xFF] ^ linear_map[3][registers >> 24])
+
+
+def _zeros_map(count: int) -> np.ndarray:
+  """The map "feed ``count`` zero bytes" (linear without init), by squaring."""
+  if count not in _ZEROS_MAPS:
+    result, power, n = None, _NP_TABLE[_BYTE_SHIFTS & 0xFF] ^ (_BYTE_SHIFTS >> 8), count
+    while n:
+      if n & 1:
+        result = power if result is None else _apply(power, result)
+      n >>= 1
+      if n:
+        power = _apply(power, power)
+    _ZEROS_MAPS[count] = result
+  return _ZEROS_MAPS[count]
+
+
+def crc32c_numpy(data: bytes) -> int:
+  """crc32c with NumPy (15 to 60 MB/s for inputs of 100 kB to 10 MB).
+
+  The CRC register update is linear over GF(2): the input is cut into ``sqrt(n)``
+  blocks whose CRCs are computed side by side, one byte column at a time, then combined
+  pairwise (the left one shifted by the right one's length of zero bytes). The initial
+  value is folded into the first four bytes; zero bytes in front change nothing.
+  """
+  n = len(data)
+  if n < 4096:
+    return crc32c_python(data)
+  block = int(np.sqrt(n))
+  blocks = -(-n // block)
+  padded = np.zeros(blocks * block, np.uint8)
+  padded[blocks * block - n:] = np.frombuffer(data, np.uint8)
+  padded[blocks * block - n:][:4] ^= 0xFF
+  columns = padded.reshape(blocks, block)
+  registers = np.zeros(blocks, np.uint32)
+  for j in range(block):
+    registers = _NP_TABLE[(registers ^ columns[:, j]) & 0xFF] ^ (registers >> 8)
+  span = block
+  while registers.size > 1:
+    if registers.size % 2:
+      registers = np.concatenate([np.zeros(1, np.uint32), registers])
+    registers = _apply(_zeros_map(span), registers[0::2]) ^ registers[1::2]
+    span *= 2
+  return int(registers[0]) ^ 0xFFFFFFFF
+
+
+try:  # A C implementation (GB/s) where installed; it comes with the Google Cloud clients.
   import google_crc32c as _google_crc32c  # pylint: disable=g-import-not-at-top
 
   def crc32c(data: bytes) -> int:
-    """crc32c of ``data`` (``google_crc32c`` when installed, else pure Python)."""
+    """crc32c of ``data`` (``google_crc32c`` when installed, else NumPy)."""
     return _google_crc32c.value(bytes(data))
 
   CRC32C_IMPLEMENTATION = "google_crc32c"
 except ImportError:  # pragma: no cover - depends on the environment
-  crc32c = crc32c_python
-  CRC32C_IMPLEMENTATION = "python"
+  crc32c = crc32c_numpy
+  CRC32C_IMPLEMENTATION = "numpy"
 
 
 def masked_crc32c(data: bytes, crc=None) -> int:
@@ -129,7 +187,8 @@ def tfrecord_records(path: str | os.PathLike[str], *, expected: int | None = Non
     expected: the record count ``dataset_info.json`` gives this shard; a file holding
       another number raises once it is read to the end.
     check_crc: check each record's data CRC (a one-bit flip in a token otherwise goes
-      unnoticed). About 1 ms per MB with ``google_crc32c``.
+      unnoticed). About 0.1 ms per MB with ``google_crc32c``, 10 to 60 ms per MB
+      with the NumPy fallback.
 
   Raises:
     IntegrityError: naming the file, the record and its byte offset.
@@ -197,7 +256,7 @@ def _signature(features) -> dict[str, str]:
       for k, v in value.items():
         walk(f"{prefix}/{k}" if prefix else k, v, kind)
     else:
-      out[f"{prefix} ({kind})"] = f"{value.np_dtype} {tuple(value.shape)}"
+      out[f"{prefix} ({kind})"] = f"{np.dtype(value.np_dtype).name} {tuple(value.shape)}"
 
   walk("", features.get_tensor_info(), "decoded")
   walk("", features.get_serialized_info(), "stored")
