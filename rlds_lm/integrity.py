@@ -386,7 +386,8 @@ class CheckedSource:
     try:
       record = self._source[index]
     except (RuntimeError, TypeError) as e:
-      raise IntegrityError(f"{self._where(index)}: cannot be read: {e}") from e
+      raise IntegrityError(f"{self._where(index)}: cannot be read or decoded: "
+                           f"{type(e).__name__}: {e}") from e
     return self._check(index, record)
 
   def __getitems__(self, indices):

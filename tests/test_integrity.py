@@ -151,7 +151,7 @@ def test_a_damaged_array_record_chunk_names_the_file_and_record(dataset, capsys)
   source = R.data_source(dataset)
   with pytest.raises(I.IntegrityError,
                      match=r"array_record-00000-of-00001: record \d+ \(record \d+ of split "
-                           r"'train'\): cannot be read: .*hash mismatch"):
+                           r"'train'\): cannot be read or decoded: .*hash mismatch"):
     for i in range(len(source)):
       source[i]
   lines = _verify_lines(dataset, capsys)
@@ -164,6 +164,8 @@ def test_an_empty_array_record_record_is_not_a_row_of_padding(dataset, capsys):
   batches = R.grain_batches(dataset, batch_size=RECORDS, max_length=16, shuffle=False)
   with pytest.raises(I.IntegrityError, match=r"record 5 .*: empty record"):
     batches[0]
+  with pytest.raises(I.IntegrityError, match=r"record 5 .*: cannot be read or decoded"):
+    R.data_source(dataset)[5]  # TFDS's decoding fails on it (a bare TypeError before)
   with pytest.raises(I.IntegrityError, match=r"record 5 .*: empty record"):
     D.DataPipeline(dataset, D.DataConfig(batch_size=4, max_length=16))
   lines = _verify_lines(dataset, capsys)
