@@ -157,9 +157,9 @@ except ImportError:  # pragma: no cover - depends on the environment
   CRC32C_IMPLEMENTATION = "numpy"
 
 
-def masked_crc32c(data: bytes, crc=None) -> int:
+def masked_crc32c(data: bytes) -> int:
   """The masked crc32c that tfrecord stores: rotated right by 15 bits, plus a constant."""
-  crc = (crc or crc32c)(data)
+  crc = crc32c(data)
   return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -402,6 +402,11 @@ class CheckedSource:
     for i in range(len(self)):
       yield self[i]
 
+  def __getattr__(self, name: str):  # the wrapped source's other attributes
+    if name.startswith("__") or name == "_source":
+      raise AttributeError(name)
+    return getattr(self._source, name)
+
   def __repr__(self) -> str:
     return f"CheckedSource({self._source!r})"
 
@@ -410,8 +415,10 @@ def checked_source(builder, split: str, source) -> CheckedSource:
   """``source`` (``builder.as_data_source(split, ...)``) with named read errors."""
   base = split.split("[")[0]
   info = builder.info.splits[base]
+  # as_data_source has switched the builder to the format it read.
+  file_format = builder.info.file_format.value if builder.info.file_format else P.ARRAY_RECORD
   return CheckedSource(source, path=os.fspath(builder.data_dir), split=split,
-                       files=shard_files(builder, base, P.ARRAY_RECORD),
+                       files=shard_files(builder, base, file_format),
                        lengths=list(info.shard_lengths))
 
 
