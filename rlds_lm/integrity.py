@@ -322,7 +322,7 @@ def shard_problems(builder) -> list[str]:
         if found != want:
           problems.append(
               f"{os.fspath(builder.data_dir)}: split {split!r}: its tfrecord shards hold "
-              f"{found} bytes, dataset_info.json implies {want} ({info.num_bytes} bytes in "
+              f"{found} bytes, dataset_info.json implies {want} ({int(info.num_bytes)} bytes in "
               f"{sum(lengths)} records): a shard was cut, extended or replaced")
   return problems
 

@@ -183,6 +183,24 @@ def test_an_array_record_shard_with_fewer_records_is_refused_on_open(dataset, ca
   assert message in _verify_lines(dataset, capsys)
 
 
+def test_shard_lengths_edited_in_dataset_info_are_refused_on_open(dataset, capsys):
+  def fewer(info):
+    info["splits"][0]["shardLengths"] = [str(RECORDS - 1)]
+  _edit_json(os.path.join(dataset, "dataset_info.json"), fewer)
+  with pytest.raises(I.IntegrityError) as error:
+    R.open_builder(dataset)
+  tfrecord, array_record = error.value.problems
+  size = os.path.getsize(_shard(dataset, "tfrecord"))  # 16 bytes of framing per record
+  assert tfrecord == (f"{dataset}: split 'train': its tfrecord shards hold {size} bytes, "
+                      f"dataset_info.json implies {size - 16} ({size - 16 * RECORDS} bytes "
+                      f"in {RECORDS - 1} records): a shard was cut, extended or replaced")
+  assert array_record == (f"{_shard(dataset, 'array_record')}: holds {RECORDS} records, "
+                          f"dataset_info.json says {RECORDS - 1}")
+  lines = _verify_lines(dataset, capsys)
+  assert (f"{_shard(dataset, 'tfrecord')}: holds {RECORDS} records, dataset_info.json "
+          f"says {RECORDS - 1}") in lines
+
+
 def _schema_edit(**changes):
   def edit(metadata):
     config = json.loads(metadata[R.P.METADATA_SCHEMA])
