@@ -30,7 +30,7 @@ import dataclasses
 import json
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -193,7 +193,18 @@ def tfrecord_records(path: str | os.PathLike[str], *, expected: int | None = Non
   Raises:
     IntegrityError: naming the file, the record and its byte offset.
   """
-  path = os.fspath(path)
+  for _, data in _tfrecord_frames(os.fspath(path), expected, check_crc, None):
+    yield data
+
+
+def _tfrecord_frames(path: str, expected: int | None, check_crc: bool,
+                     on_damaged_data: Callable[[str], None] | None):
+  """``(index, data)`` of each record; see :func:`tfrecord_records`.
+
+  With ``on_damaged_data``, a record whose data fails its CRC is reported through it
+  and skipped, and reading goes on (its framing is intact); damaged framing still
+  raises, as nothing after it can be found.
+  """
   f, size = _open(path)
   index = offset = 0
   with f:
@@ -218,8 +229,12 @@ def tfrecord_records(path: str | os.PathLike[str], *, expected: int | None = Non
       if len(data) != length or len(footer) != _FOOTER:
         raise IntegrityError(f"{where}: truncated while reading {length} bytes")
       if check_crc and masked_crc32c(data) != struct.unpack("<I", footer)[0]:
-        raise IntegrityError(f"{where}: damaged data ({length} bytes, CRC mismatch)")
-      yield data
+        problem = f"{where}: damaged data ({length} bytes, CRC mismatch)"
+        if on_damaged_data is None:
+          raise IntegrityError(problem)
+        on_damaged_data(problem)
+      else:
+        yield index, data
       index += 1
       offset += _HEADER + length + _FOOTER
   if expected is not None and index != expected:
@@ -507,7 +522,8 @@ def verify(path: str | os.PathLike[str], splits: Sequence[str] | None = None) ->
       if tf_files and os.path.exists(tf_files[shard]):
         report.files += 1
         try:
-          for i, raw in enumerate(tfrecord_records(tf_files[shard], expected=length)):
+          for i, raw in _tfrecord_frames(tf_files[shard], length, True,
+                                         report.problems.append):
             report.records += 1
             digests[i] = raw
             problem = _record_problems(raw, features, config, V.validate_episode)

@@ -110,8 +110,10 @@ def test_a_flipped_bit_in_a_token_is_detected(dataset, capsys):
   with pytest.raises(I.IntegrityError, match=r"tfrecord-00000-of-00001: record 3 .*CRC"):
     list(records)
   lines = _verify_lines(dataset, capsys)
-  assert any("tfrecord-00000-of-00001: record 3" in line and "CRC mismatch" in line
-             for line in lines)
+  assert [line for line in lines if "tfrecord" in line] == [
+      f"{file}: record 3 (at byte {offset}): damaged data ({length} bytes, CRC mismatch)"]
+  assert lines[-1] == f"{dataset}: 1 problem(s)"
+  assert I.verify(dataset).records == RECORDS - 1  # reading went on after record 3
 
 
 def test_a_shard_cut_at_a_record_boundary_is_detected(dataset, capsys):
