@@ -60,6 +60,9 @@ class IntegrityError(ValueError):
     super().__init__("\n".join(shown) + (f"\n... and {more} more" if more > 0 else "")
                      + "\n(run `rlds-lm verify PATH` for a full check)")
 
+  def __reduce__(self):  # pickles (from Grain worker processes) with its problems
+    return type(self), (self.problems,)
+
 
 # --------------------------------------------------------------------------------------
 # crc32c (Castagnoli), as tfrecord uses it.

@@ -263,6 +263,13 @@ def test_a_missing_shard_is_refused_on_open(dataset, capsys):
   assert any("missing" in line for line in _verify_lines(dataset, capsys))
 
 
+def test_integrity_errors_pickle_with_their_problems():
+  import pickle  # pylint: disable=g-import-not-at-top
+  error = pickle.loads(pickle.dumps(I.IntegrityError(["a: one", "b: two"])))
+  assert error.problems == ["a: one", "b: two"]
+  assert str(error) == str(I.IntegrityError(["a: one", "b: two"]))
+
+
 def test_crc32c_implementations_agree():
   rng = np.random.default_rng(0)
   for size in (0, 1, 9, 4095, 4096, 5000, 70_001):
