@@ -85,6 +85,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
   return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+  from rlds_lm import integrity  # pylint: disable=g-import-not-at-top
+
+  _quiet_libraries()
+  report = integrity.verify(args.path, splits=args.split or None)
+  print(integrity.format_report(report), file=sys.stdout if report.ok else sys.stderr)
+  return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rlds-lm", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
   m.add_argument("--name", required=True, help="dataset name")
   m.add_argument("--version", default="1.0.0")
   m.set_defaults(func=_cmd_import)
+  c = sub.add_parser("verify", help="check every record of a published dataset (CRCs, "
+                     "counts, decoding, schema); one line per problem, exit status 1 if any")
+  c.add_argument("path", help="dataset directory (…/name/version)")
+  c.add_argument("--split", action="append", help="only this split (repeatable; "
+                 "default: all)")
+  c.set_defaults(func=_cmd_verify)
   from rlds_lm import serve  # pylint: disable=g-import-not-at-top  (argparse only)
   v = sub.add_parser("serve", help="an OpenAI-compatible server over a checkpoint "
                      "(completions, chat, logprobs, prompt_logprobs)")

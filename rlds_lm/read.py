@@ -19,15 +19,36 @@ from typing import Any
 
 import numpy as np
 
+from rlds_lm import integrity
 from rlds_lm import publish as P
 from rlds_lm import schema as S
 
 
-def open_builder(path: str | os.PathLike[str]):
-  """``tfds.builder_from_directory`` on a published dataset directory."""
+def open_builder(path: str | os.PathLike[str], *, check: bool = True):
+  """``tfds.builder_from_directory`` on a published dataset directory, checked.
+
+  With ``check`` (the default) the cheap integrity checks run first (schema files agree,
+  shards present with the record counts ``dataset_info.json`` gives; see
+  :mod:`rlds_lm.integrity`), and the builder's ``as_data_source`` returns sources whose
+  read errors name the file and record.
+
+  Raises:
+    rlds_lm.integrity.IntegrityError: when the dataset's files are damaged or disagree.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  return tfds.builder_from_directory(os.fspath(path))
+  builder = tfds.builder_from_directory(os.fspath(path))
+  if check:
+    integrity.check_on_open(builder)
+    unchecked = builder.as_data_source
+
+    def as_data_source(split=None, *args, **kwargs):
+      source = unchecked(split, *args, **kwargs)
+      return (integrity.checked_source(builder, split, source) if isinstance(split, str)
+              else source)
+
+    builder.as_data_source = as_data_source
+  return builder
 
 
 def schema_config(builder) -> S.SchemaConfig:
@@ -49,32 +70,19 @@ def data_source(path: str | os.PathLike[str], split: str = "train"):
   return open_builder(path).as_data_source(split, file_format=P.ARRAY_RECORD)
 
 
-def tfrecord_records(path: str | os.PathLike[str]):
-  """Yields the records of a TFRecord file, checking lengths (pure Python, no TensorFlow).
+def tfrecord_records(path: str | os.PathLike[str], *, expected: int | None = None):
+  """Yields the records of a TFRecord file (pure Python, no TensorFlow), checked.
 
   A TFRecord is ``uint64 length, uint32 masked crc(length), data, uint32 masked
-  crc(data)``, little-endian; CRCs are not verified here (TFDS checks record counts).
-  Local paths need no TensorFlow; URLs (``gs://...``) are read through ``tf.io.gfile``.
+  crc(data)``, little-endian; both CRCs are verified, and with ``expected`` (the shard's
+  count in ``dataset_info.json``) so is the record count
+  (:func:`rlds_lm.integrity.tfrecord_records`). Local paths need no TensorFlow; URLs
+  (``gs://...``) are read through ``tf.io.gfile``.
+
+  Raises:
+    rlds_lm.integrity.IntegrityError: naming the file, record and byte offset.
   """
-  import struct  # pylint: disable=g-import-not-at-top
-  path = os.fspath(path)
-  if "://" in path:  # gs://, s3://, ...: TensorFlow's file systems
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    opener = lambda: tf.io.gfile.GFile(path, "rb")  # noqa: E731
-  else:
-    opener = lambda: open(path, "rb")  # noqa: E731
-  with opener() as f:
-    while True:
-      header = f.read(12)
-      if not header:
-        return
-      if len(header) != 12:
-        raise ValueError(f"{path}: truncated TFRecord header")
-      (length,) = struct.unpack("<Q", header[:8])
-      data = f.read(length)
-      if len(data) != length or len(f.read(4)) != 4:
-        raise ValueError(f"{path}: truncated TFRecord (expected {length} bytes)")
-      yield data
+  return integrity.tfrecord_records(path, expected=expected)
 
 
 def canonical_example(raw: bytes) -> bytes:
@@ -104,8 +112,10 @@ def iter_records(path: str | os.PathLike[str], split: str = "train"):
   files = [os.path.join(os.fspath(path), name)
            for name in builder.info.splits[split].filenames]
   count = builder.info.splits[split].num_examples
+  lengths = builder.info.splits[split].shard_lengths
   return count, (features.deserialize_example_np(raw)
-                 for name in files for raw in tfrecord_records(name))
+                 for name, length in zip(files, lengths)
+                 for raw in tfrecord_records(name, expected=length))
 
 
 def _to_python(value: Any) -> Any:
