@@ -50,6 +50,9 @@ COMMAND_BLOCKS = {
     ("quickstart.md", "rlds-lm quickstart --workdir"): "test_quickstart_doc_commands_run "
     "(--size small)",
     ("quickstart.md", "# After a quickstart"): "test_quickstart_doc_commands_run",
+    ("annotate.md", "rlds-lm annotate DATA/"):
+        "tests/test_annotate.py runs `rlds-lm annotate DATASET --out OUT --port P "
+        "--undo_window_s 1 --overlap 2` and drives it in Chromium",
     ("serving.md", "rlds-lm serve ckpt/policy"):
         "tests/backends/test_serve.py's fixture runs `rlds-lm serve CKPT --port P --name N "
         "--api_key_env NAME` on a tiny checkpoint",
