@@ -40,26 +40,7 @@ from typing import Any
 
 import numpy as np
 
-CHAT_ROLES = ("system", "user", "assistant", "tool")
-
-
-def chat_prompt(messages: Sequence[dict[str, Any]]) -> str:
-  """The text a chat request is sampled from: one ``<|role|>`` block per message, then
-  the assistant's header. (Our models are trained on no chat format; this one is plain and
-  documented so that recorded episodes can be re-rendered exactly.)"""
-  parts = []
-  for i, message in enumerate(messages):
-    role, content = message.get("role"), message.get("content")
-    if role not in CHAT_ROLES:
-      raise ValueError(f"messages[{i}].role must be one of {CHAT_ROLES}, found {role!r}")
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-      content = "".join(p.get("text", "") for p in content if isinstance(p, dict)
-                        and p.get("type") == "text")
-    if not isinstance(content, str):
-      raise ValueError(f"messages[{i}].content must be a string")
-    parts.append(f"<|{role}|>\n{content}\n")
-  return "".join(parts) + "<|assistant|>\n"
-
+from rlds_lm.backends.base import chat_prompt
 
 class RequestError(ValueError):
   """A request the server refuses (HTTP 400 / 404), with the field at fault."""

@@ -30,6 +30,28 @@ STOP_EOS = "eos"  # the model emitted its end-of-sequence token (or a stop strin
 STOP_LENGTH = "length"  # max_new_tokens reached
 
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def chat_prompt(messages: Sequence[dict[str, Any]]) -> str:
+  """The text a chat is sampled from by our models: one ``<|role|>`` block per message,
+  then the assistant's header. (Our models are trained on no chat format; this one is
+  plain and written down so that recorded episodes can be re-rendered exactly.) Served
+  models apply their own chat template instead."""
+  parts = []
+  for i, message in enumerate(messages):
+    role, content = message.get("role"), message.get("content")
+    if role not in CHAT_ROLES:
+      raise ValueError(f"messages[{i}].role must be one of {CHAT_ROLES}, found {role!r}")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+      content = "".join(p.get("text", "") for p in content if isinstance(p, dict)
+                        and p.get("type") == "text")
+    if not isinstance(content, str):
+      raise ValueError(f"messages[{i}].content must be a string")
+    parts.append(f"<|{role}|>\n{content}\n")
+  return "".join(parts) + "<|assistant|>\n"
+
+
 class BackendError(RuntimeError):
   """A backend cannot serve a request, or cannot be used at all; the message says why."""
 
@@ -102,6 +124,12 @@ class Backend(abc.ABC):
     """Teacher arrays (``schema.TEACHER_TOKEN_LOGPROB``, and with ``top_k`` the
     ``TEACHER_TOPK_IDS`` / ``TEACHER_TOPK_LOGPROBS``) for the completion of each sequence
     (the tokens after its prompt), scored at temperature 1."""
+
+  def chat(self, messages: Sequence[dict[str, Any]], *, seed: int, sampler: Any,
+           max_new_tokens: int, text_only: bool = False) -> Generation:
+    """One assistant reply to ``messages`` (OpenAI chat format); ``text`` holds it.
+    ``text_only``: the caller needs the text alone (a backend may then return no ids)."""
+    raise BackendError(f"{type(self).__name__} does not chat")
 
   def close(self) -> None:
     """Releases connections or devices (the default holds none)."""

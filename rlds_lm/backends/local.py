@@ -120,6 +120,12 @@ class LocalBackend(base.Backend):
       out[i] = (np.asarray(ids, np.int32), np.asarray(logps, np.float32))
     return out
 
+  def chat(self, messages, *, seed: int, sampler: sampling.SamplerConfig,
+           max_new_tokens: int, text_only: bool = False) -> base.Generation:
+    del text_only  # in process, ids are always there
+    prompt = self.tokenizer.encode(base.chat_prompt(messages), add_bos=True)
+    return self.sample([prompt], [seed], sampler, max_new_tokens)[0]
+
   def annotate(self, sequences: Sequence[np.ndarray], prompt_lengths: Sequence[int], *,
                top_k: int) -> list[dict[str, np.ndarray]]:
     arrays = teacher_scoring.annotate(self.policy.config, self.policy.params, sequences,

@@ -203,13 +203,13 @@ class OpenAIBackend(base.Backend):
     raise base.BackendError(f"{method} {self.endpoint}{path} failed after "
                             f"{self.max_retries + 1} tries: {last}")
 
-  def _cached_call(self, body: Mapping[str, Any]) -> Any:
-    """POST /completions, answered from ``cache_dir`` when the same request finished."""
+  def _cached_call(self, body: Mapping[str, Any], path: str = "/completions") -> Any:
+    """POST ``path``, answered from ``cache_dir`` when the same request finished."""
     if not self.cache_dir:
-      return self._call("POST", "/completions", body)
+      return self._call("POST", path, body)
     # The request body (model name, ids, seed, settings) is the key, not the endpoint:
     # a server restarted on another port still answers the same requests the same way.
-    key = hashlib.sha256(json.dumps(body, sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps([path, body], sort_keys=True).encode())
     path = os.path.join(self.cache_dir, key.hexdigest()[:2], key.hexdigest() + ".json")
     if os.path.exists(path):
       try:
@@ -219,7 +219,7 @@ class OpenAIBackend(base.Backend):
         return cached
       except ValueError:
         pass  # a torn file from a killed run: ask again
-    response = self._call("POST", "/completions", body)
+    response = self._call("POST", path, body)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -354,6 +354,47 @@ class OpenAIBackend(base.Backend):
                              gen.top_logprobs, text, provenance)
 
     return self._map(one, list(range(len(prompts))))
+
+  # -- chat --------------------------------------------------------------------------------
+
+  def chat(self, messages, *, seed: int, sampler: Any, max_new_tokens: int,
+           text_only: bool = False) -> base.Generation:
+    """One reply from ``POST /chat/completions`` (the server applies its chat template).
+
+    Token ids come from the reply's log-probs (``return_tokens_as_token_ids``); a server
+    that gives none is refused unless ``text_only`` (a judge needs only the text).
+    """
+    body: dict[str, Any] = {"model": self.name, "messages": list(messages),
+                            "max_tokens": max_new_tokens, "seed": int(seed) % 2**63,
+                            "logprobs": True, "return_tokens_as_token_ids": True}
+    if sampler is not None:
+      body["temperature"] = float(sampler.temperature)
+      body["top_p"] = float(sampler.top_p)
+      if sampler.top_k:
+        body["top_k"] = int(sampler.top_k)
+    response = self._cached_call(body, path="/chat/completions")
+    choice = _first_choice(response)
+    message = choice.get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+      raise base.BackendError(f"the chat response has no message content: "
+                              f"{str(choice)[:200]}")
+    content = (choice.get("logprobs") or {}).get("content")
+    if isinstance(content, list) and content:
+      tokens = [_token_id(e.get("token"), what="token") for e in content]
+      lps = [float(e.get("logprob")) for e in content]
+    elif text_only:
+      tokens, lps = [], []
+    else:
+      raise base.BackendError("the chat response has no per-token log-probs (asked with "
+                              "logprobs=true): token ids and behaviour log-probs are "
+                              "required unless text_only")
+    finish = choice.get("finish_reason")
+    return base.Generation(
+        tokens=np.asarray(tokens, np.int32), logprobs=np.asarray(lps, np.float32),
+        stop_reason=_FINISH.get(finish, base.STOP_EOS), text=message["content"],
+        provenance={"response_id": str(response.get("id", "")),
+                    "served_model": str(response.get("model", "")), "seed": int(seed),
+                    "endpoint": self.endpoint, "model": self.name})
 
   # -- teacher scoring ---------------------------------------------------------------------
 

@@ -195,3 +195,13 @@ def test_rollouts_helper_gives_the_same_episodes_over_http_and_in_process(served
   path = recorder_lib.publish_log(tmp_path / "log", data_dir=tmp_path / "data",
                                   name="served_rollouts")
   assert os.path.isdir(path)
+
+
+def test_chat_over_http_equals_chat_in_process(served):
+  endpoint, inproc = served
+  messages = [{"role": "system", "content": "terse"}, {"role": "user", "content": "2+2?"}]
+  sampler = sampling.SamplerConfig(temperature=0.8)
+  over_http = _client(endpoint).chat(messages, seed=5, sampler=sampler, max_new_tokens=6)
+  in_process = inproc.chat(messages, seed=5, sampler=sampler, max_new_tokens=6)
+  np.testing.assert_array_equal(over_http.tokens, in_process.tokens)
+  np.testing.assert_allclose(over_http.logprobs, in_process.logprobs, atol=1e-5)
