@@ -191,19 +191,19 @@ def test_refusals_name_the_problem(sources, tmp_path):
     I.import_rows(bad, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "x"), name="x")
   missing = tmp_path / "missing.jsonl"
   missing.write_text('{"prompt": "a", "chosen": "b"}\n')
-  with pytest.raises(I.InteropError, match=r"row 0: missing \['rejected'\]"):
+  with pytest.raises(I.InteropError, match=r"missing.jsonl:1: missing \['rejected'\]"):
     I.import_rows(missing, I.PREFERENCE, data_dir=os.fspath(tmp_path / "x"), name="x")
   duplicated = tmp_path / "dup.jsonl"
   duplicated.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", '
                         '"completion": "d"}\n{"prompt": "a", "completion": "b"}\n')
-  with pytest.raises(I.InteropError, match=r"row 2 is the same episode .* as .*row 0"):
+  with pytest.raises(I.InteropError, match=r"dup.jsonl:3: the same episode .* as .*dup.jsonl:1"):
     I.import_rows(duplicated, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "x"),
                   name="x")
   rows = I.export_rows(sources["single"], I.DISTILL)
   rows[3]["teacher_topk_ids"] = rows[3]["teacher_topk_ids"][:-1]  # one token short
   short = tmp_path / "short.jsonl"
   short.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  with pytest.raises(I.InteropError, match=r"row 3: teacher topk_ids has shape"):
+  with pytest.raises(I.InteropError, match=r"short.jsonl:4: column 'teacher_topk_ids': expected shape"):
     I.import_rows(short, I.DISTILL, data_dir=os.fspath(tmp_path / "x"), name="x")
   assert not os.path.exists(tmp_path / "x")  # nothing published
   spm = _publish(tmp_path, "spm", S.SchemaConfig(tokenizer="spm:0123456789abcdef"),
