@@ -639,10 +639,18 @@ def _teacher_arrays(row: Mapping[str, Any], length: int, top_k: int, vocab_size:
               "teacher_token_logprobs": (length,)}
   for column, shape in expected.items():
     value = row[column]
-    ok = isinstance(value, list) and len(value) == shape[0] and (
-        len(shape) == 1 or all(isinstance(v, list) and len(v) == shape[1] for v in value))
-    if not ok:
-      found = (f"{len(value)} entries" if isinstance(value, list) else _kind(value))
+    found = None
+    if not isinstance(value, list):
+      found = _kind(value)
+    elif len(value) != shape[0]:
+      found = f"{len(value)} rows"
+    elif len(shape) == 2:
+      bad = [i for i, v in enumerate(value) if not isinstance(v, list) or len(v) != shape[1]]
+      if bad:
+        v = value[bad[0]]
+        found = (f"row {bad[0]} of {len(v)} values" if isinstance(v, list)
+                 else f"row {bad[0]}: {_kind(v)}")
+    if found:
       raise RowError(where, f"column {column!r}: expected shape {shape} (the "
                      f"completion's {length} tokens x k={top_k}), found {found} (rows "
                      f"without completion_token_ids are tokenised here, with EOS "
