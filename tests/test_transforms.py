@@ -63,6 +63,8 @@ WORK_ON_TURNS = {
     "concat_if_terminal": lambda steps: list(TR.concat_if_terminal(
         steps, lambda _: TR.zero_dataset_like(steps.take(1)))),
     "sar_fields_mask": lambda steps: list(steps.map(TR.sar_fields_mask)),
+    "add_alignment_to_step": lambda steps: list(steps.map(
+        lambda s: TR.add_alignment_to_step(s, TR.AlignmentType.SAR))),
     "batch (fixed-shape fields)": lambda steps: list(TR.batch(steps.map(_fixed), size=2,
                                                               shift=1)),
     "shift_keys (fixed-shape fields)": lambda steps: list(TR.shift_keys(
@@ -88,6 +90,24 @@ def test_transformations_that_need_fixed_shapes(name, multi_turn):
   with pytest.raises(tf.errors.InvalidArgumentError, match="Cannot batch tensors"):
     NEED_FIXED_SHAPES[name](steps)
   assert NEED_FIXED_SHAPES[name](transforms.token_level(steps))
+
+
+def test_nested_step_transformations(multi_turn):
+  path, by_id = multi_turn
+  turn_episodes = transforms.as_dataset(path)
+  token_episodes = turn_episodes.map(lambda e: {**e, S.STEPS: transforms.token_level(
+      e[S.STEPS])})
+  n_tokens = sum(len(s[S.ACTION][S.ACT_TOKENS]) for e in by_id.values() for s in e[S.STEPS])
+  # Token level: one step per token plus each episode's final step (action 0).
+  for episodes, expected in ((turn_episodes, n_tokens),
+                             (token_episodes, n_tokens + len(by_id))):
+    lengths = [int(s["action_length"]) for e in TR.map_nested_steps(episodes, _fixed)
+               for s in e[S.STEPS]]
+    assert sum(lengths) == expected
+    firsts = TR.apply_nested_steps(episodes, lambda steps: steps.take(1))
+    assert all(len(list(e[S.STEPS])) == 1 for e in firsts)
+  total = float(TR.sum_nested_steps(turn_episodes, lambda s: s[S.REWARD]))
+  assert total == pytest.approx(sum(S.episode_return(e) for e in by_id.values()), rel=1e-5)
 
 
 def test_mean_and_std_over_episodes(multi_turn):
