@@ -332,12 +332,16 @@ def _located_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
                            f"({sorted(loaded)})")
       loaded = loaded["train"]
     return [(f"{source} row {i}", row) for i, row in enumerate(loaded)]
+  try:
+    f = open(source, "rb")  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise InteropError(f"{source}: cannot be read ({e.strerror or e})") from e
   rows = []
-  with open(source, "rb") as f:
+  with f:
     for number, raw in enumerate(f, 1):
       where = f"{source}:{number}"
       try:
-        line = raw.decode("utf-8")
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM may start it
       except UnicodeDecodeError as e:
         raise RowError(where, f"not UTF-8 ({e.reason} at byte {e.start})") from e
       if not line.strip():

@@ -495,3 +495,28 @@ def test_rows_tokenised_here_do_not_claim_their_tokenizer(tmp_path):
   with pytest.raises(I.RowError, match=r"spm_rows.jsonl:2: column 'tokenizer'"):
     I.import_rows(source, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "f"),
                   name="t")
+
+
+def test_rows_of_a_datasets_directory_are_named_by_index(tmp_path):
+  import datasets  # pylint: disable=g-import-not-at-top
+  source = tmp_path / "hf_rows"
+  datasets.Dataset.from_list([
+      {"prompt": "a", "completion": "b", "prompt_token_ids": [1, 100],
+       "completion_token_ids": [101, 2]},
+      {"prompt": "c", "completion": "d", "prompt_token_ids": [1, 100],
+       "completion_token_ids": [101, 5000]}]).save_to_disk(os.fspath(source))
+  with pytest.raises(I.RowError, match=r"hf_rows row 1: column 'completion_token_ids': "
+                     r"expected token ids in \[0, 259\), found 5000"):
+    I.import_rows(source, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "d"),
+                  name="x")
+
+
+def test_a_byte_order_mark_and_unreadable_bytes(tmp_path):
+  source = tmp_path / "bom.jsonl"
+  source.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n" + b'{"prompt": "\xff"}\n')
+  with pytest.raises(I.RowError, match=r"bom.jsonl:2: not UTF-8"):
+    I.import_rows(source, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "d"),
+                  name="x")
+  source.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n")
+  assert I.import_rows(source, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "d"),
+                       name="x")
