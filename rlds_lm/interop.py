@@ -43,6 +43,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -352,8 +354,9 @@ def _located_rows(source: str) -> list[tuple[str, dict[str, Any]]]:
         raise RowError(where, f"not JSON ({e.msg})") from e
       except RecursionError as e:
         raise RowError(where, "JSON nested too deeply to read") from e
-      except ValueError as e:  # e.g. an integer literal of more than 4300 digits
-        raise RowError(where, f"not readable JSON ({e})") from e
+      except ValueError as e:  # an integer literal of more than 4300 digits
+        raise RowError(where, "not readable JSON (an integer of more than "
+                       f"{sys.get_int_max_str_digits()} digits)") from e
       if not isinstance(row, dict):
         raise RowError(where, f"expected a JSON object ({{...}}), found "
                        f"{_kind(row)}")
@@ -580,6 +583,9 @@ def _vocabulary(located: list[tuple[str, Mapping[str, Any]]], ids_column: str,
     return tokenizer.name, tokenizer.vocab_size, False
   first_where, first = located[0]
   name = _opt_string(first, "tokenizer", first_where, tokenizer.name)
+  if name != "byte" and not re.fullmatch(r"spm:[0-9a-f]{16}", name):
+    raise RowError(first_where, f"column 'tokenizer': expected 'byte' or "
+                   f"'spm:<16 hex digits>', found {name!r}")
   vocab = first.get("vocab_size")
   vocab = tokenizer.vocab_size if vocab is None else _integer(
       vocab, "vocab_size", first_where, (1, _INT32[1]))

@@ -206,7 +206,8 @@ def test_refusals_name_the_problem(sources, tmp_path):
   rows[3]["teacher_topk_ids"] = rows[3]["teacher_topk_ids"][:-1]  # one token short
   short = tmp_path / "short.jsonl"
   short.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  with pytest.raises(I.InteropError, match=r"short.jsonl:4: column 'teacher_topk_ids': expected shape"):
+  with pytest.raises(I.InteropError,
+                     match=r"short.jsonl:4: column 'teacher_topk_ids': expected shape"):
     I.import_rows(short, I.DISTILL, data_dir=os.fspath(tmp_path / "x"), name="x")
   assert not os.path.exists(tmp_path / "x")  # nothing published
   spm = _publish(tmp_path, "spm", S.SchemaConfig(tokenizer="spm:0123456789abcdef"),
@@ -367,7 +368,7 @@ HOSTILE = {  # case: (format, the hostile line, what the message says[, the firs
     "nested policy": (I.PROMPT_COMPLETION, _row(policy={"name": {"a": {"b": [1]}}}),
                       "policy.name"),
     "a 5000-digit integer": (I.PROMPT_COMPLETION, '{"prompt": "a", "completion": "b", '
-                             '"sample_index": ' + "9" * 5000 + "}", "JSON"),
+                             '"sample_index": ' + "9" * 5000 + "}", "more than 4300 digits"),
     "sample_index beyond int32": (I.PROMPT_COMPLETION, _row(sample_index=2**40),
                                   "sample_index"),
     "seed beyond int64": (I.PROMPT_COMPLETION, _row(sampler={"seed": 2**70}), "sampler.seed"),
@@ -380,6 +381,9 @@ HOSTILE = {  # case: (format, the hostile line, what the message says[, the firs
     "token ids as floats": (I.PROMPT_COMPLETION, json.dumps(
         {"prompt": "a", "completion": "b", "prompt_token_ids": [1.5],
          "completion_token_ids": [5]}), "prompt_token_ids", GOOD_IDS),
+    "another tokenizer": (I.PROMPT_COMPLETION, _row(
+        prompt_token_ids=[1], completion_token_ids=[5], tokenizer="../../x"), "tokenizer",
+        GOOD_IDS),
     "token ids in some rows only": (I.PROMPT_COMPLETION, GOOD_IDS, "in every row or in none"),
     "rewards as a list": (I.PROMPT_COMPLETION, _row(rewards=[1.0, 2.0]), "rewards"),
     "a reward as text": (I.PROMPT_COMPLETION, _row(reward="high"), "reward"),
@@ -491,6 +495,10 @@ def test_rows_tokenised_here_do_not_claim_their_tokenizer(tmp_path):
   path = I.import_rows(source, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "e"),
                        name="t")
   assert R.schema_config(R.open_builder(path)).tokenizer == "spm:0123456789abcdef"
+  source.write_text(_row(**{**ids, "tokenizer": "spm:../x"}) + "\n")
+  with pytest.raises(I.RowError, match=r"spm_rows.jsonl:1: column 'tokenizer': expected"):
+    I.import_rows(source, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "f"),
+                  name="t")
   source.write_text(_row(**ids) + "\n" + _row(**{**ids, "tokenizer": "byte"}) + "\n")
   with pytest.raises(I.RowError, match=r"spm_rows.jsonl:2: column 'tokenizer'"):
     I.import_rows(source, I.PROMPT_COMPLETION, data_dir=os.fspath(tmp_path / "f"),
