@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="token colouring in the viewer (auto: teacher when stored)")
   i.add_argument("--limit", type=int, default=200, help="episodes on the viewer page")
   i.set_defaults(func=_cmd_inspect)
-  formats = ("prompt_completion", "preference", "distill")
+  formats = ("prompt_completion", "messages", "preference", "unpaired_preference", "distill")
   e = sub.add_parser("export", help="a published dataset as TRL-style JSONL or a Hugging "
                      "Face datasets directory (Arrow)")
   e.add_argument("path", help="dataset directory (…/name/version) or Riegeli log directory")

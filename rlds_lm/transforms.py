@@ -1,5 +1,19 @@
 """tf.data views of published datasets, for ``rlds.transformations`` users.
 
+Our steps are turns: ``observation/tokens``, ``action/tokens`` and the per-token step
+metadata have a different length in every step (docs/interop.md, "rlds.transformations
+on our steps"). What needs stacking steps into one tensor fails on them as they are:
+``rlds.transformations.batch``, ``shift_keys`` (which batches) and ``mean_and_std``
+over those fields. Three ways round it:
+
+* :func:`token_level`: one step per token, every field of fixed shape: every
+  transformation applies;
+* :func:`turn_windows`: ``batch`` for turn-level steps, ragged fields as
+  ``tf.RaggedTensor``;
+* map the steps to fixed-shape fields first (reward, discount, flags, lengths).
+
+:func:`with_returns` adds each step's (discounted) return-to-go.
+
 This module imports TensorFlow; trainers use :mod:`rlds_lm.read` instead.
 """
 
@@ -90,3 +104,41 @@ def token_level(steps):
                         for k, v in turns[S.TEACHER].items()}
   return tf.data.Dataset.from_tensor_slices(body).concatenate(
       tf.data.Dataset.from_tensors(final))
+
+
+def turn_windows(steps, size: int, shift: int | None = None, *,
+                 drop_remainder: bool = False):
+  """Windows of ``size`` consecutive turn-level steps, every ``shift`` steps (default
+  ``size``): what ``rlds.transformations.batch`` gives on fixed-shape steps.
+
+  Each element is one step dict whose leaves have a leading window axis; fields whose
+  length varies between steps (tokens, per-token metadata, teacher rows) are
+  ``tf.RaggedTensor`` ``[window, (tokens), ...]``, the rest dense tensors.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  windows = steps.window(size, shift=shift or size, drop_remainder=drop_remainder)
+  return windows.flat_map(lambda w: tf.data.Dataset.zip(w).ragged_batch(size))
+
+
+def with_returns(steps, gamma: float = 1.0, *, key: str = "return"):
+  """``steps`` with ``key`` added to each: its return-to-go
+  ``G_t = r_t + gamma * discount_t * G_{t+1}`` (the RLDS convention: step t's discount
+  weighs what follows it; 0 after a terminal step).
+
+  Works on turn-level steps (``r_t`` = the turn's ``reward``) and on :func:`token_level`
+  steps (per-token rewards, the turn's reward on its last token). Runs in graph mode
+  too, e.g. inside ``ds.flat_map``.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  n = steps.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
+  scalars = steps.map(lambda s: (tf.cast(s[S.REWARD], tf.float32),
+                                 tf.cast(s[S.DISCOUNT], tf.float32)))
+  # An RLDS episode has at least one step (the final observation).
+  rewards, discounts = scalars.batch(tf.maximum(n, 1)).get_single_element()
+  returns = tf.scan(lambda following, rd: rd[0] + gamma * rd[1] * following,
+                    (rewards, discounts), initializer=tf.constant(0.0), reverse=True)
+  return tf.data.Dataset.zip((steps, tf.data.Dataset.from_tensor_slices(returns))).map(
+      lambda step, g: {**step, key: g})
+
