@@ -270,6 +270,7 @@ def train(config: BondConfig,
   started = time.perf_counter()
   jbond = config.algorithm == "jbond"
   reward = REWARDS[config.reward]
+  reward_fn = reward.bind()  # a reward that needs options (a model) is refused here
   os.makedirs(config.workdir, exist_ok=True)
   with open(os.path.join(config.workdir, "config.json"), "w") as f:
     json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
@@ -347,7 +348,7 @@ def train(config: BondConfig,
     for g in groups:
       group_texts = [tokenizer.decode(c.tokens) for c in g.completions]
       texts.extend(group_texts)
-      values.extend(reward(records[g.prompt_index], group_texts).values)
+      values.extend(reward_fn(records[g.prompt_index], group_texts).values)
     return np.asarray(values, np.float32).reshape(len(groups), -1), texts
 
   def record(groups, rewards, texts, step, name):

@@ -45,6 +45,15 @@ def test_a_new_module_is_all_a_reward_takes():
     bond.BondConfig(prompts="p", workdir="w", policy="c", reward="no_such_reward")
 
 
+def test_bond_refuses_a_reward_that_needs_a_model_before_it_starts(tmp_path):
+  from rlds_lm.trainers import bond  # pylint: disable=g-import-not-at-top
+  config = bond.BondConfig(prompts="p", workdir=str(tmp_path / "w"), policy="c",
+                           reward="nli")
+  with pytest.raises(ValueError, match="nli reward needs a model directory"):
+    bond.train(config)
+  assert not (tmp_path / "w").exists()
+
+
 def test_prompt_formats_and_detection():
   arithmetic = tasks.to_prompt({"question": "What is 2 + 2?", "answer": "4"})
   assert (arithmetic.task, arithmetic.text) == ("arithmetic", "What is 2 + 2?\nAnswer:")
