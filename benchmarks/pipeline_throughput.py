@@ -273,9 +273,9 @@ def _plain_generate(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   from pipelines import core  # pylint: disable=g-import-not-at-top
   from pipelines import generate  # pylint: disable=g-import-not-at-top
   from pipelines import models  # pylint: disable=g-import-not-at-top
-  from pipelines import tasks  # pylint: disable=g-import-not-at-top
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
   from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+  from rlds_lm import tasks  # pylint: disable=g-import-not-at-top
 
   args, _ = generate.build_parser().parse_known_args(argv)
   clock.started = time.perf_counter()
@@ -371,9 +371,9 @@ def _plain_score(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   from pipelines import core  # pylint: disable=g-import-not-at-top
   from pipelines import score  # pylint: disable=g-import-not-at-top
   from pipelines import scorers as SC  # pylint: disable=g-import-not-at-top
-  from pipelines import tasks  # pylint: disable=g-import-not-at-top
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
   from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+  from rlds_lm import tasks  # pylint: disable=g-import-not-at-top
 
   args, _ = score.build_parser().parse_known_args(argv)
   clock.started = time.perf_counter()

@@ -104,18 +104,10 @@ QUICK = Sizes(max_operand=6, test_fraction=0.25, warm_steps=5, warm_batch=8,
 
 
 def exact_reward(record: Mapping[str, Any], completion: str) -> float:
-  """1.0 when the decoded completion is exactly the record's answer (EOS ends it)."""
-  return float(completion == str(record["answer"]))
-
-
-def register_reward() -> str:
-  """Adds the toy prompt format (BOS + question, no suffix) and exact reward to bond."""
-  from rlds_lm import toy  # pylint: disable=g-import-not-at-top
-  from rlds_lm.trainers import bond  # pylint: disable=g-import-not-at-top
-  bond.REWARDS[REWARD_NAME] = bond.Reward(
-      fields=("question", "answer"), prompt=lambda record: str(record["question"]),
-      score=exact_reward, task=toy.ARITHMETIC)
-  return REWARD_NAME
+  """1.0 when the decoded completion is exactly the record's answer (EOS ends it): the
+  registered reward ``toy_arithmetic_exact`` (prompt BOS + question) bond trains on."""
+  from rlds_lm import tasks  # pylint: disable=g-import-not-at-top
+  return float(tasks.get_reward(REWARD_NAME)(record, [completion]).values[0])
 
 
 def completion_reward(problem, completion) -> float:
@@ -298,7 +290,6 @@ def run(args) -> dict[str, Any]:
       test_fraction=sizes.test_fraction, warm_steps=sizes.warm_steps,
       student_batch=sizes.warm_batch, warm_lr=sizes.warm_lr, eval_every=sizes.warm_steps)
   timings = {}
-  register_reward()
   with C.scratch_dir(args, NAME) as work:
     train, test = G.split_problems(gkd_sizes)
     t0 = time.perf_counter()

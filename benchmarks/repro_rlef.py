@@ -12,7 +12,8 @@ toy scale, on CPU, where the truth is known exactly:
    the train split's reference summaries (+ EOS) are published as rollout episodes.
 2. Supervised policy: ``tiny`` (widened) SFT'd with ``distill.train(loss="seqkd")`` on
    them, prompt ``rlef.PROMPT_FORMAT``.
-3. A learned NLI scorer (``pipelines.nli.train``, logistic regression on hashed features).
+3. A learned NLI scorer (``rlds_lm.tasks.nli.train``, logistic regression on hashed
+   features).
 4. RLEF (``rlef.train``) from the supervised policy with ``reward="nli"`` and, as a
    control, ``reward="oracle"`` (``world.entailment``: the exact fraction of summary
    sentences stating a document fact), same steps; plus a kl_coef sweep for the NLI run.
@@ -212,8 +213,8 @@ def make_eval_fn(records: Sequence[Mapping[str, Any]], classifier, ref_params,
 
 
 def world_sentences(text: str) -> list[str]:
-  from builders.grounded_summarization import world  # pylint: disable=g-import-not-at-top
-  return world.sentences(text)
+  from rlds_lm.tasks import summarization  # pylint: disable=g-import-not-at-top
+  return summarization.sentences(text)
 
 
 def reference_scores(records: Sequence[Mapping[str, Any]], classifier) -> dict[str, float]:
@@ -283,7 +284,7 @@ def train_rlef(work: str, prompts: str, policy: str, nli_dir: str, reward: str,
 def run(args) -> dict[str, Any]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  from pipelines import nli  # pylint: disable=g-import-not-at-top
+  from rlds_lm.tasks import nli  # pylint: disable=g-import-not-at-top
   from rlds_lm.models import config as mc  # pylint: disable=g-import-not-at-top
   from rlds_lm.trainers import rollouts  # pylint: disable=g-import-not-at-top
 
@@ -528,7 +529,7 @@ def markdown(data: dict[str, Any]) -> str:
       f"reference summary + EOS, {sizes['sft_steps']} steps of batch {sizes['sft_batch']}, "
       f"peak learning rate {sizes['sft_lr']:g}. It is every RLEF run's start and KL "
       f"reference.",
-      f"* Learned scorer: `pipelines.nli.train` ({nli['train_pairs']} pairs, "
+      f"* Learned scorer: `rlds_lm.tasks.nli.train` ({nli['train_pairs']} pairs, "
       f"{nli['steps']} steps; held-out pair accuracy {_pct(nli['test_accuracy'])}). "
       f"Oracle: `world.entailment`, the fraction of summary sentences that state a document "
       f"fact (0 for an empty summary).",

@@ -1,14 +1,11 @@
-"""The pipelines' errors, in a module that imports nothing heavy (no Beam, no TensorFlow),
-so that Beam-free code (trainers) can use :mod:`pipelines.tasks`."""
+"""The pipelines' errors, in a module that imports nothing heavy (no Beam, no TensorFlow).
+
+:class:`RecordError` is the tasks' own (:class:`rlds_lm.tasks.errors.RecordError`), so a
+record a task refuses becomes a dead letter named by its ``reason``.
+"""
+
+from rlds_lm.tasks.errors import RecordError  # noqa: F401  (re-exported)
 
 
 class PipelineError(RuntimeError):
   """A stage cannot run or its result must not be used (says why)."""
-
-
-class RecordError(ValueError):
-  """A record is bad for a known reason; ``reason`` names it in the dead-letter output."""
-
-  def __init__(self, reason: str, detail: str):
-    super().__init__(detail)
-    self.reason = reason

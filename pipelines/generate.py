@@ -28,8 +28,8 @@ import apache_beam as beam
 
 from pipelines import core
 from pipelines import models
-from pipelines import tasks
 from rlds_lm import schema as S
+from rlds_lm import tasks
 
 STAGE = "generate"
 

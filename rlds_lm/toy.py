@@ -1,10 +1,12 @@
-"""A tiny arithmetic task, its helpers for JAX policies, and a byte-level n-gram policy.
+"""The toy arithmetic task's helpers for JAX policies, and a byte-level n-gram policy.
 
-The arithmetic task (``"a+b="`` / ``"a-b="``, exact answers) is what the quickstart, the
-GKD / J-BOND reproductions and many tests train on: :func:`split_problems`, the byte
-prompt and answer tokens, :func:`is_correct` for a sampled completion,
-:func:`make_eval_fn` (greedy accuracy) and :func:`publish_references` (the reference
-answers as a published rollout dataset, the SFT data).
+The task itself (``"a+b="`` / ``"a-b="``, exact answers, the rewards ``toy_arithmetic``
+and ``toy_arithmetic_exact``) is :mod:`rlds_lm.tasks.toy_arithmetic`, re-exported here
+(:func:`split_problems`, :func:`check_answer`, ...). It is what the quickstart, the GKD /
+J-BOND reproductions and many tests train on; this module adds the byte prompt and answer
+tokens, :func:`is_correct` for a sampled completion, :func:`make_eval_fn` (greedy
+accuracy) and :func:`publish_references` (the reference answers as a published rollout
+dataset, the SFT data).
 
 The n-gram policy is a real (if weak) language model: bigram counts over bytes with
 add-alpha smoothing, sampled with temperature, top-k and top-p. A sample depends only on
@@ -22,53 +24,18 @@ from typing import Any
 import numpy as np
 
 from rlds_lm import schema as S
+from rlds_lm import tasks
+from rlds_lm.tasks.toy_arithmetic import Problem
+from rlds_lm.tasks.toy_arithmetic import arithmetic_problems  # noqa: F401  (re-exported)
+from rlds_lm.tasks.toy_arithmetic import check_answer  # noqa: F401  (re-exported)
+from rlds_lm.tasks.toy_arithmetic import split_problems  # noqa: F401  (re-exported)
 from rlds_lm.tokenizers import ByteTokenizer
 
 ARITHMETIC = "arithmetic"
+REWARD = "toy_arithmetic"  # the registered reward the accuracy counts (first line = answer)
 REWARD_CORRECT = "correct"
 BOS, EOS = 1, 2  # ByteTokenizer's
 ANSWER_TOKENS = 6  # answers are at most 3 bytes ("-19", operands < 20), then EOS
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-  prompt_id: str
-  question: str
-  answer: str
-
-
-def arithmetic_problems(count: int, seed: int = 0, max_operand: int = 50) -> list[Problem]:
-  """``count`` distinct problems ``"a+b="`` / ``"a-b="`` with exact answers, deterministic in seed."""
-  if count > 2 * max_operand * max_operand:
-    raise ValueError(f"only {2 * max_operand ** 2} distinct problems with operands "
-                     f"< {max_operand}; asked for {count}")
-  rng = np.random.default_rng(seed)
-  out = []
-  seen = set()
-  while len(out) < count:
-    a, b = (int(x) for x in rng.integers(0, max_operand, size=2))
-    op = "+" if rng.random() < 0.5 else "-"
-    question = f"{a}{op}{b}="
-    if question in seen:
-      continue
-    seen.add(question)
-    answer = str(a + b if op == "+" else a - b)
-    out.append(Problem(S.content_id(ARITHMETIC, question, prefix="q-"), question, answer))
-  return out
-
-
-def check_answer(problem: Problem, completion: str) -> float:
-  """1.0 if the completion's first line is exactly the answer, else 0.0."""
-  return float(completion.split("\n", 1)[0].strip() == problem.answer)
-
-
-def split_problems(max_operand: int, test_fraction: float, seed: int = 0
-                   ) -> tuple[list[Problem], list[Problem]]:
-  """(train, test): every distinct problem with operands < ``max_operand``, in the
-  generator's (random) order; the first ``test_fraction`` of them are the test split."""
-  problems = arithmetic_problems(2 * max_operand ** 2, seed=seed, max_operand=max_operand)
-  n_test = int(round(test_fraction * len(problems)))
-  return problems[n_test:], problems[:n_test]
 
 
 def prompt_tokens(problem: Problem) -> np.ndarray:
@@ -81,11 +48,20 @@ def answer_tokens(problem: Problem) -> np.ndarray:
   return ByteTokenizer().encode(problem.answer, add_eos=True)
 
 
+def correct(problems: Sequence[Problem], completions: Sequence[Any]) -> np.ndarray:
+  """bool [n]: each sampled completion (``tokens``, ``stop_reason``) is its problem's
+  exact answer (the reward ``toy_arithmetic``), then EOS."""
+  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
+  tokenizer = ByteTokenizer()
+  texts = [tokenizer.decode(c.tokens) for c in completions]
+  scores = tasks.get_reward(REWARD).rows([p.as_record() for p in problems], texts)
+  stopped = np.asarray([c.stop_reason == sampling.STOP_EOS for c in completions], bool)
+  return stopped & (scores == 1.0)
+
+
 def is_correct(problem: Problem, completion) -> bool:
   """A sampled completion (``tokens``, ``stop_reason``) is the exact answer, then EOS."""
-  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
-  text = ByteTokenizer().decode(completion.tokens)
-  return completion.stop_reason == sampling.STOP_EOS and bool(check_answer(problem, text))
+  return bool(correct([problem], [completion])[0])
 
 
 def make_eval_fn(problems: Sequence[Problem], max_new_tokens: int = ANSWER_TOKENS
@@ -99,8 +75,7 @@ def make_eval_fn(problems: Sequence[Problem], max_new_tokens: int = ANSWER_TOKEN
     completions = sampling.sample(model, params, prompts, seeds,
                                   sampling.SamplerConfig.greedy(), max_new_tokens,
                                   eos_id=EOS).completions()
-    return {"accuracy": float(np.mean([is_correct(p, c)
-                                       for p, c in zip(problems, completions)]))}
+    return {"accuracy": float(np.mean(correct(problems, completions)))}
 
   return eval_fn
 

@@ -54,7 +54,7 @@ def assets(tmp_path_factory):
   """For the pipeline tests: policy / teacher checkpoints (tiny), arithmetic and
   summarization prompt datasets (tiny configs, built), a trained NLI model."""
   from pipelines import models  # pylint: disable=g-import-not-at-top
-  from pipelines import nli  # pylint: disable=g-import-not-at-top
+  from rlds_lm.tasks import nli  # pylint: disable=g-import-not-at-top
   from builders.arithmetic import arithmetic_dataset_builder  # pylint: disable=g-import-not-at-top
   from builders.grounded_summarization import grounded_summarization_dataset_builder  # pylint: disable=g-import-not-at-top
 

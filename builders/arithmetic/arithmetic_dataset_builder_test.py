@@ -3,7 +3,7 @@
 import tensorflow_datasets as tfds
 
 from builders.arithmetic import arithmetic_dataset_builder
-from builders.arithmetic import problems
+from rlds_lm.tasks import arithmetic as problems
 
 
 class ArithmeticBuilderTest(tfds.testing.DatasetBuilderTestCase):

@@ -1,1 +1,1 @@
-"""Synthetic grounded summarization with an exact entailment oracle (``world.py``)."""
+"""Synthetic grounded summarization with an exact entailment oracle (``rlds_lm.tasks.summarization``)."""

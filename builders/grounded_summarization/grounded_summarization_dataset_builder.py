@@ -2,9 +2,11 @@
 
 A prompt source for summarization RL with entailment rewards: every document is built
 from a set of true facts (triples) plus distractor sentences, and comes with the facts
-and 1-3 reference summaries that assert only supported facts. ``world.entailment`` scores
-any summary exactly against the facts. No downloads; examples are generated
-deterministically from a per-split seed derived from names, and keyed by content.
+and 1-3 reference summaries that assert only supported facts.
+``rlds_lm.tasks.summarization.entailment`` scores any summary exactly against the facts
+(the world and its parser live in :mod:`rlds_lm.tasks.summarization`). No downloads;
+examples are generated deterministically from a per-split seed derived from names, and
+keyed by content.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import dataclasses
 import tensorflow_datasets as tfds
 
 from rlds_lm.schema import content_id
-
-from . import world
+from rlds_lm.tasks import summarization as world
 
 
 @dataclasses.dataclass

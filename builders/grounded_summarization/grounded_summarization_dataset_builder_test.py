@@ -3,7 +3,7 @@
 import tensorflow_datasets as tfds
 
 from builders.grounded_summarization import grounded_summarization_dataset_builder
-from builders.grounded_summarization import world
+from rlds_lm.tasks import summarization as world
 
 FACTS = ["Ada Costa|lives_in|Marlow", "Ada Costa|works_at|Helix Biotech",
          "Ada Costa|born_in_year|1971", "Helix Biotech|headquartered_in|Arden",

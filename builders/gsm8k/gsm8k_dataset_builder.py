@@ -2,7 +2,7 @@
 
 A prompt source for distillation and RL from a correctness reward, with exactly the
 features of ``builders/arithmetic`` (``prompt_id``, ``question``, ``answer``, ``steps``,
-``num_steps``), so downstream code treats both alike; ``builders.arithmetic.problems.check``
+``num_steps``), so downstream code treats both alike; ``rlds_lm.tasks.arithmetic.check``
 grades completions against ``answer``. Nothing is downloaded: the user places
 ``train.jsonl`` and ``test.jsonl`` in the manual directory (see
 ``MANUAL_DOWNLOAD_INSTRUCTIONS``). Examples keep file order and are keyed by

@@ -7,9 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from builders.arithmetic import arithmetic_dataset_builder
-from builders.arithmetic import problems
 from builders.gsm8k import gsm8k_dataset_builder
 from builders.gsm8k import parsing
+from rlds_lm.tasks import arithmetic as problems
 from rlds_lm.schema import content_id
 
 DUMMY = gsm8k_dataset_builder.Builder.code_path.parent / "dummy_data"

@@ -32,9 +32,10 @@ Every generation (policy and anchor samples, with its reward and which policy dr
 ``workdir/generations`` (:class:`rollouts.GenerationLog`). Prompts and sampling seeds
 are functions of (seed, step), so a resumed run makes the same draws.
 
-Scorers plug in through :data:`REWARDS`: a :class:`Reward` names the record fields it
-reads, the prompt text of a record, and ``score(prompt_record, completion_text) ->
-float``; ``BondConfig.reward`` selects one by name (so ``config.json`` names the run).
+Scorers plug in through the reward registry of :mod:`rlds_lm.tasks` (:data:`REWARDS`): a
+:class:`Reward` names the record fields it reads, the prompt text of a record, and
+``score(prompt_record, completion_texts) -> float32 [n]``; ``BondConfig.reward`` selects
+one by name (so ``config.json`` names the run).
 
 Example (CPU, tiny model, 8 prompts x 3 samples a step: ~10 s to compile, then
 about a second a step)::
@@ -64,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlds_lm import schema as S
+from rlds_lm import tasks
 from rlds_lm import tokenizers
 from rlds_lm.models import checkpoint as ckpt_lib
 from rlds_lm.models import config as model_config
@@ -80,45 +82,9 @@ DEFAULT_KL_COEF = {"jbond": 0.0, "reinforce": 0.05}
 ANCHOR_SAMPLES = 2  # J-BOND: Best-of-2 of the anchor
 
 
-# --------------------------------------------------------------------------------------
-# Rewards.
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Reward:
-  """A scorer and the prompt it scores.
-
-  Attributes:
-    fields: the prompt-record fields ``prompt`` and ``score`` read; a dataset without
-      them is refused before anything runs.
-    prompt: ``prompt_record -> text`` the policy is asked to complete.
-    score: ``reward_fn(prompt_record, completion_text) -> float``.
-    task: recorded as the episodes' task.
-  """
-
-  fields: tuple[str, ...]
-  prompt: Callable[[Mapping[str, Any]], str]
-  score: Callable[[Mapping[str, Any], str], float]
-  task: str = ""
-
-
-def arithmetic_prompt(record: Mapping[str, Any]) -> str:
-  """``"{question}\\nAnswer:"``, the prompt every arithmetic stage uses."""
-  from pipelines import tasks  # pylint: disable=g-import-not-at-top
-  return tasks.prompt_text(tasks.ARITHMETIC, record)
-
-
-def arithmetic_reward(record: Mapping[str, Any], completion: str) -> float:
-  """1.0 when the completion's answer is exactly the record's ``answer``, else 0.0."""
-  from builders.arithmetic import problems  # pylint: disable=g-import-not-at-top
-  return float(problems.check(str(record["answer"]), completion))
-
-
-REWARDS: dict[str, Reward] = {
-    "arithmetic": Reward(fields=("question", "answer"), prompt=arithmetic_prompt,
-                         score=arithmetic_reward, task="arithmetic"),
-}
+# Rewards: the one registry of rlds_lm.tasks (name -> fields, prompt, task, score).
+Reward = tasks.Reward
+REWARDS = tasks.REWARDS
 
 
 # --------------------------------------------------------------------------------------
@@ -304,6 +270,7 @@ def train(config: BondConfig,
   started = time.perf_counter()
   jbond = config.algorithm == "jbond"
   reward = REWARDS[config.reward]
+  reward_fn = reward.bind()  # a reward that needs options (a model) is refused here
   os.makedirs(config.workdir, exist_ok=True)
   with open(os.path.join(config.workdir, "config.json"), "w") as f:
     json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
@@ -379,9 +346,9 @@ def train(config: BondConfig,
     """Rewards [len(groups), n] and completion texts (group order)."""
     texts, values = [], []
     for g in groups:
-      for c in g.completions:
-        texts.append(tokenizer.decode(c.tokens))
-        values.append(reward.score(records[g.prompt_index], texts[-1]))
+      group_texts = [tokenizer.decode(c.tokens) for c in g.completions]
+      texts.extend(group_texts)
+      values.extend(reward_fn(records[g.prompt_index], group_texts).values)
     return np.asarray(values, np.float32).reshape(len(groups), -1), texts
 
   def record(groups, rewards, texts, step, name):

@@ -9,12 +9,12 @@ document entails, while a KL penalty keeps it close to where it started. Every s
 2. completes each ``samples_per_prompt`` (n) times with the *current* policy, in one
    batched call (:func:`rlds_lm.trainers.rollouts.sample_group`);
 3. scores the decoded summaries: ``oracle`` is the exact entailment of the synthetic
-   world (:func:`builders.grounded_summarization.world.entailment`: the fraction of the
+   world (:func:`rlds_lm.tasks.summarization.entailment`: the fraction of the
    summary's sentences that state a document fact), the truth; ``nli`` is the mean, over
    the summary's sentences, of a learned classifier's P(document entails sentence)
-   (:mod:`pipelines.nli`), what a real setup could afford. ``reward`` picks the one that is
-   optimised; both are recorded when available, so the gap between them (reward hacking
-   of the learned model) is measured;
+   (:mod:`rlds_lm.tasks.nli`), what a real setup could afford. ``reward`` picks the one
+   that is optimised; both are recorded when available, so the gap between them
+   (reward hacking of the learned model) is measured;
 4. records every completion as a rollout episode in ``workdir/generations``: rewards
    ``total`` (the optimised one, also the episode's primary ``reward``), ``oracle`` and
    ``nli`` where known, the step in the lineage;
@@ -93,13 +93,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from builders.grounded_summarization import world
-from pipelines import nli
 from rlds_lm import schema as S
+from rlds_lm import tasks
 from rlds_lm import tokenizers
 from rlds_lm.models import checkpoint as ckpt_lib
 from rlds_lm.models import config as model_config
 from rlds_lm.models import sampling
+from rlds_lm.tasks import nli
 from rlds_lm.trainers import common
 from rlds_lm.trainers import data as D
 from rlds_lm.trainers import losses as L
@@ -110,7 +110,7 @@ OFF_POLICY = ("vtrace", "none")
 CRITICS = ("baseline", "value_head")
 # Dataset fields each reward needs (the prompt is made from "document").
 _REQUIRED = {"oracle": ("document", "facts"), "nli": ("document",)}
-# = pipelines.tasks.prompt_text("summarization", record) (a test checks); kept here so
+# = rlds_lm.tasks.prompt_text("summarization", record) (a test checks); kept here so
 # the prompt format of the trained policy is visible in this file.
 PROMPT_FORMAT = "Document: {document}\nSummary:"
 TASK = "summarization"
@@ -124,7 +124,7 @@ class RlefConfig:
   workdir: str  # checkpoints/, metrics.jsonl, metrics.png, generations/, policy/
   policy: str  # checkpoint dir of the supervised policy: the start and the KL reference
   reward: str = "oracle"  # optimised: "oracle" (exact entailment) or "nli" (learned)
-  nli_model: str = ""  # pipelines.nli model dir: needed by reward="nli", else recorded
+  nli_model: str = ""  # rlds_lm.tasks.nli model dir: needed by reward="nli", else recorded
   split: str = "train"
   kl_coef: float = 0.05  # weight of KL(pi || ref) of a completion against its reward
   kl_kind: str = "k1"  # per-token KL estimator (losses.kl_penalty): "k1" or "k3"
@@ -249,25 +249,15 @@ def prompt_order(seed: int, step: int, per_step: int, count: int
 def oracle_scores(facts: Sequence[Sequence[str | bytes]], texts: Sequence[str]
                   ) -> np.ndarray:
   """float32 [n]: the fraction of each summary's sentences that state a document fact."""
-  return np.asarray([world.entailment(f, t)["score"] for f, t in zip(facts, texts)],
-                    np.float32)
+  return tasks.get_reward("entailment").rows([{"facts": f} for f in facts], texts)
 
 
 def nli_scores(classifier: nli.NliClassifier, documents: Sequence[str],
                texts: Sequence[str]) -> np.ndarray:
   """float32 [n]: mean P(document entails sentence) over each summary's sentences (0 for
   a summary without any), all sentences of the batch in one call."""
-  owners, premises, hypotheses = [], [], []
-  for i, (document, text) in enumerate(zip(documents, texts)):
-    for sentence in world.sentences(text):
-      owners.append(i)
-      premises.append(document)
-      hypotheses.append(sentence)
-  probabilities = classifier.predict(premises, hypotheses)
-  owners = np.asarray(owners, np.int64)
-  sums = np.bincount(owners, probabilities, minlength=len(texts))
-  counts = np.bincount(owners, minlength=len(texts))
-  return (sums / np.maximum(counts, 1)).astype(np.float32)
+  return tasks.get_reward("nli").rows([{"document": d} for d in documents], texts,
+                                      predict=classifier.predict)
 
 
 def leave_one_out_baselines(rewards: np.ndarray) -> np.ndarray:

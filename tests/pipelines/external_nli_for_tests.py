@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from builders.grounded_summarization import world
+from rlds_lm.tasks import summarization as world
 
 CALLS = []
 

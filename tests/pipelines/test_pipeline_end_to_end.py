@@ -128,7 +128,7 @@ def test_teacher_logprobs_match_teacher_forced_scoring(chain, assets):
 
 
 def test_rewards_recomputed_from_text(chain):
-  from builders.arithmetic import problems  # pylint: disable=g-import-not-at-top
+  from rlds_lm.tasks import arithmetic as problems  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   answers = {}
   # The prompt source, found through the scored dataset's lineage.

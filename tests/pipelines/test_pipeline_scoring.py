@@ -8,18 +8,18 @@ import sys
 import numpy as np
 import pytest
 
-from builders.grounded_summarization import world
 from pipelines import core
 from pipelines import judge
-from pipelines import nli
 from pipelines import score
 from pipelines import scorers as SC
-from pipelines import tasks
 from pipelines import teacher
 from rlds_lm import publish as P
 from rlds_lm import schema as S
+from rlds_lm import tasks
 from rlds_lm import tokenizers
 from rlds_lm.models import sampling
+from rlds_lm.tasks import nli
+from rlds_lm.tasks import summarization as world
 
 from pipeline_testlib import by_id as _by_id  # pylint: disable=g-bad-import-order
 

@@ -148,12 +148,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(assets, jbond_run, 
 
 def test_reinforce_steps_with_a_plugged_in_reward(assets, tmp_path, monkeypatch):
   # A dense scorer (share of digits in the completion), through the REWARDS hook.
-  def digits(record, completion):
+  def digits(record, completions):
     del record
-    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+    return [sum(c.isdigit() for c in text) / max(1, len(text)) for text in completions]
 
   monkeypatch.setitem(bond.REWARDS, "digits", bond.Reward(
-      fields=("question",), prompt=bond.arithmetic_prompt, score=digits, task="arithmetic"))
+      fields=("question",), prompt=bond.REWARDS["arithmetic"].prompt, score=digits,
+      task="arithmetic"))
   config = _config(assets, tmp_path / "reinforce", algorithm="reinforce", reward="digits")
   assert config.kl_weight == bond.DEFAULT_KL_COEF["reinforce"] > 0
   bond.train(config)

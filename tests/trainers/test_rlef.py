@@ -14,13 +14,13 @@ import numpy as np
 import optax
 import pytest
 
-from builders.grounded_summarization import world
 from rlds_lm import logs
 from rlds_lm import schema as S
 from rlds_lm import tokenizers
 from rlds_lm.models import checkpoint as ckpt_lib
 from rlds_lm.models import config as model_config
 from rlds_lm.models import gemma
+from rlds_lm.tasks import summarization as world
 from rlds_lm.trainers import common
 from rlds_lm.trainers import data as D
 from rlds_lm.trainers import losses as L
@@ -38,7 +38,7 @@ def assets(tmp_path_factory):
   from builders.arithmetic import arithmetic_dataset_builder  # pylint: disable=g-import-not-at-top
   from builders.grounded_summarization import grounded_summarization_dataset_builder  # pylint: disable=g-import-not-at-top
   from pipelines import models  # pylint: disable=g-import-not-at-top
-  from pipelines import nli  # pylint: disable=g-import-not-at-top
+  from rlds_lm.tasks import nli  # pylint: disable=g-import-not-at-top
 
   root = tmp_path_factory.mktemp("rlef_assets")
   paths = {"policy": os.fspath(root / "policy"), "nli": os.fspath(root / "nli")}
@@ -219,7 +219,7 @@ def test_leave_one_out_advantages():
 
 
 def test_scores_of_summaries(assets):
-  from pipelines import nli  # pylint: disable=g-import-not-at-top
+  from rlds_lm.tasks import nli  # pylint: disable=g-import-not-at-top
   record = rollouts.load_prompt_records(assets["summaries"], limit=1)[0]
   true = record["reference_summaries"][0]
   true = true.decode() if isinstance(true, bytes) else true  # (lists stay bytes today)
@@ -248,7 +248,7 @@ def test_the_trainer_path_imports_neither_tensorflow_nor_beam(assets):
 
 
 def test_prompt_format_is_the_pipelines_one(assets):
-  from pipelines import tasks  # pylint: disable=g-import-not-at-top  (imports Beam)
+  from rlds_lm import tasks  # pylint: disable=g-import-not-at-top
   record = rollouts.load_prompt_records(assets["summaries"], limit=1)[0]
   assert rlef.PROMPT_FORMAT.format(document=record["document"]) == tasks.prompt_text(
       tasks.SUMMARIZATION, record)

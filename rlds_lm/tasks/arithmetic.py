@@ -1,6 +1,10 @@
-"""Synthetic multi-step arithmetic word problems and an exact answer checker.
+"""The ``arithmetic`` task: word problems with integer answers and an exact checker.
 
-Pure Python (no TensorFlow): the builder, pipelines and reward functions share it.
+Records have ``question`` (the prompt is ``"{question}\\nAnswer:"``) and ``answer``; the
+``arithmetic`` and ``gsm8k`` builders make them. The reward ``arithmetic`` is 1.0 when a
+completion's final number (:func:`extract_answer`) equals the exact answer, else 0.0.
+
+Synthetic multi-step problems (the ``arithmetic`` builder's data) are made here too.
 
 A problem starts from a quantity and applies 2-4 operations (add, subtract, multiply,
 divide exactly); every intermediate value is a non-negative integer, so the answer is
@@ -14,9 +18,26 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from rlds_lm.schema import content_id
+from rlds_lm.tasks import registry
+from rlds_lm.tasks.errors import RecordError
+
+TASK = "arithmetic"
+
+
+def _reference(record: Mapping[str, Any]) -> dict[str, Any]:
+  return {"answer": str(record.get("answer", ""))}
+
+
+@registry.register_task(TASK, field="question", reference=_reference)
+def prompt(record: Mapping[str, Any]) -> str:
+  """``"{question}\\nAnswer:"``, the prompt every arithmetic stage uses."""
+  return f"{record['question']}\nAnswer:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,3 +183,13 @@ def check(answer_text: str, completion: str) -> bool:
     return int(integral) == int(answer_text.strip())
   except ValueError:
     return False
+
+
+@registry.register_reward("arithmetic", task=TASK, fields=("question", "answer"))
+def score(record: Mapping[str, Any], completions: Sequence[str]) -> np.ndarray:
+  """float32 [n]: 1.0 where :func:`check` accepts the completion, else 0.0."""
+  answer = str(record.get("answer", ""))
+  if not answer:
+    raise RecordError("no_reference", f"prompt {record.get('prompt_id', '?')} has no "
+                                      f"answer")
+  return np.asarray([float(check(answer, c)) for c in completions], np.float32)

@@ -1,12 +1,24 @@
-"""A small synthetic world of people, cities and companies, and an exact entailment oracle.
+"""The ``summarization`` task: a small synthetic world and its exact entailment oracle.
 
-Pure Python (no TensorFlow). Facts are triples ``(subject, relation, object)``, written as
-text lines ``"subject|relation|object"``. Every fact is rendered into a sentence by a
-fixed set of templates, and :func:`facts_in` parses sentences made by the same templates
-back into triples, so :func:`entailment` is exact for text in that language: a sentence
-is *supported* when its triple is among the document's facts, *unsupported* when it
-parses to any other triple (a wrong city, an invented company, ...), and *unparsed* when
-no template matches (compound sentences, paraphrases, gibberish).
+Records have ``document`` (the prompt is ``"Document: {document}\\nSummary:"``) and, when
+known, ``facts`` and ``reference_summaries``; the ``grounded_summarization`` builder makes
+them from the world below (:func:`make_example`), ``xsum`` from real articles. Rewards:
+
+* ``entailment``: the exact oracle, the fraction of a summary's sentences that state a
+  document fact (:func:`entailment`); needs the gold ``facts``;
+* ``external_nli``: any NLI model behind ``fn(premises, hypotheses) -> P(entailment)``,
+  named ``module:function`` (option ``external_nli``): the mean over the summary's
+  sentences of P(document entails sentence) (:func:`sentence_mean`);
+* ``nli``: the same with the learned classifier of :mod:`rlds_lm.tasks.nli`.
+
+The world: people, cities and companies. Facts are triples ``(subject, relation,
+object)``, written as text lines ``"subject|relation|object"``. Every fact is rendered
+into a sentence by a fixed set of templates, and :func:`facts_in` parses sentences made by
+the same templates back into triples, so :func:`entailment` is exact for text in that
+language: a sentence is *supported* when its triple is among the document's facts,
+*unsupported* when it parses to any other triple (a wrong city, an invented company,
+...), and *unparsed* when no template matches (compound sentences, paraphrases,
+gibberish).
 
 Relations (subject type -> object type):
 
@@ -21,12 +33,19 @@ with the document on that slot is also reported as *contradicted*.
 
 from __future__ import annotations
 
+import importlib
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from rlds_lm.schema import content_id
+from rlds_lm.tasks import registry
+from rlds_lm.tasks.errors import RecordError
 
+TASK = "summarization"
 Triple = tuple[str, str, str]
 
 FIRST_NAMES = ("Ada", "Bruno", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiro",
@@ -232,3 +251,88 @@ def make_example(seed: str, index: int, num_people: tuple[int, int],
       "facts": [to_line(f) for f in facts],
       "reference_summaries": summaries,
   }
+
+
+# --------------------------------------------------------------------------------------
+# The task and its rewards.
+# --------------------------------------------------------------------------------------
+
+
+def _reference(record: Mapping[str, Any]) -> dict[str, Any]:
+  return {"document": record["document"],
+          "facts": list(record.get("facts", []) or []),
+          "reference_summaries": list(record.get("reference_summaries", []) or [])}
+
+
+@registry.register_task(TASK, field="document", reference=_reference)
+def prompt(record: Mapping[str, Any]) -> str:
+  """``"Document: {document}\\nSummary:"``, the prompt every summarization stage uses."""
+  return f"Document: {record['document']}\nSummary:"
+
+
+@registry.register_reward("entailment", task=TASK, fields=("document", "facts"))
+def score_entailment(record: Mapping[str, Any], completions: Sequence[str]) -> np.ndarray:
+  """float32 [n]: each summary's :func:`entailment` score against the record's facts."""
+  facts = record.get("facts")
+  if facts is None or len(facts) == 0:
+    raise RecordError("no_reference", f"prompt {record.get('prompt_id', '?')} has no gold "
+                                      f"facts (real data: use the nli scorers)")
+  return np.asarray([entailment(facts, c)["score"] for c in completions], np.float32)
+
+
+Predict = Callable[[list[str], list[str]], Any]
+
+
+def sentence_mean(records: Sequence[Mapping[str, Any]], completions: Sequence[str],
+                  predict: Predict) -> np.ndarray:
+  """float32 [n]: mean P(document entails sentence) over each summary's sentences (0.0
+  for a summary without any), every sentence of the batch in one ``predict`` call.
+
+  Args:
+    records: one per completion; ``document`` is the premise.
+    completions: the summaries.
+    predict: ``(premises, hypotheses) -> P(entailment)`` of each pair.
+  """
+  owners, premises, hypotheses = [], [], []
+  for i, (record, text) in enumerate(zip(records, completions)):
+    for sentence in sentences(text):
+      owners.append(i)
+      premises.append(record.get("document", ""))
+      hypotheses.append(sentence)
+  probabilities = np.asarray(predict(premises, hypotheses), np.float32).reshape(-1)
+  if probabilities.shape != (len(hypotheses),) or not np.all(np.isfinite(probabilities)):
+    raise RecordError("bad_nli_output", f"the NLI model returned {probabilities.shape} "
+                                        f"values for {len(hypotheses)} sentences")
+  owners = np.asarray(owners, np.int64)
+  sums = np.bincount(owners, probabilities, minlength=len(completions))
+  counts = np.bincount(owners, minlength=len(completions))
+  return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+
+def score_sentence_mean(record: Mapping[str, Any], completions: Sequence[str],
+                        predict: Predict) -> np.ndarray:
+  """:func:`sentence_mean` of the completions of one prompt."""
+  return sentence_mean([record] * len(completions), completions, predict)
+
+
+def load_function(spec: str) -> Callable[..., Any]:
+  """The callable named ``module:function``; ValueError if it cannot be loaded."""
+  module_name, _, attr = spec.partition(":")
+  if not module_name or not attr:
+    raise ValueError(f"expected module:function, found {spec!r}")
+  try:
+    fn = getattr(importlib.import_module(module_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"cannot load external NLI function {spec!r}: {e}") from e
+  if not callable(fn):
+    raise ValueError(f"{spec} is not callable")
+  return fn
+
+
+def _load_external(external_nli: str = "") -> dict[str, Any]:
+  return {"predict": load_function(external_nli)}
+
+
+registry.register_reward("external_nli", task=TASK, fields=("document",),
+                         options=("external_nli",), load=_load_external,
+                         score_rows=sentence_mean)(score_sentence_mean)
