@@ -370,6 +370,10 @@ class RawSequenceDecoder:
     from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
 
     feature = tf_example_pb2.Example.FromString(raw).features.feature
+    if self._OBS not in feature or self._ACT not in feature:
+      # Empty bytes parse as an empty Example: refuse it instead of a row of padding.
+      raise ValueError(f"not a stored episode ({len(raw)} bytes without the steps' "
+                       f"{self._OBS!r} / {self._ACT!r} features): a damaged record")
     length = self.max_length
     # Write each step's arrays straight into the padded outputs: one copy per array.
     out = {key: np.zeros(shape, dtype) for key, (shape, dtype) in self._shapes.items()}

@@ -262,3 +262,11 @@ def test_one_decoder_reads_every_per_token_field_of_the_schema_table(tmp_path):
       (S.SEQ_TOKENS, S.SEQ_LOSS_MASK, S.SEQ_BEHAVIOUR_LOGPROBS, S.SEQ_REWARD))
   with pytest.raises(ValueError, match="not both"):
     R.RawSequenceDecoder(8, teacher_top_k=4, fields=fields)
+
+
+def test_the_decoder_refuses_bytes_that_hold_no_episode(published):
+  path, _ = published
+  decode = R.RawSequenceDecoder(max_length=16, teacher_top_k=4)
+  for raw in (b"", b"\x0a\x00"):
+    with pytest.raises(ValueError, match="damaged record"):
+      decode(raw)
