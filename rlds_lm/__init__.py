@@ -2,8 +2,14 @@
 
 Record rollouts (:class:`Recorder`), publish them as TFDS datasets (:func:`rlds_lm.publish.publish`,
 :func:`publish_log`), replay them into trainers (:mod:`rlds_lm.read`). Importing this
-package does not import TensorFlow.
+package does not import TensorFlow. It hides the dependency stack's known start-up
+noise (see :func:`rlds_lm._compat.quiet`; ``RLDS_LM_VERBOSE=1`` keeps it).
 """
+
+from rlds_lm import _compat
+
+_compat.quiet()  # before any of TensorFlow, envlogger or Beam loads
+
 
 from rlds_lm.recorder import EpisodeBuilder
 from rlds_lm.recorder import Recorder
