@@ -35,6 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rlds_lm.cli_help import HelpFormatter
+
 HASH_DIM = 64
 NUM_DENSE = 3
 FORMAT = "rlds_lm.nli_logreg.v1"
@@ -214,13 +216,14 @@ class NliClassifier:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pipelines.nli", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
-  t = sub.add_parser("train", help="train and save the classifier")
+  t = sub.add_parser("train", help="train and save the classifier",
+                     formatter_class=HelpFormatter)
   t.add_argument("--out", required=True, help="model directory to write")
   t.add_argument("--examples", type=int, default=2000, help="training pairs")
-  t.add_argument("--seed", type=int, default=0)
-  t.add_argument("--steps", type=int, default=300)
+  t.add_argument("--seed", type=int, default=0, help="seed of the pairs and the weights")
+  t.add_argument("--steps", type=int, default=300, help="training steps")
   args = parser.parse_args(argv)
   w, b, report = train(args.examples, args.seed, args.steps)
   digest = NliClassifier(w, b, report).save(args.out)

@@ -17,18 +17,7 @@ from collections.abc import Sequence
 
 import rlds_lm
 from rlds_lm import _compat
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-  """Help with every flag's default: ``(default: X)`` is added unless the help text
-  already says what the default is (as it must for a default of ``None``)."""
-
-  def _get_help_string(self, action: argparse.Action) -> str:
-    text = action.help or ""
-    if ("default" not in text and action.option_strings and not action.required
-        and action.default not in (None, argparse.SUPPRESS)):
-      text += " (default: %(default)s)"
-    return text
+from rlds_lm.cli_help import HelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--overwrite", action="store_true", help="replace an earlier run's output")
   q.set_defaults(func=_cmd_quickstart)
   i = sub.add_parser("inspect", help="summarise a published dataset or a Riegeli log",
-                     description="Counts, fields, reward statistics (std is the "
-                     "population standard deviation, ddof=0), lineage and the first "
-                     "episodes as text; --html writes an episode viewer page.")
+                     description="Counts, fields, reward statistics (std: the population "
+                     "standard deviation, ddof=0),\nlineage and the first episodes as "
+                     "text; --html writes an episode viewer page.")
   i.add_argument("path", help="dataset directory (…/name/version) or Riegeli log directory")
   i.add_argument("--split", default="train", help="split of a published dataset")
   i.add_argument("--show", type=int, default=3, help="episodes printed as text")
