@@ -227,3 +227,28 @@ print("ok")
                         text=True, timeout=600)
   assert loud.returncode == 0, loud.stderr[-3000:]
   assert "is deprecated" in loud.stderr and "InitGoogleLogging" in loud.stderr
+
+
+def test_install_doc_tfds_build_commands_run(tmp_path):
+  """docs/install.md's `tfds build --imports builders....` block, run outside the
+  checkout with the repository on the path as an install puts it (the arithmetic and
+  gsm8k lines: the other two have the same forms)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "docs", "install.md")) as f:
+    block = re.search(r"```bash\n(tfds build --imports builders\.arithmetic.*?)```",
+                      f.read(), re.S).group(1)
+  commands = block.replace("\\\n", " ").splitlines()
+  assert len(commands) == 4
+  env = dict(_clean_env(), PYTHONPATH=repo,
+             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+  for command, name in ((commands[0], "arithmetic"), (commands[2], "gsm8k")):
+    command = command.replace("/tmp/tfds", str(tmp_path / "data")).replace(
+        "/path/to/gsm8k_files", os.path.join(repo, "builders", "gsm8k", "dummy_data"))
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    built = tfds.builder_from_directory(
+        str(next((tmp_path / "data" / name).glob("**/dataset_info.json")).parent))
+    assert built.info.splits["train"].num_examples > 0
