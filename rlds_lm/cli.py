@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
   try:
     return args.func(args)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
+  except (OSError, ValueError) as e:  # every refusal of ours is a ValueError
     if _verbose(args):
       raise
     print(f"rlds-lm {args.command}: error: {e}", file=sys.stderr)

@@ -60,7 +60,7 @@ def test_small_quickstart_runs_the_whole_loop_then_inspect(quickstart_small):
   assert f'"episodes": {result["iterations"][0]["episodes"]}' in log
 
 
-def test_inspect_a_missing_path_is_a_clear_error(tmp_path):
+def test_inspect_a_missing_path_is_a_clear_error(tmp_path, in_process_cli):
   assert cli.main(["inspect", str(tmp_path / "nope")]) == 2
 
 
@@ -124,8 +124,26 @@ def test_version():
   assert _run("--version").stdout.strip() == f"rlds-lm {rlds_lm.__version__}"
 
 
+@pytest.fixture
+def in_process_cli():
+  """Puts back what a command run in this process sets for the process (log levels,
+  progress bars), so later tests see the defaults."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  root, absl_level = logging.getLogger().level, absl_logging.get_verbosity()
+  tqdm = os.environ.get("TQDM_DISABLE")
+  yield
+  logging.getLogger().setLevel(root)
+  absl_logging.set_verbosity(absl_level)
+  if tqdm is None:
+    os.environ.pop("TQDM_DISABLE", None)
+  tfds.enable_progress_bar()
+
+
 def test_export_refuses_to_overwrite_takes_filters_and_import_says_what_it_published(
-    published, tmp_path, capsys):
+    published, tmp_path, capsys, in_process_cli):
   import json  # pylint: disable=g-import-not-at-top
 
   from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
