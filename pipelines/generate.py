@@ -30,7 +30,6 @@ from pipelines import core
 from pipelines import models
 from pipelines import tasks
 from rlds_lm import schema as S
-from rlds_lm.cli_help import HelpFormatter
 
 STAGE = "generate"
 
@@ -125,6 +124,7 @@ def read_prompts(pipeline, source: str, splits: Sequence[str] | None, task: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from rlds_lm.cli_help import HelpFormatter  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="python -m pipelines.generate",
                                    description=__doc__, formatter_class=HelpFormatter)
   parser.add_argument("--prompts", required=True,

@@ -139,7 +139,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="rlds-lm", description=__doc__)
+  parser = _Parser(prog="rlds-lm", description=(
+      "LM post-training data as RLDS episodes: run the toy loop, look at a dataset, "
+      "leave for\nor arrive from TRL-style JSONL and Hugging Face datasets. Quiet by "
+      "default: --verbose\non any command shows the libraries' log lines and progress "
+      "bars."))
   parser.add_argument("--version", action="version",
                       version=f"%(prog)s {rlds_lm.__version__}",
                       help="print the rlds_lm version and exit")
