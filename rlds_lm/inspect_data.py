@@ -38,6 +38,8 @@ def load_episodes(path: str | os.PathLike[str], split: str = "train"
 
 
 def _stats(values: list[float]) -> dict[str, float]:
+  """Mean, std (the population standard deviation, ddof=0, as everywhere in rlds_lm's
+  summaries), min, p10, median, p90 and max."""
   if not values:
     return {}
   array = np.asarray(values, np.float64)

@@ -35,7 +35,7 @@ import numpy as np
 from rlds_lm import schema as S
 
 COLORS = ("auto", "teacher", "reward", "none")
-SORTS = ("prompt", "reward", "gap", "storage")
+SORTS = ("prompt", "reward", "gap", "storage")  # the keys of _GROUP_ORDER
 
 
 def episode_gap(episode: Mapping[str, Any]) -> tuple[float, int]:
@@ -75,14 +75,9 @@ class GroupKeys:
     """Prompt ids in ``sort`` order (ties by prompt id)."""
     if sort not in SORTS:
       raise ValueError(f"sort must be one of {SORTS}, found {sort!r}")
-    ids = list(self._groups)
-    if sort == "prompt":
-      return sorted(ids)
-    if sort == "reward":
-      return sorted(ids, key=lambda p: (-self._groups[p][1], p))
-    if sort == "gap":
-      return sorted(ids, key=lambda p: (-self._groups[p][2] / max(self._groups[p][3], 1), p))
-    return ids
+    ids = list(self._groups)  # first-seen order
+    key = _GROUP_ORDER[sort]
+    return ids if key is None else sorted(ids, key=lambda p: key(p, self._groups[p]))
 
   def choose(self, limit: int, sort: str) -> list[str]:
     """The first groups in ``sort`` order whose sizes add up to at most ``limit``
@@ -95,6 +90,15 @@ class GroupKeys:
       chosen.append(prompt_id)
       total += size
     return chosen
+
+
+# sort -> key of (prompt id, [size, best reward, gap sum, gap tokens]); None: as stored.
+_GROUP_ORDER = {
+    "prompt": lambda prompt_id, group: prompt_id,
+    "reward": lambda prompt_id, group: (-group[1], prompt_id),
+    "gap": lambda prompt_id, group: (-group[2] / max(group[3], 1), prompt_id),
+    "storage": None,
+}
 
 
 def _prompt(episode: Mapping[str, Any]) -> str:
