@@ -1,6 +1,6 @@
 """The one place where rlds_lm patches its dependency stack.
 
-Two upstream problems are handled here, and nowhere else:
+Four upstream problems are handled here, and nowhere else:
 
 1. ``import rlds`` (0.1.8, the last release) imports ``reverb`` at module top in
    ``rlds/transformations/pattern.py``. dm-reverb 0.14 is built against TensorFlow 2.15
@@ -175,6 +175,7 @@ _state: dict[str, Any] = {"quiet": False, "env": {}}
 
 
 class _DropNoise(logging.Filter):
+  """Drops the records whose message ``pattern`` finds; keeps every other."""
 
   def __init__(self, pattern: re.Pattern[str]):
     super().__init__()
