@@ -4,8 +4,7 @@ Each stage is a module with PTransforms and a ``python -m pipelines.<stage>`` en
 see docs/pipelines.md.
 """
 
-import os
+# Before TensorFlow or Beam loads: hides their start-up noise (RLDS_LM_VERBOSE=1 keeps it).
+from rlds_lm import _compat
 
-# Before TensorFlow is imported (Beam imports it): its C++ INFO lines are noise here.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("GLOG_minloglevel", "2")
+_compat.quiet()

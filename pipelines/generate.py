@@ -124,23 +124,26 @@ def read_prompts(pipeline, source: str, splits: Sequence[str] | None, task: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from rlds_lm.cli_help import HelpFormatter  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="python -m pipelines.generate",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=__doc__, formatter_class=HelpFormatter)
   parser.add_argument("--prompts", required=True,
                       help="TFDS dataset directory (…/name/[config/]version) or .jsonl file")
   parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
   parser.add_argument("--task", choices=tasks.TASKS, default=None,
                       help="prompt task (default: detected from the record fields)")
   parser.add_argument("--policy", required=True, help="policy checkpoint directory")
-  parser.add_argument("--policy_name", default="", help="name recorded in episodes")
+  parser.add_argument("--policy_name", default="", help="name recorded in episodes (default: the checkpoint's config name)")
   parser.add_argument("--tokenizer", default="byte",
                       help="'byte' or a SentencePiece .model file")
   parser.add_argument("--num_samples", type=int, default=4, help="samples per prompt (N)")
-  parser.add_argument("--max_new_tokens", type=int, default=32)
-  parser.add_argument("--temperature", type=float, default=1.0)
-  parser.add_argument("--top_k", type=int, default=0)
-  parser.add_argument("--top_p", type=float, default=1.0)
+  parser.add_argument("--max_new_tokens", type=int, default=32,
+                      help="most tokens sampled per completion")
+  parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+  parser.add_argument("--top_k", type=int, default=0,
+                      help="sample from the k most likely tokens (0: all)")
+  parser.add_argument("--top_p", type=float, default=1.0,
+                      help="nucleus sampling mass (1: all)")
   parser.add_argument("--seed", type=int, default=0, help="sampling salt")
   core.add_common_flags(parser)
   return parser

@@ -44,6 +44,7 @@ import numpy as np
 from pipelines import core
 from pipelines import models
 from rlds_lm import schema as S
+from rlds_lm.cli_help import HelpFormatter
 
 STAGE = "judge"
 PAIRWISE = "pairwise"
@@ -187,19 +188,22 @@ def bon_for_group(element, *, reward: str, names: Sequence[str]
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m pipelines.judge", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   parser.add_argument("--rollouts", required=True, help="scored rollout dataset directory")
   parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
   parser.add_argument("--reward", default="",
                       help="reward that ranks candidates (default: the first reward)")
   parser.add_argument("--judge_policy", default="",
-                      help="checkpoint of an LLM judge (instead of --reward)")
+                      help="checkpoint of an LLM judge (instead of --reward; "
+                           "default: none)")
   parser.add_argument("--tokenizer", default="byte", help="the LLM judge's tokenizer")
-  parser.add_argument("--mode", choices=(PAIRWISE, RANKED), default=PAIRWISE)
+  parser.add_argument("--mode", choices=(PAIRWISE, RANKED), default=PAIRWISE,
+                      help="pairwise: one episode per pair; ranked: one per prompt")
   parser.add_argument("--pairs", choices=("all", "best_worst"), default="all",
                       help="which pairs in pairwise mode")
   parser.add_argument("--bon_output", default="",
-                      help="also write rollouts with Best-of-N quantiles here")
+                      help="also write rollouts with Best-of-N quantiles here "
+                           "(default: not written)")
   core.add_common_flags(parser)
   return parser
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from pipelines import core
+from rlds_lm.cli_help import HelpFormatter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +77,13 @@ def init_checkpoint(out: str, config_name: str = "tiny", seed: int = 0) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pipelines.models", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
-  init = sub.add_parser("init", help="write a freshly initialised checkpoint")
+  init = sub.add_parser("init", help="write a freshly initialised checkpoint",
+                        formatter_class=HelpFormatter)
   init.add_argument("out", help="checkpoint directory to create")
   init.add_argument("--config", default="tiny", help="named model config (tiny, small, ...)")
-  init.add_argument("--seed", type=int, default=0)
+  init.add_argument("--seed", type=int, default=0, help="initialisation seed")
   args = parser.parse_args(argv)
   digest = init_checkpoint(args.out, args.config, args.seed)
   print(f"wrote {args.config} checkpoint {digest} to {args.out}")

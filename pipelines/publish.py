@@ -32,6 +32,7 @@ import numpy as np
 from pipelines import core
 from rlds_lm import publish as P
 from rlds_lm import schema as S
+from rlds_lm.cli_help import HelpFormatter
 
 STAGE = "publish"
 CARD_FILE = "README.md"
@@ -150,19 +151,23 @@ def dataset_card(*, name: str, version: str, description: str, schema: S.SchemaC
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m pipelines.publish", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   parser.add_argument("--input", required=True, help="a stage's output dataset directory")
   parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
   parser.add_argument("--data_dir", required=True, help="TFDS data directory")
   parser.add_argument("--name", required=True, help="dataset name (snake_case)")
   parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH")
-  parser.add_argument("--description", default="", help="first paragraph of the card")
+  parser.add_argument("--description", default="", help="first paragraph of the card "
+                      "(default: 'rlds_lm KIND episodes.')")
   parser.add_argument("--file_formats", default=",".join(P.DEFAULT_FILE_FORMATS),
                       help="tfrecord first; array_record added as an alternative")
-  parser.add_argument("--num_shards", type=int, default=core.DEFAULT_NUM_SHARDS)
-  parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--num_shards", type=int, default=core.DEFAULT_NUM_SHARDS,
+                      help="output shards per split")
+  parser.add_argument("--workers", type=int, default=2,
+                      help="DirectRunner worker processes (ignored by other runners)")
   parser.add_argument("--max_dropped_fraction", type=float,
-                      default=core.DEFAULT_MAX_DROPPED_FRACTION)
+                      default=core.DEFAULT_MAX_DROPPED_FRACTION,
+                      help="fail if more than this fraction of the input is dropped")
   return parser
 
 

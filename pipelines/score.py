@@ -30,6 +30,7 @@ from pipelines import core
 from pipelines import generate
 from pipelines import scorers as SC
 from rlds_lm import schema as S
+from rlds_lm.cli_help import HelpFormatter
 
 STAGE = "score"
 
@@ -109,7 +110,7 @@ class _ScoreGroups(beam.DoFn):
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m pipelines.score", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   parser.add_argument("--rollouts", required=True, help="rollout dataset directory")
   parser.add_argument("--prompts", default="",
                       help="prompt source (default: the one in the rollouts' lineage)")
@@ -118,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"comma-separated, from {list(SC.SCORERS)}")
   parser.add_argument("--primary", default="", help="scorer whose value is the step "
                                                     "reward (default: the first)")
-  parser.add_argument("--nli_model", default="", help="model directory for the nli scorer")
+  parser.add_argument("--nli_model", default="", help="model directory for the nli scorer "
+                      "(default: none; needed by nli)")
   parser.add_argument("--external_nli", default="",
-                      help="module:function for the external_nli scorer")
+                      help="module:function for the external_nli scorer "
+                           "(default: none; needed by external_nli)")
   core.add_common_flags(parser)
   return parser
 

@@ -32,6 +32,7 @@ import numpy as np
 from pipelines import core
 from pipelines import models
 from rlds_lm import schema as S
+from rlds_lm.cli_help import HelpFormatter
 
 STAGE = "teacher"
 
@@ -111,17 +112,19 @@ def _with_teacher(step: Mapping[str, Any], teacher: Mapping[str, Any] | None,
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m pipelines.teacher", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   parser.add_argument("--rollouts", required=True, help="rollout dataset directory")
   parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
   parser.add_argument("--teacher", required=True, help="teacher checkpoint directory")
-  parser.add_argument("--teacher_name", default="")
+  parser.add_argument("--teacher_name", default="", help="name recorded in the "
+                      "teacher's lineage (default: the checkpoint's config name)")
   parser.add_argument("--tokenizer", default="byte",
                       help="'byte' or a SentencePiece .model file (must match the rollouts)")
   parser.add_argument("--top_k", type=int, default=8, help="K of the stored top-k (0: none)")
   parser.add_argument("--sampled_k", type=int, default=0,
                       help="S teacher draws per token, Gemma-3-style (0: none)")
-  parser.add_argument("--temperature", type=float, default=1.0)
+  parser.add_argument("--temperature", type=float, default=1.0,
+                      help="temperature of the teacher's distribution")
   core.add_common_flags(parser)
   return parser
 

@@ -2,7 +2,8 @@
 
 Record rollouts (:class:`Recorder`), publish them as TFDS datasets (:func:`rlds_lm.publish.publish`,
 :func:`publish_log`), replay them into trainers (:mod:`rlds_lm.read`). Importing this
-package does not import TensorFlow.
+package does not import TensorFlow. It hides the dependency stack's known start-up
+noise (see :func:`rlds_lm._compat.quiet`; ``RLDS_LM_VERBOSE=1`` keeps it).
 
 The public names below are loaded on first use (PEP 562), so that importing one module
 of the package (``rlds_lm.schema``, say) loads that module and nothing else of ours: the
@@ -14,6 +15,10 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from rlds_lm import _compat
+
+_compat.quiet()  # before any of TensorFlow, envlogger or Beam loads
 
 __version__ = "0.1.0"
 

@@ -38,6 +38,8 @@ def load_episodes(path: str | os.PathLike[str], split: str = "train"
 
 
 def _stats(values: list[float]) -> dict[str, float]:
+  """Mean, std (the population standard deviation, ddof=0, as everywhere in rlds_lm's
+  summaries), min, p10, median, p90 and max."""
   if not values:
     return {}
   array = np.asarray(values, np.float64)
@@ -76,15 +78,25 @@ def _text(value: Any) -> str:
 class Scan(NamedTuple):
   summary: dict[str, Any]
   config: S.SchemaConfig
-  episodes: list[dict[str, Any]]  # the first ``keep`` matching episodes
+  episodes: list[dict[str, Any]]  # whole prompt groups, at most ``keep`` episodes
   tokenizer: Any  # None when the dataset's tokenizer cannot be loaded
 
 
 def scan(path: str | os.PathLike[str], split: str = "train", show: int = 3,
-         where: Filter = Filter(), keep: int = 0) -> Scan:
-  """Reads every episode once: statistics of those ``where`` matches, the first ``show``
-  of them as text and the first ``keep`` as episodes."""
+         where: Filter = Filter(), keep: int = 0, sort: str = "prompt") -> Scan:
+  """Statistics of the episodes ``where`` matches, the first ``show`` of them as text,
+  and up to ``keep`` of them as episodes for the viewer.
+
+  The kept episodes are whole prompt groups (every matching sample of a prompt), the
+  first groups in ``sort`` order (see :data:`rlds_lm.viewer.SORTS`) whose sizes add up
+  to at most ``keep``, and at least one group; they come in that order, each group's
+  episodes together. Reads every episode once, and the dataset a second time to collect
+  the kept groups' episodes when ``keep`` is not 0.
+  """
+  from rlds_lm import viewer  # pylint: disable=g-import-not-at-top
+
   config, lineage, episodes, count = load_episodes(path, split)
+  groups = viewer.GroupKeys()
   steps = obs_tokens = act_tokens = invalid = matched = 0
   rewards: dict[str, list[float]] = {"reward": []}
   per_prompt: dict[str, int] = {}
@@ -114,8 +126,18 @@ def scan(path: str | os.PathLike[str], split: str = "train", show: int = 3,
       rewards.setdefault(name, []).append(value)
     if len(shown) < show:
       shown.append(episode_text(episode, config, tokenizer))
-    if len(kept) < keep:
-      kept.append(episode)
+    if keep:
+      groups.add(episode)
+  if keep:
+    chosen = groups.choose(keep, sort)
+    if not isinstance(episodes, list):  # a published dataset: read it again
+      episodes = load_episodes(path, split)[2]
+    members: dict[str, list[dict[str, Any]]] = {p: [] for p in chosen}
+    for episode in episodes:
+      prompt_id = _text(episode[S.PROMPT_ID])
+      if prompt_id in members and where(episode):
+        members[prompt_id].append(episode)
+    kept = [e for group in members.values() for e in group]
   group_sizes = list(per_prompt.values())
   summary = {
       "path": os.fspath(path),

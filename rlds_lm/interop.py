@@ -45,7 +45,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,11 +95,14 @@ def _role(role: str) -> str:
 
 
 def export_rows(path: str | os.PathLike[str], fmt: str, split: str = "train", *,
-                tokenizer_model: str | None = None) -> list[dict[str, Any]]:
+                tokenizer_model: str | None = None,
+                where: Callable[[Mapping[str, Any]], bool] | None = None
+                ) -> list[dict[str, Any]]:
   """The rows of a published dataset (or a Riegeli log) in ``fmt``.
 
   ``tokenizer_model``: the SentencePiece model file of a ``spm:`` dataset, to decode
-  token ids into the text columns.
+  token ids into the text columns. ``where``: only the episodes it accepts (e.g. an
+  ``inspect_data.Filter``, as ``rlds-lm export --min_reward ...`` passes).
 
   Raises:
     InteropError: the dataset's kind or contents do not fit ``fmt`` (a preference format
@@ -110,6 +113,7 @@ def export_rows(path: str | os.PathLike[str], fmt: str, split: str = "train", *,
   if fmt not in FORMATS:
     raise InteropError(f"format must be one of {FORMATS}, found {fmt!r}")
   config, _, episodes, _ = inspect_data.load_episodes(path, split)
+  episodes = (e for e in episodes if where is None or where(e))
   want = S.PREFERENCE if fmt == PREFERENCE else S.ROLLOUT
   if config.kind != want:
     raise InteropError(f"{path} holds {config.kind} episodes; format {fmt!r} needs "
@@ -275,9 +279,10 @@ def _preference_rows(episode, lineage: Mapping[str, Any], tokenizer, conversatio
 
 
 def export_jsonl(path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
-                 split: str = "train", *, tokenizer_model: str | None = None) -> int:
+                 split: str = "train", *, tokenizer_model: str | None = None,
+                 where: Callable[[Mapping[str, Any]], bool] | None = None) -> int:
   """Writes ``fmt`` rows as JSON lines to ``out``; returns the row count."""
-  rows = export_rows(path, fmt, split, tokenizer_model=tokenizer_model)
+  rows = export_rows(path, fmt, split, tokenizer_model=tokenizer_model, where=where)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w", encoding="utf-8") as f:
     for row in rows:
@@ -295,10 +300,11 @@ def _datasets():
 
 
 def export_hf(path: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str,
-              split: str = "train", *, tokenizer_model: str | None = None) -> int:
+              split: str = "train", *, tokenizer_model: str | None = None,
+              where: Callable[[Mapping[str, Any]], bool] | None = None) -> int:
   """Saves ``fmt`` rows as a Hugging Face ``datasets.Dataset`` (Arrow) in ``out``."""
   datasets = _datasets()
-  rows = export_rows(path, fmt, split, tokenizer_model=tokenizer_model)
+  rows = export_rows(path, fmt, split, tokenizer_model=tokenizer_model, where=where)
   if not rows:
     raise InteropError(f"{path} gives no {fmt} rows (e.g. only ties): nothing to save")
   datasets.Dataset.from_list(rows).save_to_disk(os.fspath(out))

@@ -16,6 +16,11 @@ One file, no network: inline CSS, a few lines of inline JavaScript, the data as 
   one marked, with their scores and rank.
 * A reward slider hides rollouts below a threshold, in the browser; a counter says how
   many are shown.
+* The page holds whole prompt groups (``rlds-lm inspect --limit`` counts episodes and
+  never splits a group) and says how many groups and samples it shows. Groups are in
+  ``sort`` order (:data:`SORTS`): by prompt id, by best reward (highest first), by
+  teacher-student gap (largest first: the mean over the group's action tokens of
+  ``log p_student - log p_teacher``), or as stored.
 """
 
 from __future__ import annotations
@@ -30,6 +35,75 @@ import numpy as np
 from rlds_lm import schema as S
 
 COLORS = ("auto", "teacher", "reward", "none")
+SORTS = ("prompt", "reward", "gap", "storage")  # the keys of _GROUP_ORDER
+
+
+def episode_gap(episode: Mapping[str, Any]) -> tuple[float, int]:
+  """(sum, count) over the action tokens of ``log p_student - log p_teacher``; (0, 0)
+  without teacher data. Behaviour log-probs that were not stored read 0."""
+  total, count = 0.0, 0
+  for step in episode[S.STEPS]:
+    teacher = step.get(S.TEACHER) or {}
+    teacher_lp = np.asarray(teacher.get(S.TEACHER_TOKEN_LOGPROB, ()), np.float64)
+    if step[S.IS_LAST] or not len(teacher_lp):
+      continue
+    student = np.asarray(step.get(S.ACTION_LOGPROBS, np.zeros(len(teacher_lp))),
+                         np.float64)[:len(teacher_lp)]
+    total += float((student - teacher_lp[:len(student)]).sum())
+    count += len(student)
+  return total, count
+
+
+class GroupKeys:
+  """Per prompt group: size, best reward and teacher-student gap, gathered one episode
+  at a time; :meth:`choose` picks whole groups for a page."""
+
+  def __init__(self):
+    self._groups: dict[str, list[float]] = {}  # prompt id -> [size, best, gap sum, n]
+
+  def add(self, episode: Mapping[str, Any]) -> None:
+    prompt_id = _prompt(episode)
+    reward = S.episode_return(episode)
+    gap, tokens = episode_gap(episode)
+    group = self._groups.setdefault(prompt_id, [0, reward, 0.0, 0])
+    group[0] += 1
+    group[1] = max(group[1], reward)
+    group[2] += gap
+    group[3] += tokens
+
+  def order(self, sort: str) -> list[str]:
+    """Prompt ids in ``sort`` order (ties by prompt id)."""
+    if sort not in SORTS:
+      raise ValueError(f"sort must be one of {SORTS}, found {sort!r}")
+    ids = list(self._groups)  # first-seen order
+    key = _GROUP_ORDER[sort]
+    return ids if key is None else sorted(ids, key=lambda p: key(p, self._groups[p]))
+
+  def choose(self, limit: int, sort: str) -> list[str]:
+    """The first groups in ``sort`` order whose sizes add up to at most ``limit``
+    episodes (at least one group): the groups that fit, never a part of one."""
+    chosen, total = [], 0
+    for prompt_id in self.order(sort):
+      size = int(self._groups[prompt_id][0])
+      if chosen and total + size > limit:
+        break
+      chosen.append(prompt_id)
+      total += size
+    return chosen
+
+
+# sort -> key of (prompt id, [size, best reward, gap sum, gap tokens]); None: as stored.
+_GROUP_ORDER = {
+    "prompt": lambda prompt_id, group: prompt_id,
+    "reward": lambda prompt_id, group: (-group[1], prompt_id),
+    "gap": lambda prompt_id, group: (-group[2] / max(group[3], 1), prompt_id),
+    "storage": None,
+}
+
+
+def _prompt(episode: Mapping[str, Any]) -> str:
+  value = episode[S.PROMPT_ID]
+  return value.decode() if isinstance(value, bytes) else str(value)
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -194,10 +268,17 @@ def _preference_html(episode: Mapping[str, Any], tokenizer) -> str:
 
 def render(summary: Mapping[str, Any], episodes: Sequence[Mapping[str, Any]],
            config: S.SchemaConfig, tokenizer=None, *, color: str = "auto",
-           title: str = "") -> str:
-  """The page for ``episodes`` (already filtered) with the dataset ``summary``."""
+           title: str = "", sort: str = "prompt") -> str:
+  """The page for ``episodes`` (already filtered, whole groups) with the dataset
+  ``summary``, groups in ``sort`` order (:data:`SORTS`)."""
   if color not in COLORS:
     raise ValueError(f"color must be one of {COLORS}, found {color!r}")
+  keys = GroupKeys()
+  for episode in episodes:
+    keys.add(episode)
+  rank = {prompt_id: i for i, prompt_id in enumerate(keys.order(sort))}
+  episodes = sorted(episodes, key=lambda e: rank[_prompt(e)])  # stable: storage order
+  groups_shown = len(rank)
   if color == "auto":
     has_token_rewards = any(
         np.any(np.asarray(s.get(S.TOKEN_REWARDS, ())) != 0)
@@ -217,6 +298,10 @@ def render(summary: Mapping[str, Any], episodes: Sequence[Mapping[str, Any]],
                                      f"max {stats['max']:.4g}"))
   rows.append(("lineage", json.dumps(summary["lineage"], sort_keys=True)))
   head = "".join(f"<tr><td><b>{_esc(k)}</b></td><td>{_esc(v)}</td></tr>" for k, v in rows)
+  total_groups = summary.get("prompts", groups_shown)
+  counts = (f"{groups_shown} of {total_groups} prompt groups, {len(episodes)} of "
+            f"{summary['episodes']} episodes on this page (whole groups; sorted by "
+            f"{sort}).")
   body = []
   if config.kind == S.PREFERENCE:
     body = [_preference_html(e, tokenizer) for e in episodes]
@@ -253,5 +338,5 @@ def render(summary: Mapping[str, Any], episodes: Sequence[Mapping[str, Any]],
           f"<title>{_esc(title)}</title><style>{_CSS}</style>"
           f"<script>{_SCRIPT}</script></head><body>"
           f"<h1>{_esc(title)}</h1><table class=\"summary\">{head}</table>"
-          f'<p class="meta">{len(episodes)} episodes on this page.</p>'
+          f'<p class="meta" id="page-counts">{_esc(counts)}</p>'
           + "".join(body) + "</body></html>\n")

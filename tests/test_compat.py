@@ -39,3 +39,21 @@ def test_envlogger_codec_encodes_arrays_on_numpy2():
   decoded = codec.decode(codec.encode(value))
   np.testing.assert_array_equal(decoded["ids"], value["ids"])
   assert decoded["text"] == "héllo"
+
+
+def test_filtered_stderr_drops_the_known_start_up_lines_and_keeps_the_rest(capfd):
+  import os
+  noise = (b"WARNING: All log messages before absl::InitializeLog() is called are written "
+           b"to STDERR\n"
+           b"I0000 00:00:1796415904.758698    7041 port.cc:153] oneDNN custom operations\n"
+           b"To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+           b"TensorFlow with the appropriate compiler flags.\n"
+           b"E0000 00:00:1796415926.203726    7635 cuda_platform.cc:52] failed call to "
+           b"cuInit: INTERNAL\n")
+  kept = (b"E0000 00:00:1796415926.203726    7635 saver.cc:1] a real error\n"
+          b"Traceback (most recent call last):\n")
+  noise_lines, kept_lines = noise.splitlines(True), kept.splitlines(True)
+  with _compat.filtered_stderr():
+    os.write(2, b"".join(noise_lines[:2]) + kept_lines[0] + noise_lines[2][:30])
+    os.write(2, noise_lines[2][30:] + kept_lines[1] + noise_lines[3])
+  assert capfd.readouterr().err == kept.decode()

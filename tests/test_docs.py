@@ -45,6 +45,8 @@ COMMAND_BLOCKS = {
     ("schema.md", "python docs/gen_schema_examples.py"): "test_schema_doc_commands_run",
     ("benchmarks.md", "python -m benchmarks.record_throughput"):
         "test_benchmark_doc_commands_run (each with --quick)",
+    ("install.md", "tfds build --imports builders.arithmetic"):
+        "tests/test_cli.py::test_install_doc_tfds_build_commands_run",
     ("interop.md", "# On the quickstart's output"): "test_quickstart_doc_commands_run",
     ("interop.md", "rlds-lm export"): "test_quickstart_doc_commands_run",
     ("quickstart.md", "rlds-lm quickstart --workdir"): "test_quickstart_doc_commands_run "

@@ -226,7 +226,7 @@ def test_cli_export_and_import(sources, tmp_path, capsys):
   printed = capsys.readouterr().out
   assert os.fspath(tmp_path / "d" / "back" / "1.0.0") in printed
   assert cli.main(["export", sources["preference"], "--format", "distill",
-                   "--jsonl", os.fspath(out)]) == 2
+                   "--jsonl", os.fspath(out), "--overwrite"]) == 2
   assert "needs rollout episodes" in capsys.readouterr().err
 
 

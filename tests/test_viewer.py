@@ -172,3 +172,63 @@ def test_the_viewer_escapes_what_it_shows():
   page = viewer.render(summary, [episode], ROLLOUT, tokenizers.ByteTokenizer())
   assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
   assert "<img" not in page and 'data-prompt="p&quot;&gt;&lt;img' in page
+
+
+@pytest.fixture(scope="module")
+def interleaved(tmp_path_factory):
+  """6 prompts x 4 samples, published: storage order (by key hash) interleaves groups."""
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+  from rlds_lm import testing as T  # pylint: disable=g-import-not-at-top
+  episodes = [V.validate_episode(T.fake_rollout(ROLLOUT, seed=i), ROLLOUT) for i in range(24)]
+  path = P.publish({"train": episodes}, data_dir=tmp_path_factory.mktemp("groups"),
+                   name="groups", config=ROLLOUT)
+  _, records = R.iter_records(path, "train")
+  stored = [R.materialize(r)[S.PROMPT_ID] for r in records]
+  first = stored[:10]
+  assert any(first.count(p) not in (0, 4) for p in set(stored)), stored  # a split group
+  groups = {}
+  for episode in episodes:
+    groups.setdefault(episode[S.PROMPT_ID], []).append(episode)
+  return path, groups
+
+
+def _page(path, page, *args):
+  out = _cli("inspect", path, "--html", page, "--show", 0, *args)
+  dom = _Dom()
+  dom.feed(page.read_text())
+  return out, dom
+
+
+def _gap(group):
+  gaps = [np.asarray(s[S.ACTION_LOGPROBS], np.float64) -
+          np.asarray(s[S.TEACHER][S.TEACHER_TOKEN_LOGPROB], np.float64)
+          for e in group for s in e[S.STEPS] if not s[S.IS_LAST]]
+  return float(np.concatenate(gaps).mean())
+
+
+@pytest.mark.parametrize("sort", ["prompt", "reward", "gap"])
+def test_the_viewer_page_takes_whole_groups_in_sort_order(interleaved, tmp_path, sort):
+  path, groups = interleaved
+  key = {"prompt": lambda p: p,
+         "reward": lambda p: -max(_reward(e) for e in groups[p]),
+         "gap": lambda p: -_gap(groups[p])}[sort]
+  expected = sorted(groups, key=key)[:2]  # 10 episodes at most: two groups of 4
+  out, dom = _page(path, tmp_path / f"{sort}.html", "--limit", 10, "--sort", sort)
+  assert "(2 of 6 prompt groups, 8 of 24 episodes)" in out
+  assert dom.by_id("page-counts")["text"].startswith(
+      "2 of 6 prompt groups, 8 of 24 episodes on this page")
+  shown = dom.find("group")
+  assert [g["attrs"]["data-prompt"] for g in shown] == expected
+  for group in shown:
+    members = {e[S.EPISODE_ID] for e in groups[group["attrs"]["data-prompt"]]}
+    assert "4 samples" in group["text"]
+    cards = [c for c in dom.find("card") if c["attrs"]["data-episode"] in members]
+    assert len(cards) == 4
+  assert len(dom.find("card")) == 8
+
+
+def test_a_group_larger_than_the_limit_is_shown_whole_and_alone(interleaved, tmp_path):
+  path, groups = interleaved
+  out, dom = _page(path, tmp_path / "one.html", "--limit", 3)
+  assert "(1 of 6 prompt groups, 4 of 24 episodes)" in out
+  assert [g["attrs"]["data-prompt"] for g in dom.find("group")] == [sorted(groups)[0]]

@@ -232,14 +232,16 @@ def score(record: Mapping[str, Any], completions: Sequence[str], predict: world.
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pipelines.nli") -> int:
   """``train``: fits, evaluates and saves the classifier (``python -m pipelines.nli``)."""
+  from rlds_lm.cli_help import HelpFormatter  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
-  t = sub.add_parser("train", help="train and save the classifier")
+  t = sub.add_parser("train", help="train and save the classifier",
+                     formatter_class=HelpFormatter)
   t.add_argument("--out", required=True, help="model directory to write")
-  t.add_argument("--examples", type=int, default=2000, help="training pairs")
-  t.add_argument("--seed", type=int, default=0)
-  t.add_argument("--steps", type=int, default=300)
+  t.add_argument("--examples", type=int, default=2000, help="training pairs generated")
+  t.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
+  t.add_argument("--steps", type=int, default=300, help="optimisation steps")
   args = parser.parse_args(argv)
   w, b, report = train(args.examples, args.seed, args.steps)
   digest = NliClassifier(w, b, report).save(args.out)
