@@ -4,7 +4,7 @@ A stage never fails on one bad record. Each per-record step emits one PCollectio
 tagged ``(kind, value)`` pairs: ``(OK, output)`` for what goes on, ``(DEAD,
 DeadLetter)`` for what was dropped; :class:`SplitTagged` separates them with two
 filters. (Not a multi-output ``ParDo``: Beam's DaskRunner routes ``TaggedOutput``s to
-the wrong consumer, see /work/shared/STACK.md; plain filters run the same everywhere.)
+the wrong consumer; plain filters run the same on every runner.)
 Every drop increments the Beam counters ``<stage>/dropped`` and
 ``<stage>/dead_letter.<reason>``; :func:`write_dead_letters` stores the letters as JSON
 lines under the output's temporary folder, where ``scaffold.finalize`` gathers them into

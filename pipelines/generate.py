@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -145,21 +146,15 @@ def build_config(args: argparse.Namespace) -> GenerateSetup:
                        stage_config=stage_config)
 
 
-class Generate(beam.PTransform):
+class Generate(dead_letters.SafeMapped):
   """``(split, Prompt)`` -> ``(rollouts, dead_letters)``: ``(split, episode)`` pairs,
   ``num_samples`` per prompt; prompts too long for the policy become dead letters."""
 
   def __init__(self, setup: GenerateSetup):
-    super().__init__()
-    self._setup = setup
-
-  def expand(self, prompts):
-    setup = self._setup
-    return dead_letters.safe_map(
-        prompts, "Sample", STAGE,
-        lambda state, prompt: rollouts_for_prompt(
-            state, prompt, config=setup.config, schema=setup.schema,
-            policy_info=setup.policy_info, lineage=setup.episode_lineage),
+    super().__init__(
+        STAGE,
+        functools.partial(rollouts_for_prompt, config=setup.config, schema=setup.schema,
+                          policy_info=setup.policy_info, lineage=setup.episode_lineage),
         key_fn=lambda prompt: prompt.prompt_id, setup_fn=setup.config.policy.load)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -172,22 +173,16 @@ def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> Teacher
                       stage_config=stage_config)
 
 
-class Annotate(beam.PTransform):
+class Annotate(dead_letters.SafeMapped):
   """``(split, rollout)`` -> ``(annotated, dead_letters)``: each rollout with the
   teacher's arrays on its acting steps; episodes too long for the teacher, or with an
   empty context, become dead letters."""
 
   def __init__(self, setup: TeacherSetup):
-    super().__init__()
-    self._setup = setup
-
-  def expand(self, episodes):
-    setup = self._setup
-    return dead_letters.safe_map(
-        episodes, "Score", STAGE,
-        lambda state, episode: annotate_episode(
-            state, episode, config=setup.config, teacher_info=setup.teacher_info,
-            digest=setup.digest),
+    super().__init__(
+        STAGE,
+        functools.partial(annotate_episode, config=setup.config,
+                          teacher_info=setup.teacher_info, digest=setup.digest),
         key_fn=lambda episode: episode[S.EPISODE_ID], setup_fn=setup.config.teacher.load)
 
 
