@@ -15,6 +15,7 @@ from pipelines.dataset_io import TRAIN
 from pipelines.dataset_io import DatasetInput
 from pipelines.dataset_io import ReadRecords
 from pipelines.dataset_io import WriteEpisodes
+from pipelines.dataset_io import WriteLines
 from pipelines.dataset_io import absolute
 from pipelines.dataset_io import open_input
 from pipelines.dataset_io import read_jsonl

@@ -258,6 +258,39 @@ def shard_filename(name: str, split: str, shard: int, num_shards: int) -> str:
   return f"{name}-{split}.{P.TFRECORD}-{shard:05d}-of-{num_shards:05d}"
 
 
+class _WriteLines(beam.DoFn):
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def process(self, element):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    _, lines = element
+    with tf.io.gfile.GFile(self._path, "w") as f:
+      f.write("".join(f"{line}\n" for line in sorted(lines)))
+    yield self._path
+
+
+class WriteLines(beam.PTransform):
+  """Writes a PCollection of strings to one text file, sorted, one per line.
+
+  Instead of ``beam.io.WriteToText``, which writes temporary files and renames them
+  (and on Beam's DaskRunner leaves an empty file): all lines go to one worker, which
+  writes the file. For small outputs only (dead letters, statistics). Nothing is
+  written when the PCollection is empty.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def expand(self, lines):
+    return (lines
+            | "Key" >> beam.Map(lambda line: (None, line))
+            | "Group" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteLines(self._path)))
+
+
 class WriteEpisodes(beam.PTransform):
   """Writes ``(split, episode)`` pairs as the tfrecord shards of a TFDS dataset.
 

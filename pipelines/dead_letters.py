@@ -155,8 +155,9 @@ def safe_map(pcoll, label: str, stage: str, fn, key_fn, setup_fn=None):
 def write_dead_letters(pcolls: Sequence[Any], out_dir: str, label: str = "DeadLetters"):
   """Writes the dead letters of every PCollection in ``pcolls`` as JSON lines under the
   output's temporary folder (``finalize`` gathers them)."""
+  from pipelines.dataset_io import WriteLines  # pylint: disable=g-import-not-at-top
   return (tuple(pcolls)
           | f"{label}Flatten" >> beam.Flatten()
           | f"{label}Json" >> beam.Map(lambda d: d.to_json())
-          | f"{label}Write" >> beam.io.WriteToText(
-              os.path.join(out_dir, TMP_DIR, "dead_letter"), file_name_suffix=".jsonl"))
+          | f"{label}Write" >> WriteLines(os.path.join(out_dir, TMP_DIR,
+                                                        f"dead_letter-{label}.jsonl")))

@@ -346,8 +346,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, scaffold.StageResult]:
     bon_episodes, bon_stats = rollouts | "BestOfN" >> BestOfN(setup)
     _, bon_dead = bon_episodes | "WriteBon" >> dataset_io.WriteEpisodes(
         bon_out, "rollouts_bon", setup.bon_schema, source.splits, args.num_shards, STAGE)
-    _ = bon_stats | "WriteBonStats" >> beam.io.WriteToText(
-        os.path.join(bon_out, BON_GROUPS_FILE), num_shards=1, shard_name_template="")
+    _ = bon_stats | "WriteBonStats" >> dataset_io.WriteLines(
+        os.path.join(bon_out, BON_GROUPS_FILE))
     dead_letters.write_dead_letters([bon_dead], bon_out, label="BonDeadLetters")
 
   result = pipeline.run()

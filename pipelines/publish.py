@@ -260,9 +260,7 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   episodes = pipeline | "Read" >> dataset_io.ReadRecords(source)
   dead, stats = episodes | "Publish" >> PublishEpisodes(setup, schema, source.splits,
                                                         args.num_shards)
-  _ = stats | "WriteStats" >> beam.io.WriteToText(
-      os.path.join(out, DL.TMP_DIR, STATS_FILE), num_shards=1,
-      shard_name_template="")
+  _ = stats | "WriteStats" >> dataset_io.WriteLines(os.path.join(out, DL.TMP_DIR, STATS_FILE))
   DL.write_dead_letters([dead], out)
   lineage = {"stage": STAGE, "input": source.lineage(),
              "upstream": source.upstream_lineage(), "name": args.name,
