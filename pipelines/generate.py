@@ -230,14 +230,15 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
                            f"{args.prompts} ({', '.join(chosen)}), policy "
                            f"{policy_info['name']} {policy_info['digest']}")
   episodes, dead_generate = prompts | "Generate" >> Generate(setup)
-  _, dead_write = episodes | "Write" >> dataset_io.WriteEpisodes(
+  infos, dead_write = episodes | "Write" >> dataset_io.WriteEpisodes(
       out, "rollouts", setup.schema, chosen, args.num_shards, STAGE)
-  dead_letters.write_dead_letters(dead + [dead_generate, dead_write], out)
+  dead_written = dead_letters.write_dead_letters(dead + [dead_generate, dead_write], out)
   lineage = scaffold.lineage(
       STAGE, setup.stage_config, policy=policy_info,
       prompts=(source.lineage() if source else {"path": args.prompts, "format": "jsonl"}))
   return scaffold.finalize(
-      result=pipeline.run(), out_dir=out, name="rollouts", config=setup.schema,
+      result=scaffold.run_pipeline(pipeline, [infos, dead_written]), out_dir=out,
+      name="rollouts", config=setup.schema,
       splits=chosen, stage=STAGE,
       description=f"Rollouts of {policy_info['name']} on {args.prompts}", lineage=lineage,
       inputs_total=total, started=started, max_dropped_fraction=args.max_dropped_fraction,

@@ -337,20 +337,22 @@ def run(argv: Sequence[str] | None = None) -> dict[str, scaffold.StageResult]:
   pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
   rollouts = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
   preferences, dead = rollouts | "Judge" >> Judge(setup)
-  _, dead_write = preferences | "Write" >> dataset_io.WriteEpisodes(
+  infos, dead_write = preferences | "Write" >> dataset_io.WriteEpisodes(
       out, "preferences", setup.schema, source.splits, args.num_shards, STAGE)
-  dead_letters.write_dead_letters([dead, dead_write], out)
+  written = [infos, dead_letters.write_dead_letters([dead, dead_write], out)]
   lineage = scaffold.lineage(STAGE, setup.stage_config, rollouts=source.lineage(),
                              upstream=source.upstream_lineage())
   if bon_out:
     bon_episodes, bon_stats = rollouts | "BestOfN" >> BestOfN(setup)
-    _, bon_dead = bon_episodes | "WriteBon" >> dataset_io.WriteEpisodes(
+    bon_infos, bon_dead = bon_episodes | "WriteBon" >> dataset_io.WriteEpisodes(
         bon_out, "rollouts_bon", setup.bon_schema, source.splits, args.num_shards, STAGE)
-    _ = bon_stats | "WriteBonStats" >> dataset_io.WriteLines(
-        os.path.join(bon_out, BON_GROUPS_FILE))
-    dead_letters.write_dead_letters([bon_dead], bon_out, label="BonDeadLetters")
+    written += [
+        bon_infos,
+        bon_stats | "WriteBonStats" >> dataset_io.WriteLines(
+            os.path.join(bon_out, BON_GROUPS_FILE)),
+        dead_letters.write_dead_letters([bon_dead], bon_out, label="BonDeadLetters")]
 
-  result = pipeline.run()
+  result = scaffold.run_pipeline(pipeline, written)
   results = {"preferences": scaffold.finalize(
       result=result, out_dir=out, name="preferences", config=setup.schema,
       splits=source.splits, stage=STAGE,

@@ -197,9 +197,9 @@ def build_config(args: argparse.Namespace) -> PublishSetup:
 
 
 class PublishEpisodes(beam.PTransform):
-  """``(split, episode)`` -> ``(dead_letters, stats)``: writes the episodes as the
-  shards of ``out_dir`` (validated again) and computes :class:`EpisodeStats` (one JSON
-  string)."""
+  """``(split, episode)`` -> ``(shard_infos, dead_letters, stats)``: writes the episodes
+  as the shards of ``out_dir`` (validated again) and computes :class:`EpisodeStats` (one
+  JSON string)."""
 
   def __init__(self, setup: PublishSetup, schema: S.SchemaConfig, splits: Sequence[str],
                num_shards: int):
@@ -210,11 +210,11 @@ class PublishEpisodes(beam.PTransform):
     self._num_shards = num_shards
 
   def expand(self, episodes):
-    _, dead = episodes | "Write" >> dataset_io.WriteEpisodes(
+    infos, dead = episodes | "Write" >> dataset_io.WriteEpisodes(
         self._setup.out_dir, self._setup.name, self._schema, self._splits,
         self._num_shards, STAGE)
     stats = episodes | "Stats" >> beam.CombineGlobally(EpisodeStats())
-    return dead, stats
+    return infos, dead, stats
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,15 +258,15 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
 
   pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
   episodes = pipeline | "Read" >> dataset_io.ReadRecords(source)
-  dead, stats = episodes | "Publish" >> PublishEpisodes(setup, schema, source.splits,
-                                                        args.num_shards)
-  _ = stats | "WriteStats" >> dataset_io.WriteLines(os.path.join(out, DL.TMP_DIR, STATS_FILE))
-  DL.write_dead_letters([dead], out)
+  infos, dead, stats = episodes | "Publish" >> PublishEpisodes(setup, schema, source.splits,
+                                                               args.num_shards)
+  written = [infos, stats | "WriteStats" >> dataset_io.WriteLines(
+      os.path.join(out, DL.TMP_DIR, STATS_FILE)), DL.write_dead_letters([dead], out)]
   lineage = {"stage": STAGE, "input": source.lineage(),
              "upstream": source.upstream_lineage(), "name": args.name,
              "version": args.version, "config_digest": setup.config_digest,
              "code_version": scaffold.code_version()}
-  result = pipeline.run()
+  result = scaffold.run_pipeline(pipeline, written)
   result.wait_until_finish()
   with tf.io.gfile.GFile(os.path.join(out, DL.TMP_DIR, STATS_FILE)) as f:
     stats = json.loads(f.read())

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.options import pipeline_options as beam_options
 
 from pipelines.dataset_io import DatasetInput
@@ -137,6 +138,17 @@ def prepare_output(path: str, overwrite: bool) -> str:
     tf.io.gfile.rmtree(path)
   tf.io.gfile.makedirs(path)
   return path
+
+def run_pipeline(pipeline, written: Sequence[Any]):
+  """Runs ``pipeline``; ``written`` are the PCollections of every write (shard infos,
+  written paths).
+
+  They are joined into one last transform first: Beam's DaskRunner computes only what
+  the pipeline's last transform depends on, and would skip the other writes.
+  """
+  _ = tuple(written) | "AllWritten" >> beam.Flatten()
+  return pipeline.run()
+
 
 def lineage(stage: str, config: Mapping[str, Any], **sources: Any) -> dict[str, Any]:
   """The lineage a stage stores with its output: its inputs (``sources``, e.g. the

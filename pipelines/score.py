@@ -225,16 +225,18 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
       pipeline, prompt_path, None, None)
   rollouts = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
   scored, dead = {"prompts": prompts, "rollouts": rollouts} | "Score" >> Score(setup)
-  _, dead_write = scored | "Write" >> dataset_io.WriteEpisodes(
+  infos, dead_write = scored | "Write" >> dataset_io.WriteEpisodes(
       out, "rollouts_scored", setup.schema, source.splits, args.num_shards, STAGE)
   # Bad prompt records are the prompt source's problem, reported but not counted here.
-  dead_letters.write_dead_letters([dead, dead_write] + list(dead_prompts), out)
+  dead_written = dead_letters.write_dead_letters([dead, dead_write] + list(dead_prompts),
+                                                 out)
   lineage = scaffold.lineage(
       STAGE, setup.stage_config, rollouts=source.lineage(),
       upstream=source.upstream_lineage(),
       prompts=(prompt_input.lineage() if prompt_input else {"path": prompt_path}))
   return scaffold.finalize(
-      result=pipeline.run(), out_dir=out, name="rollouts_scored", config=setup.schema,
+      result=scaffold.run_pipeline(pipeline, [infos, dead_written]), out_dir=out,
+      name="rollouts_scored", config=setup.schema,
       splits=source.splits, stage=STAGE,
       description=f"{source.name} scored by {', '.join(setup.spec.names)}",
       lineage=lineage, inputs_total=total, started=started,

@@ -220,13 +220,14 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
   episodes = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
   annotated, dead = episodes | "Annotate" >> Annotate(setup)
-  _, dead_write = annotated | "Write" >> dataset_io.WriteEpisodes(
+  infos, dead_write = annotated | "Write" >> dataset_io.WriteEpisodes(
       out, "rollouts_teacher", setup.schema, source.splits, args.num_shards, STAGE)
-  dead_letters.write_dead_letters([dead, dead_write], out)
+  dead_written = dead_letters.write_dead_letters([dead, dead_write], out)
   lineage = scaffold.lineage(STAGE, setup.stage_config, rollouts=source.lineage(),
                              upstream=source.upstream_lineage(), teacher=info)
   return scaffold.finalize(
-      result=pipeline.run(), out_dir=out, name="rollouts_teacher", config=setup.schema,
+      result=scaffold.run_pipeline(pipeline, [infos, dead_written]), out_dir=out,
+      name="rollouts_teacher", config=setup.schema,
       splits=source.splits, stage=STAGE,
       description=f"{source.name} annotated by teacher {info['name']}", lineage=lineage,
       inputs_total=total, started=started, max_dropped_fraction=args.max_dropped_fraction,
