@@ -13,6 +13,7 @@ from apache_beam.testing import util as beam_util
 from apache_beam.testing import test_pipeline
 import pytest
 
+from pipelines import dataset_io
 from pipelines import dead_letters as DL
 from pipelines import judge
 from pipelines import scaffold
@@ -116,3 +117,14 @@ def test_score_transform_scores_known_prompts_and_drops_the_rest():
     beam_util.assert_that(dead, beam_util.equal_to([DL.DeadLetter(
         "score", unknown[S.EPISODE_ID], "unknown_prompt",
         "prompt prompt-2 is not in the prompt source", "test")]), label="Dead")
+
+
+def test_write_lines_writes_one_sorted_file(tmp_path):
+  path = tmp_path / "lines.txt"
+  with _pipeline() as p:
+    written = p | beam.Create(["b", "c", "a"]) | dataset_io.WriteLines(str(path))
+    beam_util.assert_that(written, beam_util.equal_to([str(path)]))
+  assert path.read_text() == "a\nb\nc\n"
+  with _pipeline() as p:
+    _ = p | beam.Create([]) | dataset_io.WriteLines(str(tmp_path / "none.txt"))
+  assert not (tmp_path / "none.txt").exists()
