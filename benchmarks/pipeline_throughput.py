@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import os
@@ -272,9 +271,7 @@ def _read_episodes(clock: _Clock, path: str, splits: Sequence[str]
 def _plain_generate(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   from pipelines import core  # pylint: disable=g-import-not-at-top
   from pipelines import generate  # pylint: disable=g-import-not-at-top
-  from pipelines import models  # pylint: disable=g-import-not-at-top
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
-  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
   from rlds_lm import tasks  # pylint: disable=g-import-not-at-top
 
   args, _ = generate.build_parser().parse_known_args(argv)
@@ -282,25 +279,17 @@ def _plain_generate(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   if args.prompts.endswith(".jsonl"):
     raise core.PipelineError("the plain loop reads TFDS prompt datasets only")
   start = time.perf_counter()
-  policy = models.ModelRef(args.policy, args.tokenizer, args.policy_name)
-  policy_info = policy.describe()
-  config = generate.GenerateConfig(
-      policy=policy, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-  schema = S.SchemaConfig(vocab_size=policy_info["vocab_size"],
-                          tokenizer=policy_info["tokenizer"])
-  stage_config = {"policy_digest": policy_info["digest"], **config.sampling(),
-                  "task": args.task}
-  episode_lineage = {"stage": generate.STAGE,
-                     "config_digest": core.config_digest(stage_config)}
+  setup = generate.build_config(args)  # the stage's own setup
+  policy_info = setup.policy_info
   out = core.prepare_output(args.output, args.overwrite)
   builder = R.open_builder(args.prompts)
   splits = _chosen_splits(builder, args.splits)
-  state = policy.load()
+  state = setup.config.policy.load()
   clock.add("setup", time.perf_counter() - start)
 
   records = _Records(clock)
-  writer = _ShardWriter(clock, records, out, "rollouts", schema, splits, args.num_shards)
+  writer = _ShardWriter(clock, records, out, "rollouts", setup.schema, splits,
+                        args.num_shards)
 
   def prompts():
     for split in splits:
@@ -315,20 +304,19 @@ def _plain_generate(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
     if prompt is None:
       continue
     episodes = records.record(generate.rollouts_for_prompt, state, prompt[0],
-                              config=config, schema=schema, policy_info=policy_info,
-                              lineage=episode_lineage)
+                              config=setup.config, schema=setup.schema,
+                              policy_info=policy_info, lineage=setup.episode_lineage)
     for episode in episodes or ():
       writer.add(split, episode)
   written = writer.close(f"Rollouts of {policy_info['name']} (plain loop)",
                          {"stage": generate.STAGE, "prompts": {"path": args.prompts},
-                          "policy": policy_info, "config": stage_config})
+                          "policy": policy_info, "config": setup.stage_config})
   return {"inputs": inputs, "written": written, "dropped": dict(records.dropped),
           "calls": records.calls}
 
 
 def _plain_teacher(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   from pipelines import core  # pylint: disable=g-import-not-at-top
-  from pipelines import models  # pylint: disable=g-import-not-at-top
   from pipelines import teacher  # pylint: disable=g-import-not-at-top
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
 
@@ -337,32 +325,25 @@ def _plain_teacher(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   start = time.perf_counter()
   builder = R.open_builder(args.rollouts)
   splits = _chosen_splits(builder, args.splits)
-  schema_in = R.schema_config(builder)
-  ref = models.ModelRef(args.teacher, args.tokenizer, args.teacher_name)
-  info = ref.describe()
-  config = teacher.TeacherConfig(teacher=ref, top_k=args.top_k, sampled_k=args.sampled_k,
-                                 temperature=args.temperature)
-  schema = dataclasses.replace(schema_in, teacher_top_k=args.top_k,
-                               teacher_sampled_k=args.sampled_k)
-  stage_config = {"teacher_digest": info["digest"], **config.settings()}
-  digest = core.config_digest(stage_config)
+  setup = teacher.build_config(args, R.schema_config(builder))  # the stage's own setup
+  info = setup.teacher_info
   out = core.prepare_output(args.output, args.overwrite)
-  state = ref.load()
+  state = setup.config.teacher.load()
   clock.add("setup", time.perf_counter() - start)
 
   records = _Records(clock)
-  writer = _ShardWriter(clock, records, out, "rollouts_teacher", schema, splits,
+  writer = _ShardWriter(clock, records, out, "rollouts_teacher", setup.schema, splits,
                         args.num_shards)
   inputs = 0
   for split, episode in _read_episodes(clock, args.rollouts, splits):
     inputs += 1
-    annotated = records.record(teacher.annotate_episode, state, episode, config=config,
-                               teacher_info=info, digest=digest)
+    annotated = records.record(teacher.annotate_episode, state, episode,
+                               config=setup.config, teacher_info=info, digest=setup.digest)
     for item in annotated or ():
       writer.add(split, item)
   written = writer.close(f"{builder.name} annotated by teacher {info['name']} (plain loop)",
                          {"stage": teacher.STAGE, "upstream": R.dataset_lineage(builder),
-                          "teacher": info, "config": stage_config})
+                          "teacher": info, "config": setup.stage_config})
   return {"inputs": inputs, "written": written, "dropped": dict(records.dropped),
           "calls": records.calls}
 
@@ -370,7 +351,6 @@ def _plain_teacher(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
 def _plain_score(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   from pipelines import core  # pylint: disable=g-import-not-at-top
   from pipelines import score  # pylint: disable=g-import-not-at-top
-  from pipelines import scorers as SC  # pylint: disable=g-import-not-at-top
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
   from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
   from rlds_lm import tasks  # pylint: disable=g-import-not-at-top
@@ -380,18 +360,11 @@ def _plain_score(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   if not args.prompts:
     raise core.PipelineError("the plain loop needs --prompts")
   start = time.perf_counter()
-  spec = SC.ScorerSpec(tuple(n for n in args.scorers.split(",") if n), args.nli_model,
-                       args.external_nli)
-  primary = args.primary or spec.names[0]
-  scorer_info = spec.describe()
   builder = R.open_builder(args.rollouts)
   splits = _chosen_splits(builder, args.splits)
-  schema_in = R.schema_config(builder)
-  names = tuple(schema_in.reward_names) + tuple(n for n in spec.names
-                                                if n not in schema_in.reward_names)
-  schema = dataclasses.replace(schema_in, reward_names=names)
+  setup = score.build_config(args, R.schema_config(builder))  # the stage's own setup
   out = core.prepare_output(args.output, args.overwrite)
-  fns = spec.load()
+  fns = setup.spec.load()
   clock.add("setup", time.perf_counter() - start)
 
   records = _Records(clock)
@@ -411,13 +384,13 @@ def _plain_score(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
     inputs += 1
     groups[episode[S.PROMPT_ID]].append((split, episode))
 
-  writer = _ShardWriter(clock, records, out, "rollouts_scored", schema, splits,
+  writer = _ShardWriter(clock, records, out, "rollouts_scored", setup.schema, splits,
                         args.num_shards)
   for prompt_id in sorted(groups):
     items = records.record(score.score_group, fns,
                            (prompt_id, {"prompts": prompts.get(prompt_id, []),
                                         "rollouts": groups[prompt_id]}),
-                           names=names, primary=primary)
+                           names=setup.names, primary=setup.primary)
     for kind, item in items or ():
       if kind == "dead":
         records.dropped[item.reason] += 1
@@ -426,7 +399,7 @@ def _plain_score(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   written = writer.close(f"{builder.name} scored (plain loop)",
                          {"stage": score.STAGE, "upstream": R.dataset_lineage(builder),
                           "prompts": {"path": args.prompts},
-                          "config": {"scorers": scorer_info, "primary": primary}})
+                          "config": setup.stage_config})
   return {"inputs": inputs, "written": written, "dropped": dict(records.dropped),
           "calls": records.calls}
 
@@ -444,16 +417,7 @@ def _plain_judge(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   start = time.perf_counter()
   builder = R.open_builder(args.rollouts)
   splits = _chosen_splits(builder, args.splits)
-  schema_in = R.schema_config(builder)
-  reward = args.reward or (schema_in.reward_names[0] if schema_in.reward_names else "")
-  if reward not in schema_in.reward_names:
-    raise core.PipelineError(f"reward {reward!r} is not in the rollouts")
-  rule = reward in judge._RULE_REWARDS  # pylint: disable=protected-access
-  config = judge.JudgeConfig(mode=args.mode, pairs=args.pairs, reward=reward,
-                             judge_name=reward,
-                             judge_kind="rule" if rule else "reward_model")
-  schema = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=schema_in.vocab_size,
-                          tokenizer=schema_in.tokenizer)
+  setup = judge.build_config(args, R.schema_config(builder))  # the stage's own setup
   out = core.prepare_output(args.output, args.overwrite)
   clock.add("setup", time.perf_counter() - start)
 
@@ -463,18 +427,17 @@ def _plain_judge(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   for split, episode in _read_episodes(clock, args.rollouts, splits):
     inputs += 1
     groups[(split, episode[S.PROMPT_ID])].append(episode)
-  writer = _ShardWriter(clock, records, out, "preferences", schema, splits,
+  writer = _ShardWriter(clock, records, out, "preferences", setup.schema, splits,
                         args.num_shards)
   for split, prompt_id in sorted(groups):
     preferences = records.record(judge.preferences_for_group, None,
-                                 (prompt_id, groups[(split, prompt_id)]), config=config,
-                                 schema=schema)
+                                 (prompt_id, groups[(split, prompt_id)]),
+                                 config=setup.config, schema=setup.schema)
     for episode in preferences or ():
       writer.add(split, episode)
-  written = writer.close(f"Preferences over {builder.name} by {reward} (plain loop)",
+  written = writer.close(f"Preferences over {builder.name} by {setup.reward} (plain loop)",
                          {"stage": judge.STAGE, "upstream": R.dataset_lineage(builder),
-                          "config": {"judge": {"reward": reward}, "mode": args.mode,
-                                     "pairs": args.pairs}})
+                          "config": setup.stage_config})
   return {"inputs": inputs, "written": written, "dropped": dict(records.dropped),
           "calls": records.calls}
 
@@ -487,7 +450,7 @@ def _plain_publish(argv: Sequence[str], clock: _Clock) -> dict[str, Any]:
   args, _ = publish.build_parser().parse_known_args(argv)
   clock.started = time.perf_counter()
   start = time.perf_counter()
-  formats = tuple(f for f in args.file_formats.split(",") if f)
+  formats = publish.build_config(args).file_formats  # the stage's own checks
   # The stage imports TensorFlow here too (inside its timed span).
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   builder = R.open_builder(args.input)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -26,8 +27,12 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipelines import core
+from pipelines import dataset_io
+from pipelines import dead_letters
 from pipelines import models
+from pipelines import scaffold
+from pipelines.errors import PipelineError
+from pipelines.errors import RecordError
 from rlds_lm import schema as S
 from rlds_lm import tasks
 
@@ -67,13 +72,13 @@ def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,
   tokens = tok.encode(prompt.text, add_bos=True)
   budget = policy.config.max_seq_len - config.max_new_tokens
   if len(tokens) > budget:
-    raise core.RecordError(
+    raise RecordError(
         "prompt_too_long", f"prompt has {len(tokens)} tokens; the policy's context "
                            f"({policy.config.max_seq_len}) leaves {budget} after "
                            f"max_new_tokens={config.max_new_tokens}")
   sampler = sampling.SamplerConfig(temperature=config.temperature, top_k=config.top_k,
                                    top_p=config.top_p)
-  digest = core.config_digest(config.sampling())
+  digest = scaffold.config_digest(config.sampling())
   seeds = [sample_seed(prompt.prompt_id, i, policy_info["digest"], digest)
            for i in range(config.num_samples)]
   completions = policy.sample([tokens] * config.num_samples, seeds, sampler,
@@ -90,6 +95,69 @@ def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,
         **sampler.to_dict())
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerateSetup:
+  """What the stage needs besides its input and output, built by :func:`build_config`.
+
+  Attributes:
+    config: the sampling configuration.
+    schema: the schema of the rollouts (the policy's vocabulary and tokenizer).
+    policy_info: ``ModelRef.describe()`` of the policy (name, digest, vocabulary).
+    stage_config: the settings that determine the output (its digest is in the lineage).
+  """
+
+  config: GenerateConfig
+  schema: S.SchemaConfig
+  policy_info: dict[str, Any]
+  stage_config: dict[str, Any]
+
+  @property
+  def digest(self) -> str:
+    return scaffold.config_digest(self.stage_config)
+
+  @property
+  def episode_lineage(self) -> dict[str, Any]:
+    """The lineage stored in every episode."""
+    return {"stage": STAGE, "config_digest": self.digest}
+
+
+def build_config(args: argparse.Namespace) -> GenerateSetup:
+  """The stage's setup from its parsed flags (:func:`build_parser`); checks them.
+
+  Raises:
+    PipelineError: for flags out of range or a policy checkpoint that cannot be read.
+  """
+  if args.num_samples < 1:
+    raise PipelineError(f"--num_samples must be >= 1, found {args.num_samples}")
+  if args.max_new_tokens < 1:
+    raise PipelineError(f"--max_new_tokens must be >= 1, found {args.max_new_tokens}")
+  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
+  sampling.SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  policy = models.ModelRef(args.policy, args.tokenizer, args.policy_name)
+  policy_info = policy.describe()
+  config = GenerateConfig(policy=policy, num_samples=args.num_samples,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  schema = S.SchemaConfig(vocab_size=policy_info["vocab_size"],
+                          tokenizer=policy_info["tokenizer"])
+  stage_config = {"policy_digest": policy_info["digest"], **config.sampling(),
+                  "task": args.task}
+  return GenerateSetup(config=config, schema=schema, policy_info=policy_info,
+                       stage_config=stage_config)
+
+
+class Generate(dead_letters.SafeMapped):
+  """``(split, Prompt)`` -> ``(rollouts, dead_letters)``: ``(split, episode)`` pairs,
+  ``num_samples`` per prompt; prompts too long for the policy become dead letters."""
+
+  def __init__(self, setup: GenerateSetup):
+    super().__init__(
+        STAGE,
+        functools.partial(rollouts_for_prompt, config=setup.config, schema=setup.schema,
+                          policy_info=setup.policy_info, lineage=setup.episode_lineage),
+        key_fn=lambda prompt: prompt.prompt_id, setup_fn=setup.config.policy.load)
+
+
 def read_prompts(pipeline, source: str, splits: Sequence[str] | None, task: str | None):
   """Prompts from a TFDS dataset directory or a ``.jsonl`` file.
 
@@ -100,10 +168,10 @@ def read_prompts(pipeline, source: str, splits: Sequence[str] | None, task: str 
   if source.endswith(".jsonl"):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if not tf.io.gfile.exists(source):
-      raise core.PipelineError(f"prompt file {source} does not exist")
-    split = splits[0] if splits else core.TRAIN
-    lines = core.read_jsonl(pipeline, source, split)
-    records, dead_json = core.safe_map(lines, "ParseJson", STAGE,
+      raise PipelineError(f"prompt file {source} does not exist")
+    split = splits[0] if splits else dataset_io.TRAIN
+    lines = dataset_io.read_jsonl(pipeline, source, split)
+    records, dead_json = dead_letters.safe_map(lines, "ParseJson", STAGE,
                                        lambda line: [tasks.parse_jsonl_line(line)],
                                        key_fn=lambda line: f"line {line[0]}")
     with tf.io.gfile.GFile(source) as f:
@@ -111,12 +179,12 @@ def read_prompts(pipeline, source: str, splits: Sequence[str] | None, task: str 
     dataset = None
     chosen = (split,)
   else:
-    dataset = core.open_input(source, splits)
-    records = pipeline | "ReadPrompts" >> core.ReadRecords(dataset, episodes=False)
+    dataset = dataset_io.open_input(source, splits)
+    records = pipeline | "ReadPrompts" >> dataset_io.ReadRecords(dataset, episodes=False)
     dead_json = None
     chosen = dataset.splits
     total = sum(dataset.num_examples[s] for s in chosen)
-  prompts, dead_prompt = core.safe_map(
+  prompts, dead_prompt = dead_letters.safe_map(
       records, "ToPrompt", STAGE, lambda r: [tasks.to_prompt(r, task)],
       key_fn=tasks.record_key)
   dead = [d for d in (dead_json, dead_prompt) if d is not None]
@@ -145,62 +213,43 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--top_p", type=float, default=1.0,
                       help="nucleus sampling mass (1: all)")
   parser.add_argument("--seed", type=int, default=0, help="sampling salt")
-  core.add_common_flags(parser)
+  scaffold.add_common_flags(parser)
   return parser
 
 
-def run(argv: Sequence[str] | None = None) -> core.StageResult:
+def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   args, beam_args = build_parser().parse_known_args(argv)
   started = time.perf_counter()
-  if args.num_samples < 1:
-    raise core.PipelineError(f"--num_samples must be >= 1, found {args.num_samples}")
-  if args.max_new_tokens < 1:
-    raise core.PipelineError(f"--max_new_tokens must be >= 1, found {args.max_new_tokens}")
-  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
-  sampling.SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-  policy = models.ModelRef(args.policy, args.tokenizer, args.policy_name)
-  policy_info = policy.describe()
-  config = GenerateConfig(policy=policy, num_samples=args.num_samples,
-                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-  schema = S.SchemaConfig(vocab_size=policy_info["vocab_size"],
-                          tokenizer=policy_info["tokenizer"])
-  out = core.prepare_output(args.output, args.overwrite)
+  setup = build_config(args)
+  policy_info = setup.policy_info
+  out = scaffold.prepare_output(args.output, args.overwrite)
   splits = [s for s in args.splits.split(",") if s] or None
-  stage_config = {"policy_digest": policy_info["digest"], **config.sampling(),
-                  "task": args.task}
-  digest = core.config_digest(stage_config)
-  episode_lineage = {"stage": STAGE, "config_digest": digest}
 
-  options = core.pipeline_options(beam_args, args.workers)
+  options = scaffold.pipeline_options(beam_args, args.workers)
   pipeline = beam.Pipeline(options=options)
   prompts, dead, source, chosen, total = read_prompts(pipeline, args.prompts, splits,
                                                       args.task)
-  core.progress(STAGE, f"{total} prompts x {args.num_samples} samples from {args.prompts} "
-                       f"({', '.join(chosen)}), policy {policy_info['name']} "
-                       f"{policy_info['digest']}")
-  episodes, dead_generate = core.safe_map(
-      prompts, "Generate", STAGE,
-      lambda state, prompt: rollouts_for_prompt(
-          state, prompt, config=config, schema=schema, policy_info=policy_info,
-          lineage=episode_lineage),
-      key_fn=lambda prompt: prompt.prompt_id, setup_fn=policy.load)
-  _, dead_write = episodes | "Write" >> core.WriteEpisodes(
-      out, "rollouts", schema, chosen, args.num_shards, STAGE)
-  core.write_dead_letters(dead + [dead_generate, dead_write], out)
-  lineage = {"stage": STAGE, "prompts": (source.lineage() if source else
-                                         {"path": args.prompts, "format": "jsonl"}),
-             "policy": policy_info, "config": stage_config, "config_digest": digest,
-             "code_version": core.code_version()}
-  return core.finalize(
-      result=pipeline.run(), out_dir=out, name="rollouts", config=schema, splits=chosen,
-      stage=STAGE, description=f"Rollouts of {policy_info['name']} on {args.prompts}",
-      lineage=lineage, inputs_total=total, started=started,
-      max_dropped_fraction=args.max_dropped_fraction, stage_args=vars(args))
+  scaffold.progress(STAGE, f"{total} prompts x {args.num_samples} samples from "
+                           f"{args.prompts} ({', '.join(chosen)}), policy "
+                           f"{policy_info['name']} {policy_info['digest']}")
+  episodes, dead_generate = prompts | "Generate" >> Generate(setup)
+  infos, dead_write = episodes | "Write" >> dataset_io.WriteEpisodes(
+      out, "rollouts", setup.schema, chosen, args.num_shards, STAGE)
+  dead_written = dead_letters.write_dead_letters(dead + [dead_generate, dead_write], out)
+  lineage = scaffold.lineage(
+      STAGE, setup.stage_config, policy=policy_info,
+      prompts=(source.lineage() if source else {"path": args.prompts, "format": "jsonl"}))
+  return scaffold.finalize(
+      result=scaffold.run_pipeline(pipeline, [infos, dead_written]), out_dir=out,
+      name="rollouts", config=setup.schema,
+      splits=chosen, stage=STAGE,
+      description=f"Rollouts of {policy_info['name']} on {args.prompts}", lineage=lineage,
+      inputs_total=total, started=started, max_dropped_fraction=args.max_dropped_fraction,
+      stage_args=vars(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return core.main_wrapper(STAGE, run, argv)
+  return scaffold.main_wrapper(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,12 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from pipelines import core
+from pipelines import dataset_io
+from pipelines import dead_letters
 from pipelines import models
+from pipelines import scaffold
+from pipelines.errors import PipelineError
+from pipelines.errors import RecordError
 from rlds_lm import schema as S
 from rlds_lm.cli_help import HelpFormatter
 
@@ -126,8 +130,8 @@ def judge_scores(state, rollouts: Sequence[Mapping[str, Any]], config: JudgeConf
     prompt_lengths.append(len(prompt))
   too_long = [len(s) for s in sequences if len(s) > policy.config.max_seq_len]
   if too_long:
-    raise core.RecordError("too_long_for_judge", f"{max(too_long)} tokens > the judge's "
-                                                 f"context {policy.config.max_seq_len}")
+    raise RecordError("too_long_for_judge", f"{max(too_long)} tokens > the judge's "
+                                            f"context {policy.config.max_seq_len}")
   scored = policy.score(sequences, prompt_lengths)
   return np.asarray([float(s.logprobs.mean()) if len(s.logprobs) else -np.inf
                      for s in scored], np.float64)
@@ -139,9 +143,9 @@ def preferences_for_group(state, element, *, config: JudgeConfig, schema: S.Sche
   prompt_id, rollouts = element
   rollouts = sorted(rollouts, key=lambda e: e[S.EPISODE_ID])
   if len(rollouts) < 2:
-    raise core.RecordError("too_few_candidates",
-                           f"prompt {prompt_id} has {len(rollouts)} rollout(s); a "
-                           f"preference needs two")
+    raise RecordError("too_few_candidates",
+                      f"prompt {prompt_id} has {len(rollouts)} rollout(s); a "
+                      f"preference needs two")
   scores = judge_scores(state, rollouts, config)
   first = rollouts[0][S.STEPS][0][S.OBSERVATION]
   prompt = S.observation(schema, np.asarray(first[S.OBS_TOKENS], np.int32),
@@ -186,6 +190,118 @@ def bon_for_group(element, *, reward: str, names: Sequence[str]
   yield "stats", json.dumps(stats, sort_keys=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class JudgeSetup:
+  """What the stage needs besides its input and outputs, built by :func:`build_config`.
+
+  Attributes:
+    config: how candidates are judged and paired.
+    reward: the reward that ranks candidates (and whose Best-of-N quantile is stored).
+    schema: the schema of the preference episodes.
+    bon_schema: the schema of the Best-of-N rollouts (the input's, plus the
+      ``<reward>_quantile`` reward); None without ``--bon_output``.
+    input_reward_names: the rewards of the input rollouts.
+    stage_config: the settings that determine the output (its digest is in the lineage).
+  """
+
+  config: JudgeConfig
+  reward: str
+  schema: S.SchemaConfig
+  bon_schema: S.SchemaConfig | None
+  input_reward_names: tuple[str, ...]
+  stage_config: dict[str, Any]
+
+
+def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> JudgeSetup:
+  """The stage's setup from its parsed flags and the rollouts' schema; checks them.
+
+  Raises:
+    PipelineError: for input that is not rollouts, a reward they do not have, or an LLM
+      judge with another tokenizer.
+  """
+  if schema_in.kind != S.ROLLOUT:
+    raise PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
+  reward = args.reward or (schema_in.reward_names[0] if schema_in.reward_names else "")
+  if not args.judge_policy or args.bon_output:
+    if reward not in schema_in.reward_names:
+      raise PipelineError(
+          f"reward {reward!r} is not in the rollouts (they have "
+          f"{list(schema_in.reward_names)}); run pipelines.score first or pass --reward")
+  if args.judge_policy:
+    judge = models.ModelRef(args.judge_policy, args.tokenizer)
+    info = judge.describe()
+    if info["tokenizer"] != schema_in.tokenizer:
+      raise PipelineError(f"the judge's tokenizer {info['tokenizer']} is not the "
+                          f"rollouts' ({schema_in.tokenizer})")
+    config = JudgeConfig(mode=args.mode, pairs=args.pairs, judge=judge,
+                         judge_name=info["name"], judge_kind="llm",
+                         judge_digest=info["digest"])
+    judge_info: dict[str, Any] = {"llm": info}
+  else:
+    config = JudgeConfig(mode=args.mode, pairs=args.pairs, reward=reward, judge_name=reward,
+                         judge_kind="rule" if reward in _RULE_REWARDS else "reward_model")
+    judge_info = {"reward": reward}
+  schema = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=schema_in.vocab_size,
+                          tokenizer=schema_in.tokenizer)
+  bon_schema = None
+  if args.bon_output:
+    bon_schema = dataclasses.replace(
+        schema_in, reward_names=tuple(schema_in.reward_names) + (f"{reward}_quantile",))
+  return JudgeSetup(config=config, reward=reward, schema=schema, bon_schema=bon_schema,
+                    input_reward_names=tuple(schema_in.reward_names),
+                    stage_config={"judge": judge_info, "mode": args.mode,
+                                  "pairs": args.pairs})
+
+
+class Judge(beam.PTransform):
+  """``(split, rollout)`` -> ``(preferences, dead_letters)``: a prompt's rollouts (per
+  split) judged together; prompts with fewer than two become dead letters."""
+
+  def __init__(self, setup: JudgeSetup):
+    super().__init__()
+    self._setup = setup
+
+  def expand(self, rollouts):
+    config, schema = self._setup.config, self._setup.schema
+    groups = (rollouts
+              | "KeyByPrompt" >> beam.Map(lambda se: ((se[0], se[1][S.PROMPT_ID]), se[1]))
+              | "GroupByPrompt" >> beam.GroupByKey()
+              | "AsSplitItems" >> beam.MapTuple(
+                  lambda key, eps: (key[0], (key[1], list(eps)))))
+    return dead_letters.safe_map(
+        groups, "Judge", STAGE,
+        lambda state, element: preferences_for_group(state, element, config=config,
+                                                     schema=schema),
+        key_fn=lambda element: element[0],
+        setup_fn=(config.judge.load if config.judge is not None else lambda: None))
+
+
+class BestOfN(beam.PTransform):
+  """``(split, rollout)`` -> ``(rollouts with quantiles, stats)``: ``stats`` holds one
+  string, the sorted JSON lines of the per-prompt statistics (``bon_groups.jsonl``)."""
+
+  def __init__(self, setup: JudgeSetup):
+    super().__init__()
+    self._setup = setup
+
+  def expand(self, rollouts):
+    reward, names = self._setup.reward, self._setup.input_reward_names
+    items = (rollouts
+             | "BonKey" >> beam.Map(lambda se: ((se[0], se[1][S.PROMPT_ID]), se))
+             | "BonGroup" >> beam.GroupByKey()
+             | "BonItems" >> beam.FlatMapTuple(
+                 lambda key, items: bon_for_group((key[1], list(items)), reward=reward,
+                                                  names=names)))
+    episodes = (items | "BonEpisodes" >> beam.Filter(lambda kv: kv[0] == "episode")
+                | "BonEpisode" >> beam.Map(lambda kv: kv[1]))
+    stats = (items
+             | "BonStats" >> beam.Filter(lambda kv: kv[0] == "stats")
+             | "BonStatLine" >> beam.Map(lambda kv: kv[1])
+             | "BonStatsList" >> beam.combiners.ToList()
+             | "BonStatsSorted" >> beam.Map(lambda lines: "\n".join(sorted(lines))))
+    return episodes, stats
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m pipelines.judge", description=__doc__,
                                    formatter_class=HelpFormatter)
@@ -204,100 +320,53 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--bon_output", default="",
                       help="also write rollouts with Best-of-N quantiles here "
                            "(default: not written)")
-  core.add_common_flags(parser)
+  scaffold.add_common_flags(parser)
   return parser
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, core.StageResult]:
+def run(argv: Sequence[str] | None = None) -> dict[str, scaffold.StageResult]:
   args, beam_args = build_parser().parse_known_args(argv)
   started = time.perf_counter()
-  source = core.open_input(args.rollouts, [s for s in args.splits.split(",") if s] or None)
-  schema_in = source.schema
-  if schema_in.kind != S.ROLLOUT:
-    raise core.PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
-  reward = args.reward or (schema_in.reward_names[0] if schema_in.reward_names else "")
-  if not args.judge_policy or args.bon_output:
-    if reward not in schema_in.reward_names:
-      raise core.PipelineError(
-          f"reward {reward!r} is not in the rollouts (they have "
-          f"{list(schema_in.reward_names)}); run pipelines.score first or pass --reward")
-  if args.judge_policy:
-    judge = models.ModelRef(args.judge_policy, args.tokenizer)
-    info = judge.describe()
-    if info["tokenizer"] != schema_in.tokenizer:
-      raise core.PipelineError(f"the judge's tokenizer {info['tokenizer']} is not the "
-                               f"rollouts' ({schema_in.tokenizer})")
-    config = JudgeConfig(mode=args.mode, pairs=args.pairs, judge=judge,
-                         judge_name=info["name"], judge_kind="llm",
-                         judge_digest=info["digest"])
-    judge_info: dict[str, Any] = {"llm": info}
-  else:
-    config = JudgeConfig(mode=args.mode, pairs=args.pairs, reward=reward, judge_name=reward,
-                         judge_kind="rule" if reward in _RULE_REWARDS else "reward_model")
-    judge_info = {"reward": reward}
-  schema = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=schema_in.vocab_size,
-                          tokenizer=schema_in.tokenizer)
-  out = core.prepare_output(args.output, args.overwrite)
-  bon_out = core.prepare_output(args.bon_output, args.overwrite) if args.bon_output else ""
+  source = dataset_io.open_input(args.rollouts,
+                                 [s for s in args.splits.split(",") if s] or None)
+  setup = build_config(args, source.schema)
+  config, reward = setup.config, setup.reward
+  out = scaffold.prepare_output(args.output, args.overwrite)
+  bon_out = (scaffold.prepare_output(args.bon_output, args.overwrite) if args.bon_output
+             else "")
   total = sum(source.num_examples[s] for s in source.splits)
-  stage_config = {"judge": judge_info, "mode": args.mode, "pairs": args.pairs}
-  digest = core.config_digest(stage_config)
-  core.progress(STAGE, f"{total} rollouts from {source.path}; judge {config.judge_name} "
-                       f"({config.judge_kind}), {args.mode}")
+  scaffold.progress(STAGE, f"{total} rollouts from {source.path}; judge "
+                           f"{config.judge_name} ({config.judge_kind}), {args.mode}")
 
-  pipeline = beam.Pipeline(options=core.pipeline_options(beam_args, args.workers))
-  rollouts = pipeline | "ReadRollouts" >> core.ReadRecords(source)
-  # Group per (split, prompt): a prompt's samples are judged together.
-  groups = (rollouts
-            | "KeyByPrompt" >> beam.Map(lambda se: ((se[0], se[1][S.PROMPT_ID]), se[1]))
-            | "GroupByPrompt" >> beam.GroupByKey()
-            | "AsSplitItems" >> beam.MapTuple(lambda key, eps: (key[0], (key[1], list(eps)))))
-  preferences, dead = core.safe_map(
-      groups, "Judge", STAGE,
-      lambda state, element: preferences_for_group(state, element, config=config,
-                                                   schema=schema),
-      key_fn=lambda element: element[0],
-      setup_fn=(config.judge.load if config.judge is not None else lambda: None))
-  _, dead_write = preferences | "Write" >> core.WriteEpisodes(
-      out, "preferences", schema, source.splits, args.num_shards, STAGE)
-  core.write_dead_letters([dead, dead_write], out)
-  lineage = {"stage": STAGE, "rollouts": source.lineage(),
-             "upstream": source.upstream_lineage(), "config": stage_config,
-             "config_digest": digest, "code_version": core.code_version()}
-
-  bon_schema = None
+  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
+  rollouts = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
+  preferences, dead = rollouts | "Judge" >> Judge(setup)
+  infos, dead_write = preferences | "Write" >> dataset_io.WriteEpisodes(
+      out, "preferences", setup.schema, source.splits, args.num_shards, STAGE)
+  written = [infos, dead_letters.write_dead_letters([dead, dead_write], out)]
+  lineage = scaffold.lineage(STAGE, setup.stage_config, rollouts=source.lineage(),
+                             upstream=source.upstream_lineage())
   if bon_out:
-    names = tuple(schema_in.reward_names) + (f"{reward}_quantile",)
-    bon_schema = dataclasses.replace(schema_in, reward_names=names)
-    bon_items = (rollouts
-                 | "BonKey" >> beam.Map(lambda se: ((se[0], se[1][S.PROMPT_ID]), se))
-                 | "BonGroup" >> beam.GroupByKey()
-                 | "BonItems" >> beam.FlatMapTuple(
-                     lambda key, items: bon_for_group((key[1], list(items)), reward=reward,
-                                                      names=schema_in.reward_names)))
-    bon_episodes = (bon_items | "BonEpisodes" >> beam.Filter(lambda kv: kv[0] == "episode")
-                    | "BonEpisode" >> beam.Map(lambda kv: kv[1]))
-    _, bon_dead = bon_episodes | "WriteBon" >> core.WriteEpisodes(
-        bon_out, "rollouts_bon", bon_schema, source.splits, args.num_shards, STAGE)
-    (bon_items
-     | "BonStats" >> beam.Filter(lambda kv: kv[0] == "stats")
-     | "BonStatLine" >> beam.Map(lambda kv: kv[1])
-     | "BonStatsList" >> beam.combiners.ToList()
-     | "BonStatsSorted" >> beam.Map(lambda lines: "\n".join(sorted(lines)))
-     | "WriteBonStats" >> beam.io.WriteToText(os.path.join(bon_out, BON_GROUPS_FILE),
-                                              num_shards=1, shard_name_template=""))
-    core.write_dead_letters([bon_dead], bon_out, label="BonDeadLetters")
+    bon_episodes, bon_stats = rollouts | "BestOfN" >> BestOfN(setup)
+    bon_infos, bon_dead = bon_episodes | "WriteBon" >> dataset_io.WriteEpisodes(
+        bon_out, "rollouts_bon", setup.bon_schema, source.splits, args.num_shards, STAGE)
+    written += [
+        bon_infos,
+        bon_stats | "WriteBonStats" >> dataset_io.WriteLines(
+            os.path.join(bon_out, BON_GROUPS_FILE)),
+        dead_letters.write_dead_letters([bon_dead], bon_out, label="BonDeadLetters")]
 
-  result = pipeline.run()
-  results = {"preferences": core.finalize(
-      result=result, out_dir=out, name="preferences", config=schema, splits=source.splits,
-      stage=STAGE, description=f"Preferences over {source.name} by {config.judge_name}",
+  result = scaffold.run_pipeline(pipeline, written)
+  results = {"preferences": scaffold.finalize(
+      result=result, out_dir=out, name="preferences", config=setup.schema,
+      splits=source.splits, stage=STAGE,
+      description=f"Preferences over {source.name} by {config.judge_name}",
       lineage=lineage, inputs_total=total, started=started,
       max_dropped_fraction=args.max_dropped_fraction, upstream=[source],
       stage_args=vars(args))}
   if bon_out:
-    results["bon"] = core.finalize(
-        result=result, out_dir=bon_out, name="rollouts_bon", config=bon_schema,
+    results["bon"] = scaffold.finalize(
+        result=result, out_dir=bon_out, name="rollouts_bon", config=setup.bon_schema,
         splits=source.splits, stage=STAGE + ".bon",
         description=f"{source.name} with Best-of-N quantiles of {reward}",
         lineage={**lineage, "bon_reward": reward}, inputs_total=total, started=started,
@@ -307,7 +376,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, core.StageResult]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return core.main_wrapper(STAGE, run, argv)
+  return scaffold.main_wrapper(STAGE, run, argv)
 
 
 if __name__ == "__main__":

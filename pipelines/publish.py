@@ -18,6 +18,7 @@ overwritten: publish a new version. While a publish runs, the directory holds a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -29,7 +30,10 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from pipelines import core
+from pipelines import dataset_io
+from pipelines import dead_letters as DL
+from pipelines import scaffold
+from pipelines.errors import PipelineError
 from rlds_lm import publish as P
 from rlds_lm import schema as S
 from rlds_lm.cli_help import HelpFormatter
@@ -140,13 +144,78 @@ def dataset_card(*, name: str, version: str, description: str, schema: S.SchemaC
       reasons = ", ".join(f"{k} x{v}" for k, v in s.get("by_reason", {}).items()) or "-"
       lines.append(f"| {s['stage']} | {s['inputs']} | {s['written']} | {s['dropped']} | "
                    f"{reasons} |")
-    lines += ["", f"Details: `{core.DEAD_LETTER_SUMMARY}`, `{core.DEAD_LETTER_FILE}`.", ""]
+    lines += ["", f"Details: `{DL.DEAD_LETTER_SUMMARY}`, `{DL.DEAD_LETTER_FILE}`.", ""]
   lines += ["## Reading it", "", "```python", "import tensorflow_datasets as tfds",
             f"builder = tfds.builder_from_directory({path!r})",
             "ds = builder.as_dataset(split='train')  # tf.data; rlds.transformations apply",
             "", "from rlds_lm import read  # no TensorFlow: array_record + Grain",
             f"source = read.data_source({path!r}, 'train')", "```", ""]
   return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishSetup:
+  """What the stage needs besides its input, built by :func:`build_config`.
+
+  Attributes:
+    name: the dataset name (snake_case).
+    version: ``MAJOR.MINOR.PATCH``.
+    description: the first paragraph of the card.
+    file_formats: tfrecord first, then the formats added as copies.
+    out_dir: ``DATA_DIR/NAME/VERSION``.
+  """
+
+  name: str
+  version: str
+  description: str
+  file_formats: tuple[str, ...]
+  out_dir: str
+
+  @property
+  def config_digest(self) -> str:
+    return scaffold.config_digest({"name": self.name, "version": self.version})
+
+
+def build_config(args: argparse.Namespace) -> PublishSetup:
+  """The stage's setup from its parsed flags (:func:`build_parser`); checks them.
+
+  Raises:
+    PipelineError: for a name, version or file formats that are not allowed.
+  """
+  if not _NAME.match(args.name):
+    raise PipelineError(f"--name must be snake_case (a-z, 0-9, _), found {args.name!r}")
+  if not _VERSION.match(args.version):
+    raise PipelineError(f"--version must be MAJOR.MINOR.PATCH, found {args.version!r}")
+  formats = tuple(f for f in args.file_formats.split(",") if f)
+  if not formats or formats[0] != P.TFRECORD or not set(formats) <= {P.TFRECORD,
+                                                                     P.ARRAY_RECORD}:
+    raise PipelineError(f"--file_formats must start with tfrecord and may add "
+                        f"array_record; found {formats}")
+  return PublishSetup(name=args.name, version=args.version, description=args.description,
+                      file_formats=formats,
+                      out_dir=os.path.join(dataset_io.absolute(args.data_dir), args.name,
+                                           args.version))
+
+
+class PublishEpisodes(beam.PTransform):
+  """``(split, episode)`` -> ``(shard_infos, dead_letters, stats)``: writes the episodes
+  as the shards of ``out_dir`` (validated again) and computes :class:`EpisodeStats` (one
+  JSON string)."""
+
+  def __init__(self, setup: PublishSetup, schema: S.SchemaConfig, splits: Sequence[str],
+               num_shards: int):
+    super().__init__()
+    self._setup = setup
+    self._schema = schema
+    self._splits = tuple(splits)
+    self._num_shards = num_shards
+
+  def expand(self, episodes):
+    infos, dead = episodes | "Write" >> dataset_io.WriteEpisodes(
+        self._setup.out_dir, self._setup.name, self._schema, self._splits,
+        self._num_shards, STAGE)
+    stats = episodes | "Stats" >> beam.CombineGlobally(EpisodeStats())
+    return infos, dead, stats
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,83 +230,72 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: 'rlds_lm KIND episodes.')")
   parser.add_argument("--file_formats", default=",".join(P.DEFAULT_FILE_FORMATS),
                       help="tfrecord first; array_record added as an alternative")
-  parser.add_argument("--num_shards", type=int, default=core.DEFAULT_NUM_SHARDS,
+  parser.add_argument("--num_shards", type=int, default=scaffold.DEFAULT_NUM_SHARDS,
                       help="output shards per split")
   parser.add_argument("--workers", type=int, default=2,
                       help="DirectRunner worker processes (ignored by other runners)")
   parser.add_argument("--max_dropped_fraction", type=float,
-                      default=core.DEFAULT_MAX_DROPPED_FRACTION,
+                      default=scaffold.DEFAULT_MAX_DROPPED_FRACTION,
                       help="fail if more than this fraction of the input is dropped")
   return parser
 
 
-def run(argv: Sequence[str] | None = None) -> core.StageResult:
+def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   args, beam_args = build_parser().parse_known_args(argv)
   started = time.perf_counter()
-  if not _NAME.match(args.name):
-    raise core.PipelineError(f"--name must be snake_case (a-z, 0-9, _), found {args.name!r}")
-  if not _VERSION.match(args.version):
-    raise core.PipelineError(f"--version must be MAJOR.MINOR.PATCH, found {args.version!r}")
-  formats = tuple(f for f in args.file_formats.split(",") if f)
-  if not formats or formats[0] != P.TFRECORD or not set(formats) <= {P.TFRECORD,
-                                                                     P.ARRAY_RECORD}:
-    raise core.PipelineError(f"--file_formats must start with tfrecord and may add "
-                             f"array_record; found {formats}")
-  source = core.open_input(args.input, [s for s in args.splits.split(",") if s] or None)
+  setup = build_config(args)
+  source = dataset_io.open_input(args.input,
+                                 [s for s in args.splits.split(",") if s] or None)
   schema = source.schema
-  out = os.path.join(core.absolute(args.data_dir), args.name, args.version)
+  out = setup.out_dir
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   marker = os.path.join(out, IN_PROGRESS_FILE)
   if (tf.io.gfile.exists(os.path.join(out, "dataset_info.json"))
       and not tf.io.gfile.exists(marker)):
-    raise core.PipelineError(f"{out} is already published; versions are immutable: "
-                             f"publish a new --version")
+    raise PipelineError(f"{out} is already published; versions are immutable: "
+                        f"publish a new --version")
   # Anything else there is the leftover of a failed publish (it still has the marker).
-  out = core.prepare_output(out, overwrite=True)
+  out = scaffold.prepare_output(out, overwrite=True)
   with tf.io.gfile.GFile(marker, "w") as f:
     f.write("publishing; this version is incomplete until this file is removed\n")
   total = sum(source.num_examples[s] for s in source.splits)
-  core.progress(STAGE, f"{total} episodes from {source.path} -> {out}")
+  scaffold.progress(STAGE, f"{total} episodes from {source.path} -> {out}")
 
-  pipeline = beam.Pipeline(options=core.pipeline_options(beam_args, args.workers))
-  episodes = pipeline | "Read" >> core.ReadRecords(source)
-  _, dead = episodes | "Write" >> core.WriteEpisodes(out, args.name, schema, source.splits,
-                                                     args.num_shards, STAGE)
-  (episodes
-   | "Stats" >> beam.CombineGlobally(EpisodeStats())
-   | "WriteStats" >> beam.io.WriteToText(os.path.join(out, core.TMP_DIR, STATS_FILE),
-                                         num_shards=1, shard_name_template=""))
-  core.write_dead_letters([dead], out)
-  upstream = source.upstream_lineage()
-  lineage = {"stage": STAGE, "input": source.lineage(), "upstream": upstream,
-             "name": args.name, "version": args.version,
-             "config_digest": core.config_digest({"name": args.name,
-                                                  "version": args.version}),
-             "code_version": core.code_version()}
-  result = pipeline.run()
+  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
+  episodes = pipeline | "Read" >> dataset_io.ReadRecords(source)
+  infos, dead, stats = episodes | "Publish" >> PublishEpisodes(setup, schema, source.splits,
+                                                               args.num_shards)
+  written = [infos, stats | "WriteStats" >> dataset_io.WriteLines(
+      os.path.join(out, DL.TMP_DIR, STATS_FILE)), DL.write_dead_letters([dead], out)]
+  lineage = {"stage": STAGE, "input": source.lineage(),
+             "upstream": source.upstream_lineage(), "name": args.name,
+             "version": args.version, "config_digest": setup.config_digest,
+             "code_version": scaffold.code_version()}
+  result = scaffold.run_pipeline(pipeline, written)
   result.wait_until_finish()
-  with tf.io.gfile.GFile(os.path.join(out, core.TMP_DIR, STATS_FILE)) as f:
+  with tf.io.gfile.GFile(os.path.join(out, DL.TMP_DIR, STATS_FILE)) as f:
     stats = json.loads(f.read())
-  stage_result = core.finalize(
+  stage_result = scaffold.finalize(
       result=result, out_dir=out, name=args.name, config=schema, splits=source.splits,
       stage=STAGE, description=args.description, lineage=lineage, inputs_total=total,
       started=started, max_dropped_fraction=args.max_dropped_fraction, upstream=[source],
       stage_args=vars(args))
-  for file_format in formats[1:]:
-    core.progress(STAGE, f"adding the {file_format} copy")
+  for file_format in setup.file_formats[1:]:
+    scaffold.progress(STAGE, f"adding the {file_format} copy")
     P.add_file_format(out, file_format)
   card = dataset_card(name=args.name, version=args.version, description=args.description,
                       schema=schema, stats=stats, lineage=lineage,
-                      dead_letters=core.read_dead_letter_summary(out), path=out)
+                      dead_letters=scaffold.read_dead_letter_summary(out), path=out)
   with tf.io.gfile.GFile(os.path.join(out, CARD_FILE), "w") as f:
     f.write(card)
   tf.io.gfile.remove(marker)
-  core.progress(STAGE, f"published {args.name} {args.version}: {out} (card: {CARD_FILE})")
+  scaffold.progress(STAGE, f"published {args.name} {args.version}: {out} (card: "
+                           f"{CARD_FILE})")
   return stage_result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return core.main_wrapper(STAGE, run, argv)
+  return scaffold.main_wrapper(STAGE, run, argv)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,12 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipelines import core
+from pipelines import dataset_io
+from pipelines import dead_letters
 from pipelines import generate
+from pipelines import scaffold
 from pipelines import scorers as SC
+from pipelines.errors import PipelineError
 from rlds_lm import schema as S
 from rlds_lm.cli_help import HelpFormatter
 
@@ -67,18 +70,18 @@ def score_group(fns, element, *, names: Sequence[str], primary: str
     return
   if not prompts:
     for split, episode in rollouts:
-      yield "dead", core.DeadLetter(STAGE, episode[S.EPISODE_ID], "unknown_prompt",
-                                    f"prompt {prompt_id} is not in the prompt source",
-                                    split)
+      yield "dead", dead_letters.DeadLetter(
+          STAGE, episode[S.EPISODE_ID], "unknown_prompt",
+          f"prompt {prompt_id} is not in the prompt source", split)
     return
   prompt = prompts[0]
   try:
     values = SC.score_all(fns, prompt, [completion_text(e) for _, e in rollouts])
   except Exception as e:  # pylint: disable=broad-except
-    reason = core.reason_of(e)
+    reason = dead_letters.reason_of(e)
     for split, episode in rollouts:
-      yield "dead", core.DeadLetter(STAGE, episode[S.EPISODE_ID], reason, str(e)[:2000],
-                                    split)
+      yield "dead", dead_letters.DeadLetter(STAGE, episode[S.EPISODE_ID], reason,
+                                            str(e)[:2000], split)
     return
   for j, (split, episode) in enumerate(rollouts):
     rewards = {name: float(v[j]) for name, v in values.items()}
@@ -86,6 +89,8 @@ def score_group(fns, element, *, names: Sequence[str], primary: str
 
 
 class _ScoreGroups(beam.DoFn):
+  """One prompt's rollouts -> tagged (OK, (split, episode)) / (DEAD, DeadLetter) pairs."""
+
   def __init__(self, spec: SC.ScorerSpec, names: Sequence[str], primary: str):
     super().__init__()
     self._spec = spec
@@ -100,12 +105,77 @@ class _ScoreGroups(beam.DoFn):
     for kind, item in score_group(self._fns, element, names=self._names,
                                   primary=self._primary):
       if kind == "dead":
-        core.counter(STAGE, "dropped").inc()
-        core.counter(STAGE, f"dead_letter.{item.reason}").inc()
-        yield beam.pvalue.TaggedOutput(core.DEAD_LETTER, item)
+        yield dead_letters.DEAD, dead_letters.count_dropped(item)
       else:
-        core.counter(STAGE, "ok").inc()
-        yield item
+        dead_letters.counter(STAGE, "ok").inc()
+        yield dead_letters.OK, item
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSetup:
+  """What the stage needs besides its inputs and output, built by :func:`build_config`.
+
+  Attributes:
+    spec: the scorers (names, NLI model, external function).
+    primary: the scorer whose value is also the step's ``reward``.
+    schema: the output schema (the input's, with the scorers' reward names added).
+    stage_config: the settings that determine the output (its digest is in the lineage).
+  """
+
+  spec: SC.ScorerSpec
+  primary: str
+  schema: S.SchemaConfig
+  stage_config: dict[str, Any]
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    """Every reward name of the output (those of the input first)."""
+    return tuple(self.schema.reward_names)
+
+
+def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> ScoreSetup:
+  """The stage's setup from its parsed flags and the rollouts' schema; checks them.
+
+  Raises:
+    PipelineError: for unknown scorers, a ``--primary`` that is not one of them, a
+      scorer that cannot be loaded, or input that is not rollouts.
+  """
+  spec = SC.ScorerSpec(tuple(n for n in args.scorers.split(",") if n), args.nli_model,
+                       args.external_nli)
+  primary = args.primary or spec.names[0]
+  if primary not in spec.names:
+    raise PipelineError(f"--primary={primary} is not one of --scorers={spec.names}")
+  scorer_info = spec.describe()
+  if schema_in.kind != S.ROLLOUT:
+    raise PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
+  names = tuple(schema_in.reward_names) + tuple(n for n in spec.names
+                                                if n not in schema_in.reward_names)
+  return ScoreSetup(spec=spec, primary=primary,
+                    schema=dataclasses.replace(schema_in, reward_names=names),
+                    stage_config={"scorers": scorer_info, "primary": primary})
+
+
+class Score(beam.PTransform):
+  """``{"prompts": (split, Prompt), "rollouts": (split, episode)}`` -> ``(scored,
+  dead_letters)``: rollouts joined with their prompt and scored by every scorer, one
+  prompt's rollouts together; rollouts of an unknown prompt, or that a scorer refuses,
+  become dead letters."""
+
+  def __init__(self, setup: ScoreSetup):
+    super().__init__()
+    self._setup = setup
+
+  def expand(self, inputs):
+    grouped = ({"prompts": inputs["prompts"] | "PromptKey" >> beam.Map(
+                    lambda sp: (sp[1].prompt_id, sp[1])),
+                "rollouts": inputs["rollouts"] | "RolloutKey" >> beam.Map(
+                    lambda se: (se[1][S.PROMPT_ID], se))}
+               | "JoinOnPrompt" >> beam.CoGroupByKey())
+    return (grouped
+            | "ScoreGroups" >> beam.ParDo(_ScoreGroups(
+                self._setup.spec, self._setup.names, self._setup.primary)
+                                         ).with_output_types(dead_letters.TAGGED)
+            | "Split" >> dead_letters.SplitTagged())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,76 +194,61 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--external_nli", default="",
                       help="module:function for the external_nli scorer "
                            "(default: none; needed by external_nli)")
-  core.add_common_flags(parser)
+  scaffold.add_common_flags(parser)
   return parser
 
 
-def _prompt_source(args, source: core.DatasetInput) -> str:
+def _prompt_source(args, source: dataset_io.DatasetInput) -> str:
   if args.prompts:
     return args.prompts
   lineage = source.upstream_lineage()
   while lineage and "prompts" not in lineage:  # walk back through teacher etc.
     lineage = lineage.get("upstream")
   if not lineage:
-    raise core.PipelineError(f"{source.path}: its lineage names no prompt source; pass "
-                             f"--prompts")
+    raise PipelineError(f"{source.path}: its lineage names no prompt source; pass "
+                        f"--prompts")
   return lineage["prompts"]["path"]
 
 
-def run(argv: Sequence[str] | None = None) -> core.StageResult:
+def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   args, beam_args = build_parser().parse_known_args(argv)
   started = time.perf_counter()
-  spec = SC.ScorerSpec(tuple(n for n in args.scorers.split(",") if n), args.nli_model,
-                       args.external_nli)
-  primary = args.primary or spec.names[0]
-  if primary not in spec.names:
-    raise core.PipelineError(f"--primary={primary} is not one of --scorers={spec.names}")
-  scorer_info = spec.describe()
-  source = core.open_input(args.rollouts, [s for s in args.splits.split(",") if s] or None)
-  schema_in = source.schema
-  if schema_in.kind != S.ROLLOUT:
-    raise core.PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
-  names = tuple(schema_in.reward_names) + tuple(n for n in spec.names
-                                                if n not in schema_in.reward_names)
-  schema = dataclasses.replace(schema_in, reward_names=names)
+  source = dataset_io.open_input(args.rollouts,
+                                 [s for s in args.splits.split(",") if s] or None)
+  setup = build_config(args, source.schema)
   prompt_path = _prompt_source(args, source)
-  out = core.prepare_output(args.output, args.overwrite)
+  out = scaffold.prepare_output(args.output, args.overwrite)
   total = sum(source.num_examples[s] for s in source.splits)
-  stage_config = {"scorers": scorer_info, "primary": primary}
-  digest = core.config_digest(stage_config)
-  core.progress(STAGE, f"{total} rollouts from {source.path}; scorers {list(spec.names)} "
-                       f"(primary {primary}); prompts from {prompt_path}")
+  scaffold.progress(STAGE, f"{total} rollouts from {source.path}; scorers "
+                           f"{list(setup.spec.names)} (primary {setup.primary}); prompts "
+                           f"from {prompt_path}")
 
-  pipeline = beam.Pipeline(options=core.pipeline_options(beam_args, args.workers))
+  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
   prompts, dead_prompts, prompt_input, _, _ = generate.read_prompts(
       pipeline, prompt_path, None, None)
-  rollouts = pipeline | "ReadRollouts" >> core.ReadRecords(source)
-  grouped = ({"prompts": prompts | "PromptKey" >> beam.Map(lambda sp: (sp[1].prompt_id,
-                                                                      sp[1])),
-              "rollouts": rollouts | "RolloutKey" >> beam.Map(
-                  lambda se: (se[1][S.PROMPT_ID], se))}
-             | "JoinOnPrompt" >> beam.CoGroupByKey())
-  scored = grouped | "Score" >> beam.ParDo(_ScoreGroups(spec, names, primary)).with_outputs(
-      core.DEAD_LETTER, main="main")
-  _, dead_write = scored.main | "Write" >> core.WriteEpisodes(
-      out, "rollouts_scored", schema, source.splits, args.num_shards, STAGE)
+  rollouts = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
+  scored, dead = {"prompts": prompts, "rollouts": rollouts} | "Score" >> Score(setup)
+  infos, dead_write = scored | "Write" >> dataset_io.WriteEpisodes(
+      out, "rollouts_scored", setup.schema, source.splits, args.num_shards, STAGE)
   # Bad prompt records are the prompt source's problem, reported but not counted here.
-  core.write_dead_letters([scored[core.DEAD_LETTER], dead_write] + list(dead_prompts), out)
-  lineage = {"stage": STAGE, "rollouts": source.lineage(),
-             "upstream": source.upstream_lineage(),
-             "prompts": (prompt_input.lineage() if prompt_input else {"path": prompt_path}),
-             "config": stage_config, "config_digest": digest,
-             "code_version": core.code_version()}
-  return core.finalize(
-      result=pipeline.run(), out_dir=out, name="rollouts_scored", config=schema,
+  dead_written = dead_letters.write_dead_letters([dead, dead_write] + list(dead_prompts),
+                                                 out)
+  lineage = scaffold.lineage(
+      STAGE, setup.stage_config, rollouts=source.lineage(),
+      upstream=source.upstream_lineage(),
+      prompts=(prompt_input.lineage() if prompt_input else {"path": prompt_path}))
+  return scaffold.finalize(
+      result=scaffold.run_pipeline(pipeline, [infos, dead_written]), out_dir=out,
+      name="rollouts_scored", config=setup.schema,
       splits=source.splits, stage=STAGE,
-      description=f"{source.name} scored by {', '.join(spec.names)}", lineage=lineage,
-      inputs_total=total, started=started, max_dropped_fraction=args.max_dropped_fraction,
-      upstream=[source], stage_args=vars(args))
+      description=f"{source.name} scored by {', '.join(setup.spec.names)}",
+      lineage=lineage, inputs_total=total, started=started,
+      max_dropped_fraction=args.max_dropped_fraction, upstream=[source],
+      stage_args=vars(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return core.main_wrapper(STAGE, run, argv)
+  return scaffold.main_wrapper(STAGE, run, argv)
 
 
 if __name__ == "__main__":

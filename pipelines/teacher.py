@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,8 +30,12 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from pipelines import core
+from pipelines import dataset_io
+from pipelines import dead_letters
 from pipelines import models
+from pipelines import scaffold
+from pipelines.errors import PipelineError
+from pipelines.errors import RecordError
 from rlds_lm import schema as S
 from rlds_lm.cli_help import HelpFormatter
 
@@ -78,11 +83,11 @@ def annotate_episode(state, episode: dict[str, Any], *, config: TeacherConfig,
   limit = teacher.config.max_seq_len
   for i, sequence, context_length in contexts:
     if len(sequence) > limit:
-      raise core.RecordError("too_long_for_teacher",
-                             f"turn {i} needs {len(sequence)} tokens of context; the "
-                             f"teacher's is {limit}")
+      raise RecordError("too_long_for_teacher",
+                        f"turn {i} needs {len(sequence)} tokens of context; the "
+                        f"teacher's is {limit}")
     if context_length < 1:
-      raise core.RecordError("empty_context", f"turn {i} has no tokens before its action")
+      raise RecordError("empty_context", f"turn {i} has no tokens before its action")
   results = []
   if contexts:
     results = teacher_scoring.annotate(
@@ -110,6 +115,78 @@ def _with_teacher(step: Mapping[str, Any], teacher: Mapping[str, Any] | None,
   return {**step, S.TEACHER: dict(teacher)}
 
 
+@dataclasses.dataclass(frozen=True)
+class TeacherSetup:
+  """What the stage needs besides its input and output, built by :func:`build_config`.
+
+  Attributes:
+    config: the teacher and what to store of its distribution.
+    schema: the output schema (the input's, with the teacher's top-k / sampled-k).
+    teacher_info: ``ModelRef.describe()`` of the teacher.
+    stage_config: the settings that determine the output (its digest is in the lineage
+      and seeds the sampled-k draws).
+  """
+
+  config: TeacherConfig
+  schema: S.SchemaConfig
+  teacher_info: dict[str, Any]
+  stage_config: dict[str, Any]
+
+  @property
+  def digest(self) -> str:
+    return scaffold.config_digest(self.stage_config)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+  """The checks of the flags alone (before any input is opened)."""
+  if args.top_k < 0 or args.sampled_k < 0 or not (args.top_k or args.sampled_k):
+    raise PipelineError("--top_k and --sampled_k must be >= 0 and not both 0")
+  if not args.temperature > 0:
+    raise PipelineError(f"--temperature must be > 0, found {args.temperature}")
+
+
+def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> TeacherSetup:
+  """The stage's setup from its parsed flags and the rollouts' schema; checks them.
+
+  Raises:
+    PipelineError: for bad flags, a teacher that cannot be read, input that is not
+      rollouts, or a teacher whose tokenizer is not the rollouts'.
+  """
+  check_flags(args)
+  teacher = models.ModelRef(args.teacher, args.tokenizer, args.teacher_name)
+  info = teacher.describe()
+  if schema_in.kind != S.ROLLOUT:
+    raise PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
+  if info["tokenizer"] != schema_in.tokenizer or info["vocab_size"] != schema_in.vocab_size:
+    raise PipelineError(
+        f"the teacher ({info['tokenizer']}, vocabulary {info['vocab_size']}) does not share "
+        f"the rollouts' tokenizer ({schema_in.tokenizer}, vocabulary "
+        f"{schema_in.vocab_size}); cross-tokenizer distillation is not supported")
+  if args.top_k > info["vocab_size"]:
+    raise PipelineError(f"--top_k={args.top_k} exceeds the vocabulary "
+                        f"({info['vocab_size']})")
+  config = TeacherConfig(teacher=teacher, top_k=args.top_k, sampled_k=args.sampled_k,
+                         temperature=args.temperature)
+  schema = dataclasses.replace(schema_in, teacher_top_k=args.top_k,
+                               teacher_sampled_k=args.sampled_k)
+  stage_config = {"teacher_digest": info["digest"], **config.settings()}
+  return TeacherSetup(config=config, schema=schema, teacher_info=info,
+                      stage_config=stage_config)
+
+
+class Annotate(dead_letters.SafeMapped):
+  """``(split, rollout)`` -> ``(annotated, dead_letters)``: each rollout with the
+  teacher's arrays on its acting steps; episodes too long for the teacher, or with an
+  empty context, become dead letters."""
+
+  def __init__(self, setup: TeacherSetup):
+    super().__init__(
+        STAGE,
+        functools.partial(annotate_episode, config=setup.config,
+                          teacher_info=setup.teacher_info, digest=setup.digest),
+        key_fn=lambda episode: episode[S.EPISODE_ID], setup_fn=setup.config.teacher.load)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m pipelines.teacher", description=__doc__,
                                    formatter_class=HelpFormatter)
@@ -125,58 +202,35 @@ def build_parser() -> argparse.ArgumentParser:
                       help="S teacher draws per token, Gemma-3-style (0: none)")
   parser.add_argument("--temperature", type=float, default=1.0,
                       help="temperature of the teacher's distribution")
-  core.add_common_flags(parser)
+  scaffold.add_common_flags(parser)
   return parser
 
 
-def run(argv: Sequence[str] | None = None) -> core.StageResult:
+def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   args, beam_args = build_parser().parse_known_args(argv)
   started = time.perf_counter()
-  if args.top_k < 0 or args.sampled_k < 0 or not (args.top_k or args.sampled_k):
-    raise core.PipelineError("--top_k and --sampled_k must be >= 0 and not both 0")
-  if not args.temperature > 0:
-    raise core.PipelineError(f"--temperature must be > 0, found {args.temperature}")
-  source = core.open_input(args.rollouts, [s for s in args.splits.split(",") if s] or None)
-  schema_in = source.schema
-  teacher = models.ModelRef(args.teacher, args.tokenizer, args.teacher_name)
-  info = teacher.describe()
-  if schema_in.kind != S.ROLLOUT:
-    raise core.PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
-  if info["tokenizer"] != schema_in.tokenizer or info["vocab_size"] != schema_in.vocab_size:
-    raise core.PipelineError(
-        f"the teacher ({info['tokenizer']}, vocabulary {info['vocab_size']}) does not share "
-        f"the rollouts' tokenizer ({schema_in.tokenizer}, vocabulary "
-        f"{schema_in.vocab_size}); cross-tokenizer distillation is not supported")
-  if args.top_k > info["vocab_size"]:
-    raise core.PipelineError(f"--top_k={args.top_k} exceeds the vocabulary "
-                             f"({info['vocab_size']})")
-  config = TeacherConfig(teacher=teacher, top_k=args.top_k, sampled_k=args.sampled_k,
-                         temperature=args.temperature)
-  schema = dataclasses.replace(schema_in, teacher_top_k=args.top_k,
-                               teacher_sampled_k=args.sampled_k)
-  stage_config = {"teacher_digest": info["digest"], **config.settings()}
-  digest = core.config_digest(stage_config)
-  out = core.prepare_output(args.output, args.overwrite)
+  check_flags(args)
+  source = dataset_io.open_input(args.rollouts,
+                                 [s for s in args.splits.split(",") if s] or None)
+  setup = build_config(args, source.schema)
+  info = setup.teacher_info
+  out = scaffold.prepare_output(args.output, args.overwrite)
   total = sum(source.num_examples[s] for s in source.splits)
-  core.progress(STAGE, f"{total} rollouts from {source.path}; teacher {info['name']} "
-                       f"{info['digest']}, top-k {args.top_k}, sampled-k {args.sampled_k}")
+  scaffold.progress(STAGE, f"{total} rollouts from {source.path}; teacher {info['name']} "
+                           f"{info['digest']}, top-k {args.top_k}, sampled-k "
+                           f"{args.sampled_k}")
 
-  pipeline = beam.Pipeline(options=core.pipeline_options(beam_args, args.workers))
-  episodes = pipeline | "ReadRollouts" >> core.ReadRecords(source)
-  annotated, dead = core.safe_map(
-      episodes, "Annotate", STAGE,
-      lambda state, episode: annotate_episode(state, episode, config=config,
-                                              teacher_info=info, digest=digest),
-      key_fn=lambda episode: episode[S.EPISODE_ID], setup_fn=teacher.load)
-  _, dead_write = annotated | "Write" >> core.WriteEpisodes(
-      out, "rollouts_teacher", schema, source.splits, args.num_shards, STAGE)
-  core.write_dead_letters([dead, dead_write], out)
-  lineage = {"stage": STAGE, "rollouts": source.lineage(),
-             "upstream": source.upstream_lineage(), "teacher": info,
-             "config": stage_config, "config_digest": digest,
-             "code_version": core.code_version()}
-  return core.finalize(
-      result=pipeline.run(), out_dir=out, name="rollouts_teacher", config=schema,
+  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
+  episodes = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
+  annotated, dead = episodes | "Annotate" >> Annotate(setup)
+  infos, dead_write = annotated | "Write" >> dataset_io.WriteEpisodes(
+      out, "rollouts_teacher", setup.schema, source.splits, args.num_shards, STAGE)
+  dead_written = dead_letters.write_dead_letters([dead, dead_write], out)
+  lineage = scaffold.lineage(STAGE, setup.stage_config, rollouts=source.lineage(),
+                             upstream=source.upstream_lineage(), teacher=info)
+  return scaffold.finalize(
+      result=scaffold.run_pipeline(pipeline, [infos, dead_written]), out_dir=out,
+      name="rollouts_teacher", config=setup.schema,
       splits=source.splits, stage=STAGE,
       description=f"{source.name} annotated by teacher {info['name']}", lineage=lineage,
       inputs_total=total, started=started, max_dropped_fraction=args.max_dropped_fraction,
@@ -184,7 +238,7 @@ def run(argv: Sequence[str] | None = None) -> core.StageResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return core.main_wrapper(STAGE, run, argv)
+  return scaffold.main_wrapper(STAGE, run, argv)
 
 
 if __name__ == "__main__":

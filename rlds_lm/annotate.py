@@ -29,7 +29,6 @@ preferences, and ``rlds-lm inspect`` reports agreement (:func:`agreement`).
 import argparse
 import collections
 import dataclasses
-import json
 import os
 import secrets
 import signal

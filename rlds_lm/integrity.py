@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence

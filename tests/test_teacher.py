@@ -10,7 +10,7 @@ import pytest
 from rlds_lm import schema as S
 from rlds_lm import teacher as TT
 from rlds_lm import validate as V
-from rlds_lm.teacher import _codecs
+from rlds_lm.teacher import _bytes
 
 VOCAB = 1000
 TOKENS = 12
@@ -303,10 +303,10 @@ def test_bit_packing_round_trip():
   rng = np.random.default_rng(0)
   nbits = rng.integers(0, 40, 500)
   values = rng.integers(0, 2**40, 500) & ((1 << nbits) - 1)
-  data = _codecs.pack_bits(values, nbits)
+  data = _bytes.pack_bits(values, nbits)
   assert len(data) == -(-nbits.sum() // 8)
-  np.testing.assert_array_equal(_codecs.unpack_bits(data, nbits), values)
-  np.testing.assert_array_equal(_codecs.unpack_bits(_codecs.pack_bits(values % 8, 3), 3, 500),
+  np.testing.assert_array_equal(_bytes.unpack_bits(data, nbits), values)
+  np.testing.assert_array_equal(_bytes.unpack_bits(_bytes.pack_bits(values % 8, 3), 3, 500),
                                 values % 8)
 
 
@@ -590,7 +590,7 @@ def test_prior_serialisation_round_trip():
     (lambda d: d[:4] + b"\x09" + d[5:], "expected format version 1"),
     (lambda d: d[:-5], "expected a zlib stream"),
     (lambda d: d + b"\x00", "expected a zlib stream"),
-    (lambda d: d[:5] + _codecs._varint(VOCAB + 1) + d[7:], "expected 2002 bytes"),
+    (lambda d: d[:5] + _bytes._varint(VOCAB + 1) + d[7:], "expected 2002 bytes"),
 ])
 def test_prior_from_bytes_refuses_corrupt_data(mutate, match):
   data = TT.TailPrior(-np.log(np.arange(VOCAB) + 50.0)).to_bytes()

@@ -18,7 +18,7 @@ prior is fitted from, on tokens other than those evaluated.
 """
 
 from rlds_lm.teacher._codecs import Fp16Codec
-from rlds_lm.teacher._codecs import PackedCodec
+from rlds_lm.teacher._packed import PackedCodec
 from rlds_lm.teacher._codecs import RawCodec
 from rlds_lm.teacher._codecs import TeacherCodec
 from rlds_lm.teacher._codecs import decode

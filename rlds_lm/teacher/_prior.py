@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from rlds_lm.teacher._codecs import _Reader
-from rlds_lm.teacher._codecs import _varint
+from rlds_lm.teacher._bytes import _Reader
+from rlds_lm.teacher._bytes import _varint
 
 # Log-probs are stored as uint16 codes: code = round((max - log_prob) * 1024), i.e. steps
 # of 1/1024 nat below the largest entry (relative error of a probability < 5e-4), over a
