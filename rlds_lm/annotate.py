@@ -504,7 +504,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--undo_window_s", type=float, default=10.0,
                       help="seconds a judgement stays open for undo (default: %(default)s)")
   parser.add_argument("--tokenizer_model", default=None,
-                      help="SentencePiece model file, for datasets tokenised with one")
+                      help="SentencePiece model file, for datasets tokenised with one "
+                           "(default: none, for byte-tokenised datasets)")
   parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
   parser.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
 
