@@ -1,8 +1,8 @@
 """Model backends as Apache Beam model handlers (``apache_beam.ml.inference``).
 
-A stage names its model with one flag, ``--model``: an rlds_lm checkpoint directory, or
-the root of an OpenAI-compatible API (``http://host:port/v1``, with ``--served_model``
-naming the model there). :class:`BackendSpec` is that choice, picklable for workers;
+A stage names its model with one flag: an rlds_lm checkpoint directory, or the root of an
+OpenAI-compatible API (``http://host:port/v1``, with ``--served_model`` naming the model
+there). :class:`pipelines.models.ModelRef` is that choice, picklable for workers;
 :class:`BackendModelHandler` loads it once per worker (Beam's model sharing) and answers
 batches of :class:`SampleRequest` / :class:`ScoreRequest` through ``RunInference``.
 
@@ -16,7 +16,6 @@ Beam on Dask).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -54,80 +53,21 @@ class Failed(NamedTuple):
   detail: str
 
 
-@dataclasses.dataclass(frozen=True)
-class BackendSpec:
-  """Which model a stage uses (picklable): a checkpoint or an OpenAI-compatible endpoint.
-
-  Attributes:
-    model: a checkpoint directory, or an API root such as ``http://127.0.0.1:8000/v1``.
-    served_model: the model's name at the endpoint (endpoints only).
-    tokenizer: ``byte`` or a SentencePiece ``.model`` file: the model's tokenizer.
-    name: the name episodes record (default: the checkpoint's or the served name).
-    api_key_env: environment variable with the endpoint's API key ("" for none).
-    max_concurrency / timeout_s / max_retries: the endpoint client's limits.
-    cache_dir: keep finished endpoint responses here (a re-run repeats none).
-  """
-
-  model: str
-  served_model: str = ""
-  tokenizer: str = "byte"
-  name: str = ""
-  api_key_env: str = "OPENAI_API_KEY"
-  max_concurrency: int = 8
-  timeout_s: float = 120.0
-  max_retries: int = 5
-  cache_dir: str = ""
-
-  @property
-  def is_endpoint(self) -> bool:
-    return self.model.startswith(("http://", "https://"))
-
-  def load(self) -> base.Backend:
-    """The backend (run once per worker: restores parameters or opens connections)."""
-    from rlds_lm.backends import local  # pylint: disable=g-import-not-at-top
-    if not self.is_endpoint:
-      return local.LocalBackend.from_checkpoint(self.model, tokenizer=self.tokenizer,
-                                                name=self.name or None)
-    from rlds_lm.backends import openai_compat  # pylint: disable=g-import-not-at-top
-    if not self.served_model:
-      raise base.BackendError(f"{self.model} is an endpoint: name the served model "
-                              f"(--served_model; GET {self.model}/models lists them)")
-    return openai_compat.OpenAIBackend(
-        self.model, self.served_model, tokenizer=local.load_tokenizer(self.tokenizer),
-        api_key_env=self.api_key_env, max_concurrency=self.max_concurrency,
-        timeout_s=self.timeout_s, max_retries=self.max_retries,
-        cache_dir=self.cache_dir or None)
-
-  def check(self, *, top_logprobs: int = 0, prompt_logprobs: int = 0) -> dict[str, Any]:
-    """Driver-side: refuse an unusable model before any work; returns its provenance."""
-    backend = self.load()
-    try:
-      if self.is_endpoint:
-        described = backend.check(top_logprobs=top_logprobs,
-                                  prompt_logprobs=prompt_logprobs)
-      else:
-        described = backend.describe()
-    finally:
-      backend.close()
-    if self.name:
-      described["name"] = self.name
-    return described
-
-
 class BackendModelHandler(beam_inference.ModelHandler):
-  """``RunInference`` over a :class:`BackendSpec`: one backend per worker, batched calls.
+  """``RunInference`` over a :class:`~pipelines.models.ModelRef`: one backend per worker,
+  batched calls.
 
   Sample requests of one batch that share sampler settings go to the backend in one
   call (one model call in process; concurrent HTTP requests for an endpoint).
   """
 
-  def __init__(self, spec: BackendSpec, *, max_batch_size: int = 16):
+  def __init__(self, ref, *, max_batch_size: int = 16):
     super().__init__()
-    self.spec = spec
+    self.ref = ref
     self._max_batch_size = max_batch_size
 
   def load_model(self) -> base.Backend:
-    return self.spec.load()
+    return self.ref.backend()
 
   def batch_elements_kwargs(self) -> dict[str, Any]:
     return {"max_batch_size": self._max_batch_size}

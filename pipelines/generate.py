@@ -33,6 +33,7 @@ from pipelines import models
 from pipelines import scaffold
 from pipelines.errors import PipelineError
 from pipelines.errors import RecordError
+from rlds_lm.backends import BackendError
 from rlds_lm import schema as S
 from rlds_lm import tasks
 
@@ -81,18 +82,23 @@ def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,
   digest = scaffold.config_digest(config.sampling())
   seeds = [sample_seed(prompt.prompt_id, i, policy_info["digest"], digest)
            for i in range(config.num_samples)]
-  completions = policy.sample([tokens] * config.num_samples, seeds, sampler,
-                              config.max_new_tokens)
+  try:
+    completions = policy.sample([tokens] * config.num_samples, seeds, sampler,
+                                config.max_new_tokens)
+  except BackendError as e:  # a served policy that still fails after its retries
+    raise RecordError("backend_error", str(e)) from e
   for i, (seed, completion) in enumerate(zip(seeds, completions)):
     turn = S.Turn(observation=S.observation(schema, tokens, prompt.text, "prompt"),
                   action_tokens=completion.tokens,
                   action_text=tok.decode(completion.tokens),
                   action_logprobs=completion.logprobs)
+    episode_lineage = {**lineage, "stop_reason": completion.stop_reason}
+    if getattr(completion, "provenance", None):  # a served model: what answered, when
+      episode_lineage["request"] = dict(completion.provenance)  # its "created": the time
     yield S.rollout_episode(
         schema, [turn], prompt_id=prompt.prompt_id, task=prompt.task, sample_index=i,
         policy_name=policy_info["name"], policy_digest=policy_info["digest"],
-        seed=seed, lineage={**lineage, "stop_reason": completion.stop_reason},
-        **sampler.to_dict())
+        seed=seed, lineage=episode_lineage, **sampler.to_dict())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +139,7 @@ def build_config(args: argparse.Namespace) -> GenerateSetup:
     raise PipelineError(f"--max_new_tokens must be >= 1, found {args.max_new_tokens}")
   from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
   sampling.SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-  policy = models.ModelRef(args.policy, args.tokenizer, args.policy_name)
+  policy = models.model_ref(args, args.policy, args.tokenizer, args.policy_name)
   policy_info = policy.describe()
   config = GenerateConfig(policy=policy, num_samples=args.num_samples,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -200,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
   parser.add_argument("--task", choices=tasks.TASKS, default=None,
                       help="prompt task (default: detected from the record fields)")
-  parser.add_argument("--policy", required=True, help="policy checkpoint directory")
-  parser.add_argument("--policy_name", default="", help="name recorded in episodes (default: the checkpoint's config name)")
+  parser.add_argument("--policy", required=True,
+                      help="policy checkpoint directory, or an OpenAI-compatible API root "
+                           "(http://host:port/v1) with --served_model")
+  parser.add_argument("--policy_name", default="",
+                      help="name recorded in episodes (default: the checkpoint's config "
+                           "name, or the served model's name)")
   parser.add_argument("--tokenizer", default="byte",
                       help="'byte' or a SentencePiece .model file")
   parser.add_argument("--num_samples", type=int, default=4, help="samples per prompt (N)")
@@ -213,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--top_p", type=float, default=1.0,
                       help="nucleus sampling mass (1: all)")
   parser.add_argument("--seed", type=int, default=0, help="sampling salt")
+  models.add_endpoint_flags(parser)
   scaffold.add_common_flags(parser)
   return parser
 

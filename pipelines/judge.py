@@ -10,7 +10,12 @@ id). The judge is the agent of each preference episode:
 
 * with ``--reward``, a reward-model or rule judge ranks candidates by that reward;
 * with ``--judge_policy``, an LLM judge ranks them by the mean log-probability the judge
-  model gives each completion after the prompt (length-normalised likelihood).
+  model gives each completion after the prompt (length-normalised likelihood);
+* with ``--judge_model`` (a checkpoint, or a served model at an OpenAI-compatible
+  endpoint with ``--served_model``), an LLM is asked which candidate is best with the
+  documented prompt of :mod:`rlds_lm.backends.judge` and must answer ``Verdict: K`` or
+  ``Verdict: tie``; its answer is kept in the episode's lineage, and an answer without a
+  verdict is a dead letter (``unparseable_verdict``) carrying what the judge said.
 
 ``--mode=pairwise`` writes one episode per pair of candidates (``--pairs=all`` or
 ``best_worst``), ``choice`` = the better one or -1 on a tie; ``--mode=ranked`` writes one
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -47,6 +53,7 @@ from pipelines import models
 from pipelines import scaffold
 from pipelines.errors import PipelineError
 from pipelines.errors import RecordError
+from rlds_lm.backends import BackendError
 from rlds_lm import schema as S
 from rlds_lm.cli_help import HelpFormatter
 
@@ -101,6 +108,8 @@ class JudgeConfig:
   pairs: str = "all"
   reward: str = ""
   judge: models.ModelRef | None = None
+  verdict: models.ModelRef | None = None  # an LLM asked for a verdict (--judge_model)
+  max_new_tokens: int = 256  # of the verdict judge's answer
   judge_name: str = ""
   judge_kind: str = "reward_model"
   judge_digest: str = ""
@@ -137,6 +146,36 @@ def judge_scores(state, rollouts: Sequence[Mapping[str, Any]], config: JudgeConf
                      for s in scored], np.float64)
 
 
+def _text(episode: Mapping[str, Any], tokenizer) -> str:
+  acting = [s for s in episode[S.STEPS] if not s[S.IS_LAST]]
+  action = acting[-1][S.ACTION] if acting else {}
+  return str(action.get(S.ACT_TEXT) or tokenizer.decode(_candidate(episode)))
+
+
+def _verdict(state, prompt_id: str, candidates: Sequence[Mapping[str, Any]],
+             config: JudgeConfig) -> tuple[int, str, dict[str, Any]]:
+  """Asks the verdict judge about ``candidates``; (choice or -1, answer, provenance)."""
+  from rlds_lm.backends import judge as judge_lib  # pylint: disable=g-import-not-at-top
+  backend, tokenizer = state
+  obs = candidates[0][S.STEPS][0][S.OBSERVATION]
+  prompt = str(obs[S.OBS_TEXT] or tokenizer.decode(obs[S.OBS_TOKENS]))
+  seed = S.content_seed("judge", prompt_id, [c[S.EPISODE_ID] for c in candidates],
+                        config.judge_digest)
+  try:
+    return judge_lib.judge(backend, prompt, [_text(c, tokenizer) for c in candidates],
+                           seed=seed, max_new_tokens=config.max_new_tokens)
+  except judge_lib.VerdictError as e:
+    raise RecordError("unparseable_verdict",
+                      f"{e}; the judge said: {e.answer[:500]!r}") from e
+  except BackendError as e:
+    raise RecordError("backend_error", str(e)) from e
+
+
+def _verdict_state(ref: models.ModelRef):
+  """(backend, tokenizer) of a verdict judge, once per worker."""
+  return ref.backend(), ref.load_tokenizer()
+
+
 def preferences_for_group(state, element, *, config: JudgeConfig, schema: S.SchemaConfig
                           ) -> Iterator[dict[str, Any]]:
   """The preference episodes of one prompt's rollouts."""
@@ -146,7 +185,7 @@ def preferences_for_group(state, element, *, config: JudgeConfig, schema: S.Sche
     raise RecordError("too_few_candidates",
                       f"prompt {prompt_id} has {len(rollouts)} rollout(s); a "
                       f"preference needs two")
-  scores = judge_scores(state, rollouts, config)
+  scores = judge_scores(state, rollouts, config) if config.verdict is None else None
   first = rollouts[0][S.STEPS][0][S.OBSERVATION]
   prompt = S.observation(schema, np.asarray(first[S.OBS_TOKENS], np.int32),
                          first[S.OBS_TEXT], "prompt")
@@ -159,15 +198,23 @@ def preferences_for_group(state, element, *, config: JudgeConfig, schema: S.Sche
   else:
     groups = [list(p) for p in itertools.combinations(range(len(rollouts)), 2)]
   for members in groups:
-    s = scores[members]
-    choice = -1 if np.all(s == s[0]) else int(np.argmax(s))
+    lineage: dict[str, Any] = {"stage": STAGE, "mode": config.mode}
+    if config.verdict is not None:
+      choice, lineage["judge_answer"], lineage["request"] = _verdict(
+          state, prompt_id, [rollouts[i] for i in members], config)
+      s = np.zeros(len(members), np.float64)
+      if choice >= 0:
+        s[choice] = 1.0
+    else:
+      s = scores[members]
+      choice = -1 if np.all(s == s[0]) else int(np.argmax(s))
     yield S.preference_episode(
         schema, prompt, [rollouts[i][S.EPISODE_ID] for i in members],
         [_candidate(rollouts[i]) for i in members], prompt_id=prompt_id, choice=choice,
         ranking=np.argsort(-s, kind="stable").astype(np.int32),
         scores=s.astype(np.float32), judge_name=config.judge_name,
         judge_digest=config.judge_digest, judge_kind=config.judge_kind, task=task,
-        lineage={"stage": STAGE, "mode": config.mode})
+        lineage=lineage)
 
 
 def bon_for_group(element, *, reward: str, names: Sequence[str]
@@ -222,6 +269,11 @@ def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> JudgeSe
   if schema_in.kind != S.ROLLOUT:
     raise PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
   reward = args.reward or (schema_in.reward_names[0] if schema_in.reward_names else "")
+  if args.judge_model and args.judge_policy:
+    raise PipelineError("--judge_model (a verdict judge) and --judge_policy (a likelihood "
+                        "judge) exclude each other")
+  if args.judge_model:
+    return _verdict_setup(args, schema_in, reward)
   if not args.judge_policy or args.bon_output:
     if reward not in schema_in.reward_names:
       raise PipelineError(
@@ -253,6 +305,35 @@ def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> JudgeSe
                                   "pairs": args.pairs})
 
 
+def _verdict_setup(args: argparse.Namespace, schema_in: S.SchemaConfig, reward: str
+                   ) -> JudgeSetup:
+  """The setup of an LLM asked for verdicts (``--judge_model``)."""
+  if args.pairs == "best_worst" and args.mode == PAIRWISE:
+    raise PipelineError("--pairs=best_worst needs scores to find the best and worst; a "
+                        "verdict judge gives none: use --pairs=all or --mode=ranked")
+  if args.bon_output and reward not in schema_in.reward_names:
+    raise PipelineError(f"--bon_output needs reward {reward!r} in the rollouts (they have "
+                        f"{list(schema_in.reward_names)})")
+  ref = models.model_ref(args, args.judge_model, args.tokenizer)
+  info = ref.describe()
+  config = JudgeConfig(mode=args.mode, pairs=args.pairs, verdict=ref,
+                       max_new_tokens=args.judge_max_new_tokens, judge_name=info["name"],
+                       judge_kind="llm", judge_digest=info["digest"])
+  from rlds_lm.backends import judge as judge_lib  # pylint: disable=g-import-not-at-top
+  schema = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=schema_in.vocab_size,
+                          tokenizer=schema_in.tokenizer)
+  bon_schema = None
+  if args.bon_output:
+    bon_schema = dataclasses.replace(
+        schema_in, reward_names=tuple(schema_in.reward_names) + (f"{reward}_quantile",))
+  return JudgeSetup(config=config, reward=reward, schema=schema, bon_schema=bon_schema,
+                    input_reward_names=tuple(schema_in.reward_names),
+                    stage_config={"judge": {"verdict": info,
+                                            "prompt": judge_lib.__name__,
+                                            "max_new_tokens": args.judge_max_new_tokens},
+                                  "mode": args.mode, "pairs": args.pairs})
+
+
 class Judge(beam.PTransform):
   """``(split, rollout)`` -> ``(preferences, dead_letters)``: a prompt's rollouts (per
   split) judged together; prompts with fewer than two become dead letters."""
@@ -273,7 +354,9 @@ class Judge(beam.PTransform):
         lambda state, element: preferences_for_group(state, element, config=config,
                                                      schema=schema),
         key_fn=lambda element: element[0],
-        setup_fn=(config.judge.load if config.judge is not None else lambda: None))
+        setup_fn=(config.judge.load if config.judge is not None else
+                  functools.partial(_verdict_state, config.verdict)
+                  if config.verdict is not None else lambda: None))
 
 
 class BestOfN(beam.PTransform):
@@ -312,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--judge_policy", default="",
                       help="checkpoint of an LLM judge (instead of --reward; "
                            "default: none)")
+  parser.add_argument("--judge_model", default="",
+                      help="an LLM asked which candidate is best (rlds_lm.backends.judge's "
+                           "prompt, 'Verdict: K'): a checkpoint, or an OpenAI-compatible "
+                           "API root with --served_model (default: none)")
+  parser.add_argument("--judge_max_new_tokens", type=int, default=256,
+                      help="length of the verdict judge's answer at most")
   parser.add_argument("--tokenizer", default="byte", help="the LLM judge's tokenizer")
   parser.add_argument("--mode", choices=(PAIRWISE, RANKED), default=PAIRWISE,
                       help="pairwise: one episode per pair; ranked: one per prompt")
@@ -320,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--bon_output", default="",
                       help="also write rollouts with Best-of-N quantiles here "
                            "(default: not written)")
+  models.add_endpoint_flags(parser)
   scaffold.add_common_flags(parser)
   return parser
 

@@ -36,6 +36,7 @@ from pipelines import models
 from pipelines import scaffold
 from pipelines.errors import PipelineError
 from pipelines.errors import RecordError
+from rlds_lm.backends import BackendError
 from rlds_lm import schema as S
 from rlds_lm.cli_help import HelpFormatter
 
@@ -89,7 +90,13 @@ def annotate_episode(state, episode: dict[str, Any], *, config: TeacherConfig,
     if context_length < 1:
       raise RecordError("empty_context", f"turn {i} has no tokens before its action")
   results = []
-  if contexts:
+  if contexts and isinstance(teacher, models.ServedModel):
+    try:
+      results = teacher.backend.annotate([c[1] for c in contexts],
+                                         [c[2] for c in contexts], top_k=config.top_k)
+    except BackendError as e:
+      raise RecordError("backend_error", str(e)) from e
+  elif contexts:
     results = teacher_scoring.annotate(
         teacher.config, teacher.params, [c[1] for c in contexts], [c[2] for c in contexts],
         top_k=config.top_k, sampled=config.sampled_k, temperature=config.temperature,
@@ -153,8 +160,13 @@ def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> Teacher
       rollouts, or a teacher whose tokenizer is not the rollouts'.
   """
   check_flags(args)
-  teacher = models.ModelRef(args.teacher, args.tokenizer, args.teacher_name)
-  info = teacher.describe()
+  teacher = models.model_ref(args, args.teacher, args.tokenizer, args.teacher_name)
+  if teacher.is_endpoint and (args.sampled_k or args.temperature != 1.0):
+    raise PipelineError(
+        "a served teacher gives its top-k log-probs at temperature 1 (prompt_logprobs), "
+        "not the full distribution: --sampled_k must be 0 and --temperature 1.0 with an "
+        "endpoint (use a checkpoint for sampled-k)")
+  info = teacher.describe(prompt_logprobs=max(1, args.top_k))
   if schema_in.kind != S.ROLLOUT:
     raise PipelineError(f"{args.rollouts} holds {schema_in.kind} episodes, not rollouts")
   if info["tokenizer"] != schema_in.tokenizer or info["vocab_size"] != schema_in.vocab_size:
@@ -192,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=HelpFormatter)
   parser.add_argument("--rollouts", required=True, help="rollout dataset directory")
   parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
-  parser.add_argument("--teacher", required=True, help="teacher checkpoint directory")
+  parser.add_argument("--teacher", required=True,
+                      help="teacher checkpoint directory, or an OpenAI-compatible API root "
+                           "(http://host:port/v1) serving prompt_logprobs, with "
+                           "--served_model")
   parser.add_argument("--teacher_name", default="", help="name recorded in the "
                       "teacher's lineage (default: the checkpoint's config name)")
   parser.add_argument("--tokenizer", default="byte",
@@ -202,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="S teacher draws per token, Gemma-3-style (0: none)")
   parser.add_argument("--temperature", type=float, default=1.0,
                       help="temperature of the teacher's distribution")
+  models.add_endpoint_flags(parser)
   scaffold.add_common_flags(parser)
   return parser
 

@@ -160,7 +160,8 @@ class Server:
         "id": self.backend.name, "object": "model", "created": self.created,
         "owned_by": "rlds_lm", "root": self.backend.digest, "parent": None,
         "max_model_len": self.backend.max_seq_len,
-        "rlds_lm_digest": self.backend.digest}]}
+        "rlds_lm_digest": self.backend.digest,
+        "rlds_lm_vocab_size": self.backend.vocab_size}]}
 
   # -- request parsing ---------------------------------------------------------------------
 

@@ -142,3 +142,79 @@ def assert_episodes_equal(actual: Mapping[str, Any], expected: Mapping[str, Any]
     assert np.isclose(a, e, rtol=rtol or 1e-6, atol=1e-7), f"{path}: {a!r} != {e!r}"
     return
   assert a == e, f"{path}: {a!r} != {e!r}"
+
+
+SCRIPTED_MODELS = {"object": "list", "data": [{"id": "policy", "object": "model",
+                                               "root": "rev-1", "max_model_len": 512}]}
+
+
+class ScriptedServer:
+  """An OpenAI-compatible server on localhost that answers from a script, for testing
+  code that talks to model endpoints (retries, timeouts, refusals, response shapes).
+
+  ``script`` is a list of ``(status, body[, delay_s])`` steps taken one per POST (the last
+  one repeats), or a function of the request body returning such a step; ``body`` is a
+  JSON-able object or raw bytes. ``GET`` answers ``models`` (``/v1/models``). The server
+  records every POST body in ``requests`` and every request's headers in ``headers``.
+
+  Example::
+
+      with ScriptedServer([(429, {"error": "busy"}), (200, completion)]) as server:
+        backend = OpenAIBackend(server.url, "policy", api_key_env="")
+        ...
+  """
+
+  def __init__(self, script, models: Mapping[str, Any] | None = None):
+    import http.server  # pylint: disable=g-import-not-at-top
+    import json  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+    import time  # pylint: disable=g-import-not-at-top
+
+    self.script = script if callable(script) else list(script)
+    self.models = SCRIPTED_MODELS if models is None else models
+    self.requests: list[dict[str, Any]] = []
+    self.headers: list[dict[str, str]] = []
+    outer = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+
+      def log_message(self, *args):  # quiet
+        pass
+
+      def _send(self, status, body, delay=0.0):
+        time.sleep(delay)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+          self.send_response(status)
+          self.send_header("Content-Type", "application/json")
+          self.send_header("Content-Length", str(len(data)))
+          self.end_headers()
+          self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+          pass
+
+      def do_GET(self):  # noqa: N802
+        outer.headers.append(dict(self.headers))
+        self._send(200, outer.models)
+
+      def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length", 0))
+        outer.requests.append(json.loads(self.rfile.read(length)))
+        outer.headers.append(dict(self.headers))
+        if callable(outer.script):
+          step = outer.script(outer.requests[-1])
+        else:
+          step = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
+        self._send(*step)
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+  def __enter__(self) -> ScriptedServer:
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.httpd.shutdown()
+    self.httpd.server_close()

@@ -253,6 +253,7 @@ class OpenAIBackend(base.Backend):
       if isinstance(m, dict) and m.get("id") == self.name:
         self._revision = str(m.get("revision") or m.get("root") or "")
         self._digest = str(m.get("rlds_lm_digest") or "")
+        self.vocab_size = self.vocab_size or int(m.get("rlds_lm_vocab_size") or 0)
         self.max_seq_len = self.max_seq_len or int(m.get("max_model_len") or 0)
     self._identified = True
 

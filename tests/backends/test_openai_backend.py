@@ -7,16 +7,15 @@ in tests/backends/fixtures/) are exercised without a model.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from rlds_lm import schema as S
+from rlds_lm import testing
 from rlds_lm.backends import BackendError
 from rlds_lm.backends import openai_compat
 from rlds_lm.models import sampling
@@ -29,62 +28,8 @@ def fixture(name: str) -> dict:
     return json.load(f)
 
 
-MODELS = {"object": "list", "data": [{"id": "policy", "object": "model", "root": "rev-1",
-                                      "max_model_len": 512}]}
-
-
-class Scripted:
-  """A localhost HTTP server; each POST takes the next (status, body, delay) of a script."""
-
-  def __init__(self, script, models=MODELS):
-    self.script = script if callable(script) else list(script)
-    self.models = models
-    self.requests: list[dict] = []
-    self.headers: list[dict] = []
-    outer = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def log_message(self, *args):  # quiet
-        pass
-
-      def _send(self, status, body, delay=0.0):
-        time.sleep(delay)
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        try:
-          self.send_response(status)
-          self.send_header("Content-Type", "application/json")
-          self.send_header("Content-Length", str(len(data)))
-          self.end_headers()
-          self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-          pass
-
-      def do_GET(self):  # noqa: N802
-        outer.headers.append(dict(self.headers))
-        self._send(200, outer.models)
-
-      def do_POST(self):  # noqa: N802
-        length = int(self.headers.get("Content-Length", 0))
-        outer.requests.append(json.loads(self.rfile.read(length)))
-        outer.headers.append(dict(self.headers))
-        if callable(outer.script):
-          step = outer.script(outer.requests[-1])
-        else:
-          step = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
-        self._send(*step)
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-  def __enter__(self):
-    self.thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.httpd.shutdown()
-    self.httpd.server_close()
+MODELS = testing.SCRIPTED_MODELS
+Scripted = testing.ScriptedServer
 
 
 def backend(url, **kwargs):
@@ -228,13 +173,14 @@ def test_run_inference_over_an_endpoint_keeps_failures_in_the_one_output():
   from apache_beam.testing.util import assert_that  # pylint: disable=g-import-not-at-top
   from apache_beam.testing.util import equal_to  # pylint: disable=g-import-not-at-top
   from pipelines import backends as PB  # pylint: disable=g-import-not-at-top
+  from pipelines import models  # pylint: disable=g-import-not-at-top
 
   ok = fixture("vllm_completion_logprobs.json")
   # The prompt [1, 2] always fails; the others succeed.
   script = lambda body: (500, b"no") if body["prompt"] == [1, 2] else (200, ok)
   with Scripted(script) as server:
-    spec = PB.BackendSpec(server.url, served_model="policy", api_key_env="",
-                          max_retries=1, timeout_s=5.0)
+    spec = models.ModelRef(server.url, served_model="policy", api_key_env="",
+                           max_retries=1, timeout_s=5.0)
     requests_ = [PB.SampleRequest(f"p{i}", np.array([1, i], np.int32), (i, 100 + i),
                                   SAMPLER, 4) for i in range(4)]
 
