@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -37,8 +36,6 @@ STAGE = "publish"
 CARD_FILE = "README.md"
 IN_PROGRESS_FILE = "_PUBLISHING"  # present until the publish completed
 STATS_FILE = "stats.json"
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 class EpisodeStats(beam.CombineFn):
@@ -169,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> core.StageResult:
   args, beam_args = build_parser().parse_known_args(argv)
   started = time.perf_counter()
-  if not _NAME.match(args.name):
-    raise core.PipelineError(f"--name must be snake_case (a-z, 0-9, _), found {args.name!r}")
-  if not _VERSION.match(args.version):
-    raise core.PipelineError(f"--version must be MAJOR.MINOR.PATCH, found {args.version!r}")
+  try:  # the one name check of every publish path (rlds_lm.publish.check_names)
+    P.check_names(args.name, args.version)
+  except ValueError as err:
+    raise core.PipelineError(f"--name / --version: {err}") from err
   formats = tuple(f for f in args.file_formats.split(",") if f)
   if not formats or formats[0] != P.TFRECORD or not set(formats) <= {P.TFRECORD,
                                                                      P.ARRAY_RECORD}:

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,51 @@ METADATA_LINEAGE = "rlds_lm_lineage"  # metadata.json key: dataset lineage JSON
 TFRECORD = "tfrecord"
 ARRAY_RECORD = "array_record"
 DEFAULT_FILE_FORMATS = (TFRECORD, ARRAY_RECORD)
+MAX_NAME_LENGTH = 128  # characters in a dataset, config or split name
+# A TFDS-style identifier: snake_case, so never a path (no "/", "\\", ".", "..").
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_VERSION = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+
+
+def check_dataset_name(name: Any, *, what: str = "dataset name") -> str:
+  """Returns ``name`` if it is a TFDS-style identifier, else raises ValueError.
+
+  Every entry point that writes a dataset (:func:`publish`, ``recorder.publish_log``,
+  ``Recorder(backend="tfds")``, ``rlds-lm import``, the lm_logs builder, the Beam publish
+  stage) calls it before writing anything, for the dataset name and the split names, so
+  a name can never lead outside the data directory (``../x``, ``/abs``, ``..``, ``a/b``,
+  a trailing newline are all refused).
+
+  Args:
+    name: the name to check.
+    what: what the name is, for the message ("dataset name", "split name", ...).
+
+  Raises:
+    ValueError: ``name`` is not a string of 1 to :data:`MAX_NAME_LENGTH` characters
+      matching ``[a-z][a-z0-9_]*``.
+  """
+  if (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH
+      or not _NAME.fullmatch(name)):
+    raise ValueError(f"{what}: expected a TFDS-style identifier (a lowercase letter, then "
+                     f"a-z, 0-9 or _; at most {MAX_NAME_LENGTH} characters), found "
+                     f"{name!r:.200}")
+  return name
+
+
+def check_version(version: Any) -> str:
+  """Returns ``version`` if it is ``MAJOR.MINOR.PATCH`` (TFDS's form), else raises ValueError."""
+  if not isinstance(version, str) or not _VERSION.fullmatch(version):
+    raise ValueError(f"dataset version: expected MAJOR.MINOR.PATCH (e.g. '1.0.0'), found "
+                     f"{version!r:.200}")
+  return version
+
+
+def check_names(name: Any, version: Any = "1.0.0", splits: Iterable[Any] = ()) -> None:
+  """Checks a dataset name, version and split names (see :func:`check_dataset_name`)."""
+  check_dataset_name(name)
+  check_version(version)
+  for split in splits:
+    check_dataset_name(split, what="split name")
 
 
 def _builder_class():
@@ -78,7 +124,13 @@ def episode_builder(*, data_dir: str | os.PathLike[str], name: str, config: S.Sc
                     version: str = "1.0.0", split_episodes: Mapping[str, Any] | None = None,
                     description: str = "", lineage: Mapping[str, Any] | None = None,
                     file_format: str = TFRECORD, validate: bool = True):
-  """Returns a TFDS builder for ``config``'s episodes (not yet prepared)."""
+  """Returns a TFDS builder for ``config``'s episodes (not yet prepared).
+
+  Raises:
+    ValueError: ``name``, ``version`` or a split name is not valid
+      (:func:`check_names`).
+  """
+  check_names(name, version, split_episodes or ())
   cls = _builder_class()
   return cls(name=name, config=config, version=version, split_episodes=split_episodes,
              description=description, lineage=lineage, validate=validate,
@@ -110,7 +162,8 @@ def publish(
   Args:
     split_episodes: split name -> iterable of episodes.
     data_dir: root TFDS data directory; the dataset lands in ``data_dir/name/version``.
-    name: dataset name (a Python identifier in snake_case).
+    name: dataset name, a TFDS-style identifier (:func:`check_dataset_name`); split
+      names follow the same rule.
     config: the schema of the episodes.
     version: dataset version, ``MAJOR.MINOR.PATCH``.
     description: free text for the dataset card.
@@ -119,8 +172,13 @@ def publish(
 
   Returns:
     The dataset directory, ready for ``tfds.builder_from_directory``.
+
+  Raises:
+    ValueError: an invalid name, version, split name or file format; nothing is written.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  check_names(name, version, split_episodes)
 
   if not file_formats or file_formats[0] != TFRECORD:
     raise ValueError(f"file_formats must start with {TFRECORD!r} (as_dataset needs it); "

@@ -52,6 +52,7 @@ class _TfdsBackend:
 
     from rlds_lm import read  # pylint: disable=g-import-not-at-top
 
+    P.check_names(name, splits=[split])  # before anything is written
     builder = P.episode_builder(data_dir=directory, name=name, config=config)
     self.dataset_dir = os.fspath(builder.data_dir)
     exists = os.path.exists(os.path.join(self.dataset_dir, "dataset_info.json"))
@@ -93,8 +94,9 @@ class Recorder:
       another schema is refused.
     backend: ``"riegeli"`` or ``"tfds"``.
     writer_options: Riegeli writer options (riegeli backend).
-    name: dataset name (tfds backend).
-    split: split to append to (tfds backend).
+    name: dataset name (tfds backend), a TFDS-style identifier
+      (:func:`rlds_lm.publish.check_dataset_name`).
+    split: split to append to (tfds backend), an identifier too.
     episodes_per_shard: episodes per TFDS shard (tfds backend).
     flush_every: flush the Riegeli log after every N-th episode (riegeli backend). The
       default 1 gives the crash guarantee above; N > 1 trades it (a kill may lose up
@@ -216,6 +218,7 @@ def publish_log(log_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[
                 description: str = "", lineage: Mapping[str, Any] | None = None,
                 file_formats: tuple[str, ...] = P.DEFAULT_FILE_FORMATS) -> str:
   """Publishes every complete episode of a Riegeli log as a TFDS dataset."""
+  P.check_names(name, version, [split])  # before anything is read or written
   config = logs.read_log_config(log_dir)
   full_lineage = {"riegeli_log": os.path.abspath(os.fspath(log_dir)), **dict(lineage or {})}
   return P.publish({split: logs.read_log(log_dir, config)}, data_dir=data_dir,

@@ -133,6 +133,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._schema: S.SchemaConfig | None = None
     self.pipeline_counters: dict[str, int] = {}  # filled by a Beam build
     super().__init__(**kwargs)
+    # The config name and the split become paths under data_dir: identifiers only.
+    P.check_dataset_name(self.builder_config.name, what="lm_logs config name")
+    P.check_dataset_name(self.builder_config.split, what="lm_logs split name")
 
   @property
   def log_dirs(self) -> tuple[str, ...]:
