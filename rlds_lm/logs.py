@@ -36,6 +36,12 @@ SCHEMA_KEY = "rlds_lm_schema"  # dataset metadata key holding SchemaConfig JSON
 EPISODE_METADATA_KEY = "rlds_lm_episode_metadata"  # in the last log step's custom_data
 DEFAULT_WRITER_OPTIONS = "zstd:1"  # measured in benchmarks/record_throughput.py
 
+# Quiet by default: envlogger's native (glog) INFO lines, e.g. the Riegeli writer's
+# "Empty steps, nothing to do" on every flush, are hidden unless the user sets
+# GLOG_minloglevel (0 brings them back). glog reads it when envlogger's extension
+# modules load, which happens after this import when rlds_lm loads them.
+os.environ.setdefault("GLOG_minloglevel", "1")
+
 
 # --------------------------------------------------------------------------------------
 # Encoding between canonical episodes and envlogger step data.
@@ -246,11 +252,37 @@ class RiegeliEpisodeWriter:
 
 @dataclasses.dataclass
 class LogReadStats:
-  """What a log read found: complete episodes and what was skipped, with reasons."""
+  """What a log read found: complete episodes and what was skipped, with reasons.
 
-  episodes: int = 0
+  A crash (SIGKILL) leaves at most one ``incomplete_episodes`` per writer session and
+  nothing else; every other non-zero count means the files were damaged
+  (:attr:`damaged`), and the episodes that survived intact were still read.
+  """
+
+  episodes: int = 0  # complete episodes read
   incomplete_episodes: int = 0  # open when the writer died (no LAST step)
   orphan_steps: int = 0  # steps before any FIRST step
+  unreadable_steps: int = 0  # steps whose bytes could not be read or decoded (damage)
+  damaged_episodes: int = 0  # episodes dropped: a step unreadable or not decodable
+  # Episodes that envlogger's episode index lists (by episode_id) but that were not
+  # read: for example past the end of a damaged step_offsets file, which holds the
+  # only way to address steps. May overlap damaged_episodes.
+  indexed_not_read: int = 0
+
+  @property
+  def skipped(self) -> int:
+    """Episodes (or orphan steps) that were not read, for every reason."""
+    return (self.incomplete_episodes + self.orphan_steps + self.damaged_episodes
+            + self.indexed_not_read)
+
+  @property
+  def damaged(self) -> bool:
+    """Whether the log files were damaged (more than a crash would leave)."""
+    return bool(self.unreadable_steps or self.damaged_episodes or self.orphan_steps
+                or self.indexed_not_read)
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
 
 
 def read_log_config(log_dir: str | os.PathLike[str]) -> S.SchemaConfig:
@@ -278,11 +310,20 @@ def _open_reader(log_dir: str | os.PathLike[str]):
 
 def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = None,
              stats: LogReadStats | None = None) -> Iterator[dict[str, Any]]:
-  """Yields every complete episode of a Riegeli log, in write order.
+  """Yields every complete, intact episode of a Riegeli log, in write order.
 
   Episodes are rebuilt from the step stream: a FIRST step opens one, a LAST step closes
-  it. An episode cut short by a crash (no LAST step) is skipped and counted in
-  ``stats``. Nothing found in the log is executed or unpickled.
+  it. What cannot be read is skipped and counted in ``stats`` (complete once the
+  iterator is exhausted), never raised and never silently dropped:
+
+  * an episode cut short by a crash (no LAST step): ``incomplete_episodes``;
+  * a step whose bytes are damaged (e.g. a truncated ``steps.riegeli``):
+    ``unreadable_steps``, and its episode is dropped (``damaged_episodes``); the
+    episodes before and after it are read;
+  * episodes the envlogger index lists that the step stream does not reach (e.g. a
+    damaged ``step_offsets.riegeli``): ``indexed_not_read``.
+
+  Nothing found in the log is executed or unpickled.
   """
   import dm_env  # pylint: disable=g-import-not-at-top
 
@@ -291,27 +332,78 @@ def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = No
   reader = _open_reader(log_dir)
   try:
     index_metadata = _index_metadata_by_first_step(reader)
+    read_ids: set[str] = set()
     current: list[Any] = []
+    damaged = False  # the open episode lost a step
     first_index = -1
-    for index, step in enumerate(reader.steps):
+    for index in range(reader._get_num_steps()):  # pylint: disable=protected-access
+      step = _read_step(reader, index)
+      if step is None:
+        # Riegeli's reader stays failed after a damaged chunk: reopen, so that the
+        # intact chunks after it are read.
+        reader.close()
+        reader = _open_reader(log_dir)
+        stats.unreadable_steps += 1
+        if not current and not damaged:
+          first_index = index
+        current, damaged = [], True
+        continue
       step_type = step.timestep.step_type
       if step_type == dm_env.StepType.FIRST:
-        if current:
+        if damaged:
+          stats.damaged_episodes += 1
+        elif current:
           stats.incomplete_episodes += 1
-        current, first_index = [step], index
+        current, damaged, first_index = [step], False, index
+        continue
+      if damaged:
+        if step_type == dm_env.StepType.LAST:
+          stats.damaged_episodes += 1
+          damaged = False
         continue
       if not current:
         stats.orphan_steps += 1
         continue
       current.append(step)
       if step_type == dm_env.StepType.LAST:
-        stats.episodes += 1
-        yield log_steps_to_episode(current, config, index_metadata.get(first_index))
+        try:
+          episode = log_steps_to_episode(current, config, index_metadata.get(first_index))
+        except Exception:  # noqa: BLE001 - readable bytes that decode to garbage
+          stats.unreadable_steps += 1
+          stats.damaged_episodes += 1
+        else:
+          stats.episodes += 1
+          read_ids.add(episode[S.EPISODE_ID])
+          yield episode
         current = []
-    if current:
+    if damaged:
+      stats.damaged_episodes += 1
+    elif current:
       stats.incomplete_episodes += 1
+    stats.indexed_not_read += len(_indexed_ids(index_metadata) - read_ids)
   finally:
     reader.close()
+
+
+def _read_step(reader, index: int):
+  """The ``index``-th log step, or None where its bytes are missing or damaged."""
+  try:
+    return reader._get_nth_step(index)  # pylint: disable=protected-access
+  except Exception:  # noqa: BLE001 - Riegeli gives None (TypeError), protobuf DecodeError
+    return None
+
+
+def _indexed_ids(index_metadata: Mapping[int, Any]) -> set[str]:
+  out = set()
+  for metadata in index_metadata.values():
+    episode_id = metadata.get(S.EPISODE_ID) if isinstance(metadata, Mapping) else None
+    if isinstance(episode_id, np.ndarray):
+      episode_id = episode_id.item()
+    if isinstance(episode_id, bytes):
+      episode_id = episode_id.decode("utf-8", "replace")
+    if isinstance(episode_id, str) and episode_id:
+      out.add(episode_id)
+  return out
 
 
 def _index_metadata_by_first_step(reader) -> dict[int, Any]:
@@ -323,5 +415,5 @@ def _index_metadata_by_first_step(reader) -> dict[int, Any]:
       info = reader._get_nth_episode_info(i)  # pylint: disable=protected-access
       out[int(info.start)] = metadata[i]
   except Exception:  # noqa: BLE001 - the index is optional: steps carry what we need
-    return {}
+    return out
   return out

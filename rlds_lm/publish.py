@@ -15,7 +15,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rlds_lm import schema as S
@@ -153,6 +153,7 @@ def publish(
     description: str = "",
     lineage: Mapping[str, Any] | None = None,
     file_formats: tuple[str, ...] = DEFAULT_FILE_FORMATS,
+    progress: bool = False,
 ) -> str:
   """Writes episodes as a TFDS dataset and returns its directory.
 
@@ -169,6 +170,7 @@ def publish(
     description: free text for the dataset card.
     lineage: JSON-serialisable description of inputs and configs.
     file_formats: first is the primary format; others are added as alternatives.
+    progress: show TFDS's progress bars (off by default: publishing is quiet).
 
   Returns:
     The dataset directory, ready for ``tfds.builder_from_directory``.
@@ -191,12 +193,25 @@ def publish(
                           "publish a new version or choose another data_dir")
   # TFDS prints a "Downloading and preparing dataset Unknown size" banner: nothing is
   # downloaded here, so it goes.
-  with contextlib.redirect_stdout(io.StringIO()):
+  with contextlib.redirect_stdout(io.StringIO()), progress_bars(progress):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-  for file_format in file_formats[1:]:
-    add_file_format(builder.data_dir, file_format)
+    for file_format in file_formats[1:]:
+      add_file_format(builder.data_dir, file_format)
   return os.fspath(builder.data_dir)
+
+
+@contextlib.contextmanager
+def progress_bars(enable: bool) -> Iterator[None]:
+  """Shows (or hides) TFDS's tqdm progress bars inside the block, then restores them."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+
+  before = tqdm_utils._active  # pylint: disable=protected-access
+  tqdm_utils.display_progress_bar(enable)
+  try:
+    yield
+  finally:
+    tqdm_utils.display_progress_bar(before)
 
 
 def add_file_format(dataset_dir: str | os.PathLike[str], file_format: str) -> None:

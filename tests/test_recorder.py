@@ -163,3 +163,75 @@ def test_schema_without_rewards_or_teacher_publishes_and_reads(tmp_path):
     T.assert_episodes_equal(back[episode[S.EPISODE_ID]], V.validate_episode(episode, config))
   from rlds_lm import transforms
   assert len(list(transforms.as_dataset(path))) == 3
+
+
+def _shard_file(log_dir, name):
+  (shard,) = [root for root, _, files in os.walk(log_dir) if name in files]
+  return os.path.join(shard, name)
+
+
+def _damage(path, how):
+  """Cuts bytes off the end of ``path`` or flips one bit at a fraction of its size."""
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    if how.startswith("cut"):
+      f.truncate(size - int(how[3:]))
+    else:
+      at = int(size * float(how[4:]))
+      f.seek(at)
+      byte = f.read(1)[0]
+      f.seek(at)
+      f.write(bytes([byte ^ 0x10]))
+
+
+def _lineage(path):
+  import json
+  with open(os.path.join(path, "metadata.json")) as f:
+    return json.loads(json.load(f)["rlds_lm_lineage"])
+
+
+@pytest.mark.parametrize("how", ["cut5", "cut200", "flip0.3", "flip0.5", "flip0.8"])
+def test_damaged_steps_file_loses_only_the_damaged_episode(tmp_path, how):
+  episodes = rollouts(10)
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+    for e in episodes:
+      rec.record(e)
+  _damage(_shard_file(tmp_path, "steps.riegeli"), how)
+  stats = logs.LogReadStats()
+  back = [e[S.EPISODE_ID] for e in logs.read_log(tmp_path, stats=stats)]
+  ids = [e[S.EPISODE_ID] for e in episodes]
+  # One episode per flushed chunk: exactly the damaged one is lost, in order otherwise.
+  assert len(back) == 9 and back == [i for i in ids if i in back]
+  assert stats.episodes == 9 and stats.damaged_episodes == 1 and stats.unreadable_steps
+  assert stats.damaged and stats.skipped >= 1
+
+
+def test_damaged_offsets_file_is_counted_not_silent(tmp_path):
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+    for e in rollouts(10):
+      rec.record(e)
+  _damage(_shard_file(tmp_path, "step_offsets.riegeli"), "flip0.5")
+  stats = logs.LogReadStats()
+  back = list(logs.read_log(tmp_path, stats=stats))
+  assert 0 < len(back) < 10
+  assert stats.indexed_not_read == 10 - len(back) and stats.damaged
+
+
+def test_publish_log_of_a_damaged_log_warns_and_records_what_was_skipped(tmp_path):
+  episodes = rollouts(6)
+  with recorder.Recorder(tmp_path / "log", ROLLOUT) as rec:
+    for e in episodes:
+      rec.record(e)
+  clean = recorder.publish_log(tmp_path / "log", data_dir=tmp_path / "data", name="clean",
+                               file_formats=("tfrecord",))
+  assert _lineage(clean)["log_read"] == logs.LogReadStats(episodes=6).as_dict()
+  _damage(_shard_file(tmp_path / "log", "steps.riegeli"), "cut5")
+  with pytest.raises(recorder.DamagedLogError, match="damaged"):
+    recorder.publish_log(tmp_path / "log", data_dir=tmp_path / "data", name="strict",
+                         strict=True)
+  assert not os.path.exists(tmp_path / "data" / "strict")
+  with pytest.warns(RuntimeWarning, match="DAMAGED"):
+    path = recorder.publish_log(tmp_path / "log", data_dir=tmp_path / "data", name="rt")
+  read = _lineage(path)["log_read"]
+  assert read["episodes"] == 5 and read["damaged_episodes"] == 1
+  assert sorted(_published_by_id(path)) == sorted(e[S.EPISODE_ID] for e in episodes[:5])

@@ -202,6 +202,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       counters[counter.key.metric.name] += int(value or 0)
     self.pipeline_counters = counters
     logging.info("lm_logs %s: %s", self.builder_config.name, counters)
+    damage = {k: counters[k] for k in (LT.UNREADABLE_STEPS, LT.DAMAGED_EPISODES,
+                                       LT.INDEXED_NOT_READ, LT.ORPHAN_STEPS) if counters[k]}
+    if damage:
+      logging.warning("lm_logs %s: DAMAGED logs, the intact episodes were published: %s",
+                      self.builder_config.name, damage)
     if counters[LT.CONFLICTING_DUPLICATES]:
       logging.warning("lm_logs: %d episode_id(s) had copies with different content; the "
                       "copy from the earliest log directory was kept",
