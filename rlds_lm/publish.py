@@ -26,6 +26,16 @@ METADATA_LINEAGE = "rlds_lm_lineage"  # metadata.json key: dataset lineage JSON
 TFRECORD = "tfrecord"
 ARRAY_RECORD = "array_record"
 DEFAULT_FILE_FORMATS = (TFRECORD, ARRAY_RECORD)
+# The dataset card (dataset_info.json) of every dataset written here and by the
+# builders. The project's repository URL is not fixed yet: the homepage names the
+# package; replace it with the URL once there is one.
+HOMEPAGE = "rlds_lm (Python package; pip install rlds_lm)"
+LICENSE = "Apache-2.0"  # the project's license (pyproject.toml); data keeps its source's
+CITATION = """@software{rlds_lm,
+  title = {rlds_lm: language-model trajectory data as RLDS episodes},
+  note = {Record rollouts, publish them as TFDS datasets, replay them into JAX trainers},
+  year = {2026},
+}"""
 MAX_NAME_LENGTH = 128  # characters in a dataset, config or split name
 # A TFDS-style identifier: snake_case, so never a path (no "/", "\\", ".", "..").
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -103,7 +113,9 @@ def _builder_class():
               METADATA_SCHEMA: self._schema.to_json(),
               METADATA_LINEAGE: json.dumps(self._lineage, sort_keys=True),
           }),
-          homepage="https://github.com/rlds-lm/rlds_lm",
+          homepage=HOMEPAGE,
+          citation=CITATION,
+          license=LICENSE,
       )
 
     def _split_generators(self, dl_manager):
@@ -188,7 +200,9 @@ def publish(
   builder = episode_builder(data_dir=data_dir, name=name, config=config, version=version,
                             split_episodes=split_episodes, description=description,
                             lineage=lineage)
-  if builder.is_prepared():
+  with _drop_absl_messages("Variant folder"):  # "has no dataset_info.json": not yet
+    prepared = builder.is_prepared()
+  if prepared:
     raise FileExistsError(f"{builder.data_dir} already holds a published dataset; "
                           "publish a new version or choose another data_dir")
   # TFDS prints a "Downloading and preparing dataset Unknown size" banner: nothing is
@@ -215,9 +229,88 @@ def progress_bars(enable: bool) -> Iterator[None]:
 
 
 def add_file_format(dataset_dir: str | os.PathLike[str], file_format: str) -> None:
-  """Adds a copy of every shard in ``file_format`` and lists it in dataset_info.json."""
+  """Adds a copy of every shard in ``file_format`` and lists it in dataset_info.json.
+
+  Works for any number of shards, including the ``{SHARD_INDEX}``-only shard names of
+  ``Recorder(backend="tfds")`` datasets, whose shard count TFDS's converter cannot
+  check (it then finds one shard of several and refuses). The copy is checked here
+  instead: every shard exists and, for array_record, holds the records
+  dataset_info.json lists. Call it again after appending to a dataset.
+
+  Raises:
+    ValueError: a shard is missing or holds another number of records after the
+      conversion; dataset_info.json is then left without ``file_format``.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import dataset_info as dataset_info_lib  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.scripts.cli import convert_format_utils  # pylint: disable=g-import-not-at-top
 
-  convert_format_utils.convert_dataset(
-      out_dir=None, out_file_format=file_format, dataset_version_dir=os.fspath(dataset_dir),
-      num_workers=1, fail_on_error=True)
+  dataset_dir = os.fspath(dataset_dir)
+  fmt = file_adapters.FileFormat.from_value(file_format)
+  info = tfds.builder_from_directory(dataset_dir).info
+  # TFDS checks the shard count only where the shard names carry it (-of-NNNNN).
+  tfds_can_check = all("{NUM_SHARDS}" in split.filename_template.template
+                       for split in info.splits.values())
+  with _quiet_converter(convert_format_utils, tfds_can_check):
+    convert_format_utils.convert_dataset(
+        out_dir=None, out_file_format=fmt, dataset_version_dir=dataset_dir,
+        num_workers=1, fail_on_error=tfds_can_check, overwrite=True)
+  info = tfds.builder_from_directory(dataset_dir).info
+  for split in info.splits.values():
+    template = split.filename_template.replace(filetype_suffix=fmt.file_suffix)
+    lengths = list(split.shard_lengths)
+    for index, expected in enumerate(lengths):
+      path = template.sharded_filepath(shard_index=index, num_shards=len(lengths))
+      if not path.exists():
+        raise ValueError(f"{dataset_dir}: the {fmt.value} copy of split {split.name!r} "
+                         f"has no shard {index} (expected {path.name})")
+      if fmt.value == ARRAY_RECORD:
+        found = _array_record_count(os.fspath(path))
+        if found != expected:
+          raise ValueError(f"{dataset_dir}: {path.name}: expected {expected} records "
+                           f"(dataset_info.json), found {found}")
+  proto = info.as_proto
+  if fmt.value not in proto.alternative_file_formats and fmt != info.file_format:
+    proto.alternative_file_formats.append(fmt.value)
+    dataset_info_lib.write_dataset_info_proto(proto, dataset_info_dir=dataset_dir)
+
+
+@contextlib.contextmanager
+def _drop_absl_messages(*prefixes: str) -> Iterator[None]:
+  """Drops absl log records starting with one of ``prefixes`` inside the block."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  def keep(record: Any) -> bool:
+    return not str(record.msg).startswith(prefixes)
+
+  logger = absl_logging.get_absl_logger()
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
+@contextlib.contextmanager
+def _quiet_converter(module: Any, tfds_can_check: bool) -> Iterator[None]:
+  """No progress bars from TFDS's converter; without a shard count in the shard names,
+  no "Found 1 shards ... expected N" errors either (add_file_format checks instead)."""
+  prefixes = () if tfds_can_check else ("('Found ", "Skipping updating")
+  real = module.tqdm.tqdm
+  module.tqdm.tqdm = lambda *args, **kwargs: real(*args, **{**kwargs, "disable": True})
+  try:
+    with _drop_absl_messages(*prefixes):
+      yield
+  finally:
+    module.tqdm.tqdm = real
+
+
+def _array_record_count(path: str) -> int:
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    return reader.num_records()
+  finally:
+    reader.close()

@@ -88,3 +88,13 @@ def test_import_and_builders_refuse_hostile_names(tmp_path):
   assert run.returncode != 0 and "dataset name" in run.stderr, run.stderr[-2000:]
   assert "Traceback" not in run.stderr
   assert _written(tmp_path) == before
+
+
+def test_the_dataset_card_has_homepage_citation_and_license(published):
+  import tensorflow_datasets as tfds
+  from builders.lm_logs import lm_logs_dataset_builder as B
+  path, _ = published
+  for info in (tfds.builder_from_directory(path).info, B.Builder().info):
+    assert info.homepage == P.HOMEPAGE and "github.com/rlds-lm" not in info.homepage
+    assert info.citation.startswith("@software{rlds_lm,")
+    assert info.redistribution_info.license == "Apache-2.0"

@@ -159,7 +159,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             P.METADATA_SCHEMA: self.schema.to_json(),
             P.METADATA_LINEAGE: json.dumps(lineage, sort_keys=True),
         }),
-        homepage="https://github.com/rlds-lm/rlds_lm",
+        homepage=P.HOMEPAGE,
+        citation=P.CITATION,
+        license=P.LICENSE,
     )
 
   def download_and_prepare(self, *,
