@@ -268,6 +268,9 @@ class LogReadStats:
   # read: for example past the end of a damaged step_offsets file, which holds the
   # only way to address steps. May overlap damaged_episodes.
   indexed_not_read: int = 0
+  # Steps present in steps.riegeli that the step offsets do not reach (counted from
+  # the Riegeli chunk headers), beyond the last chunk a crash can leave unindexed.
+  unreachable_steps: int = 0
 
   @property
   def skipped(self) -> int:
@@ -279,7 +282,7 @@ class LogReadStats:
   def damaged(self) -> bool:
     """Whether the log files were damaged (more than a crash would leave)."""
     return bool(self.unreadable_steps or self.damaged_episodes or self.orphan_steps
-                or self.indexed_not_read)
+                or self.indexed_not_read or self.unreachable_steps)
 
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
@@ -321,7 +324,9 @@ def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = No
     ``unreadable_steps``, and its episode is dropped (``damaged_episodes``); the
     episodes before and after it are read;
   * episodes the envlogger index lists that the step stream does not reach (e.g. a
-    damaged ``step_offsets.riegeli``): ``indexed_not_read``.
+    damaged ``step_offsets.riegeli``): ``indexed_not_read``; steps in
+    ``steps.riegeli`` that no offset reaches: ``unreachable_steps`` (a crash between
+    the flushes of the two files leaves one episode so: an ``incomplete_episodes``).
 
   Nothing found in the log is executed or unpickled.
   """
@@ -381,8 +386,88 @@ def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = No
     elif current:
       stats.incomplete_episodes += 1
     stats.indexed_not_read += len(_indexed_ids(index_metadata) - read_ids)
+    total, crash_tails, crash_steps = _steps_in_files(log_dir)
+    unreachable = total - reader._get_num_steps()  # pylint: disable=protected-access
+    if unreachable > 0:
+      stats.incomplete_episodes += crash_tails
+      stats.unreachable_steps += max(0, unreachable - crash_steps)
   finally:
     reader.close()
+
+
+# Riegeli/records layout (google/riegeli doc/riegeli_records_file_format.md): 64 KiB
+# blocks, each starting with a 24-byte block header; chunks with a 40-byte header.
+_BLOCK = 1 << 16
+_BLOCK_HEADER = 24
+_USABLE = _BLOCK - _BLOCK_HEADER
+_CHUNK_HEADER = 40
+_RECORD_CHUNKS = (0x72, 0x74)  # simple, transposed
+_CHUNK_TYPES = (0x73, 0x6D, 0x70) + _RECORD_CHUNKS  # + signature, metadata, padding
+
+
+def _chunk_end(begin: int, data_size: int, num_records: int) -> int:
+  """Where a chunk starting at ``begin`` ends (the format's chunk_end formula)."""
+  size = _CHUNK_HEADER + data_size
+  overhead_blocks = (size + (begin + _USABLE - 1) % _BLOCK) // _USABLE
+  with_block_headers = begin + size + overhead_blocks * _BLOCK_HEADER
+  at_least = begin + num_records  # a record's position is chunk begin + its index
+  remaining_in_block = _BLOCK - 1 - (at_least + _BLOCK - 1) % _BLOCK
+  at_least += max(0, remaining_in_block - (_USABLE - 1))
+  return max(with_block_headers, at_least)
+
+
+def _riegeli_chunk_records(path: str) -> list[int]:
+  """Records per complete record chunk of a Riegeli file, from the chunk headers only.
+
+  Stops at the first chunk that is cut short or whose header makes no sense (the
+  hashes are not checked here: the counts only detect steps the offsets miss).
+  """
+  counts: list[int] = []
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    begin = 0
+    while begin < size:
+      header = bytearray()
+      pos = begin
+      while len(header) < _CHUNK_HEADER:
+        if pos % _BLOCK == 0:
+          pos += _BLOCK_HEADER
+        f.seek(pos)
+        part = f.read(min(_CHUNK_HEADER - len(header), _BLOCK - pos % _BLOCK))
+        if not part:
+          return counts
+        header += part
+        pos += len(part)
+      data_size = int.from_bytes(header[8:16], "little")
+      chunk_type = header[24]
+      num_records = int.from_bytes(header[25:32], "little")
+      end = _chunk_end(begin, data_size, num_records)
+      if chunk_type not in _CHUNK_TYPES or end > size:
+        return counts
+      if chunk_type in _RECORD_CHUNKS:
+        counts.append(num_records)
+      begin = end
+  return counts
+
+
+def _steps_in_files(log_dir: str | os.PathLike[str]) -> tuple[int, int, int]:
+  """(steps in every steps.riegeli, shards whose offsets lack exactly the last steps
+  chunk, the steps of those chunks): the last two are what a crash between the
+  flushes of the two files leaves."""
+  total = crash_tails = crash_steps = 0
+  for entry in sorted(os.scandir(os.fspath(log_dir)), key=lambda e: e.name):
+    steps = os.path.join(entry.path, "steps.riegeli")
+    if not entry.is_dir() or not os.path.exists(steps):
+      continue
+    chunks = _riegeli_chunk_records(steps)
+    total += sum(chunks)
+    # One steps chunk and one offsets record (all its steps' positions) per flush.
+    offsets = os.path.join(entry.path, "step_offsets.riegeli")
+    flushes = sum(_riegeli_chunk_records(offsets)) if os.path.exists(offsets) else 0
+    if chunks and len(chunks) - flushes == 1:
+      crash_tails += 1
+      crash_steps += chunks[-1]
+  return total, crash_tails, crash_steps
 
 
 def _read_step(reader, index: int):

@@ -229,6 +229,7 @@ def _describe_skipped(stats: logs.LogReadStats) -> str:
   return (f"{stats.episodes} intact episodes read; skipped {stats.damaged_episodes} "
           f"damaged episode(s) ({stats.unreadable_steps} unreadable step(s)), "
           f"{stats.indexed_not_read} indexed episode(s) not reached, "
+          f"{stats.unreachable_steps} step(s) no offset reaches, "
           f"{stats.incomplete_episodes} incomplete episode(s), {stats.orphan_steps} "
           "orphan step(s)")
 

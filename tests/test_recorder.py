@@ -215,6 +215,13 @@ def test_damaged_offsets_file_is_counted_not_silent(tmp_path):
   back = list(logs.read_log(tmp_path, stats=stats))
   assert 0 < len(back) < 10
   assert stats.indexed_not_read == 10 - len(back) and stats.damaged
+  assert stats.unreachable_steps == 2 * (10 - len(back))  # 2 log steps per episode
+  # Without the episode index, the Riegeli chunk headers still show the lost steps.
+  os.truncate(_shard_file(tmp_path, "episode_index.riegeli"), 0)
+  stats = logs.LogReadStats()
+  assert len(list(logs.read_log(tmp_path, stats=stats))) == len(back)
+  assert stats.indexed_not_read == 0 and stats.unreachable_steps == 2 * (10 - len(back))
+  assert stats.damaged
 
 
 def test_publish_log_of_a_damaged_log_warns_and_records_what_was_skipped(tmp_path):
