@@ -296,7 +296,8 @@ def _drop_absl_messages(*prefixes: str) -> Iterator[None]:
 def _quiet_converter(module: Any, tfds_can_check: bool) -> Iterator[None]:
   """No progress bars from TFDS's converter; without a shard count in the shard names,
   no "Found 1 shards ... expected N" errors either (add_file_format checks instead)."""
-  prefixes = () if tfds_can_check else ("('Found ", "Skipping updating")
+  prefixes = () if tfds_can_check else ("('Found ", "Skipping updating",
+                                         "Amount of converted shards")
   real = module.tqdm.tqdm
   module.tqdm.tqdm = lambda *args, **kwargs: real(*args, **{**kwargs, "disable": True})
   try:
