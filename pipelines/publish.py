@@ -137,6 +137,8 @@ def dataset_card(*, name: str, version: str, description: str, schema: S.SchemaC
       lines.append(f"| {s['stage']} | {s['inputs']} | {s['written']} | {s['dropped']} | "
                    f"{reasons} |")
     lines += ["", f"Details: `{core.DEAD_LETTER_SUMMARY}`, `{core.DEAD_LETTER_FILE}`.", ""]
+  lines += ["## License and citation", "", f"License: {P.LICENSE} (rlds_lm's; the data keeps "
+            "the terms of its sources).", "", "```bibtex", P.CITATION, "```", ""]
   lines += ["## Reading it", "", "```python", "import tensorflow_datasets as tfds",
             f"builder = tfds.builder_from_directory({path!r})",
             "ds = builder.as_dataset(split='train')  # tf.data; rlds.transformations apply",

@@ -98,3 +98,10 @@ def test_the_dataset_card_has_homepage_citation_and_license(published):
     assert info.homepage == P.HOMEPAGE and "github.com/rlds-lm" not in info.homepage
     assert info.citation.startswith("@software{rlds_lm,")
     assert info.redistribution_info.license == "Apache-2.0"
+
+
+def test_the_beam_stage_card_has_license_and_citation():
+  from pipelines import publish as stage
+  card = stage.dataset_card(name="x", version="1.0.0", description="", schema=ROLLOUT,
+                            stats={}, lineage={}, dead_letters=None, path="/data/x/1.0.0")
+  assert "License: Apache-2.0" in card and P.CITATION in card
