@@ -308,7 +308,13 @@ def _open_reader(log_dir: str | os.PathLike[str]):
   _compat.patch_numpy_for_envlogger()
   from envlogger.backends import riegeli_backend_reader  # pylint: disable=g-import-not-at-top
 
-  return riegeli_backend_reader.RiegeliBackendReader(os.fspath(log_dir))
+  try:
+    return riegeli_backend_reader.RiegeliBackendReader(os.fspath(log_dir))
+  except RuntimeError as err:  # envlogger's reader opens every shard or none
+    raise ValueError(
+        f"{log_dir}: cannot open the Riegeli log: {str(err).rstrip('.')}. A file envlogger "
+        "needs (metadata.riegeli, or a shard's steps.riegeli / step_offsets.riegeli) is "
+        "missing or damaged beyond what read_log can skip") from err
 
 
 def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = None,
@@ -344,10 +350,7 @@ def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = No
     for index in range(reader._get_num_steps()):  # pylint: disable=protected-access
       step = _read_step(reader, index)
       if step is None:
-        # Riegeli's reader stays failed after a damaged chunk: reopen, so that the
-        # intact chunks after it are read.
-        reader.close()
-        reader = _open_reader(log_dir)
+        _reset_after_failure(reader)
         stats.unreadable_steps += 1
         if not current and not damaged:
           first_index = index
@@ -476,6 +479,14 @@ def _read_step(reader, index: int):
     return reader._get_nth_step(index)  # pylint: disable=protected-access
   except Exception:  # noqa: BLE001 - Riegeli gives None (TypeError), protobuf DecodeError
     return None
+
+
+def _reset_after_failure(reader) -> None:
+  """Riegeli's reader stays failed after a damaged chunk; a clone (it shares the step
+  offsets, 10 us) reads the intact chunks after it."""
+  failed = reader._reader  # pylint: disable=protected-access
+  reader._reader = failed.clone()  # pylint: disable=protected-access
+  failed.close()
 
 
 def _indexed_ids(index_metadata: Mapping[int, Any]) -> set[str]:

@@ -268,3 +268,19 @@ def test_multi_shard_tfds_backend_gets_array_record_and_reads_without_tf(tmp_pat
   batches = R.grain_batches(path, batch_size=7, max_length=32, shuffle=False)
   first = next(iter(batches))
   assert all(value.shape[0] == 7 for value in first.values())
+
+
+def test_a_log_too_damaged_to_open_says_so(tmp_path):
+  with recorder.Recorder(tmp_path / "a", ROLLOUT) as rec:
+    for e in rollouts(3):
+      rec.record(e)
+  os.truncate(tmp_path / "a" / "metadata.riegeli", 10)
+  with pytest.raises(ValueError, match="cannot open the Riegeli log"):
+    list(logs.read_log(tmp_path / "a", ROLLOUT))
+  with recorder.Recorder(tmp_path / "b", ROLLOUT) as rec:
+    for e in rollouts(3):
+      rec.record(e)
+  os.truncate(_shard_file(tmp_path / "b", "steps.riegeli"), 0)  # every step unreadable
+  stats = logs.LogReadStats()
+  assert not list(logs.read_log(tmp_path / "b", stats=stats))
+  assert stats.unreadable_steps == 6 and stats.indexed_not_read == 3 and stats.damaged
