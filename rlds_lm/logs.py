@@ -273,12 +273,6 @@ class LogReadStats:
   unreachable_steps: int = 0
 
   @property
-  def skipped(self) -> int:
-    """Episodes (or orphan steps) that were not read, for every reason."""
-    return (self.incomplete_episodes + self.orphan_steps + self.damaged_episodes
-            + self.indexed_not_read)
-
-  @property
   def damaged(self) -> bool:
     """Whether the log files were damaged (more than a crash would leave)."""
     return bool(self.unreadable_steps or self.damaged_episodes or self.orphan_steps
@@ -352,8 +346,6 @@ def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = No
       if step is None:
         _reset_after_failure(reader)
         stats.unreadable_steps += 1
-        if not current and not damaged:
-          first_index = index
         current, damaged = [], True
         continue
       step_type = step.timestep.step_type
