@@ -61,9 +61,9 @@ def check_dataset_name(name: Any, *, what: str = "dataset name") -> str:
   """
   if (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH
       or not _NAME.fullmatch(name)):
-    raise ValueError(f"{what}: expected a TFDS-style identifier (a lowercase letter, then "
-                     f"a-z, 0-9 or _; at most {MAX_NAME_LENGTH} characters), found "
-                     f"{name!r:.200}")
+    raise ValueError(f"{what}: expected a TFDS-style identifier in snake_case (a lowercase "
+                     f"letter, then a-z, 0-9 or _; at most {MAX_NAME_LENGTH} characters), "
+                     f"found {name!r:.200}")
   return name
 
 

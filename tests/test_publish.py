@@ -76,9 +76,10 @@ def test_import_and_builders_refuse_hostile_names(tmp_path):
       B.Builder(config=B.LmLogsConfig(name="ok", split=bad, log_dir=B._DUMMY_LOG_DIR),
                 data_dir=tmp_path / "data")
   from pipelines import core, publish as stage
-  with pytest.raises(core.PipelineError, match="dataset name"):
-    stage.run(["--input", os.fspath(tmp_path / "none"), "--data_dir",
-               os.fspath(tmp_path / "data"), "--name", "x\n"])
+  for bad in ("x\n", "Bad-Name", "../x"):
+    with pytest.raises(core.PipelineError, match="dataset name.*snake_case"):
+      stage.run(["--input", os.fspath(tmp_path / "none"), "--data_dir",
+                 os.fspath(tmp_path / "data"), "--name", bad])
   assert _written(tmp_path) == before
   run = subprocess.run(
       [sys.executable, "-m", "rlds_lm.cli", "import", os.fspath(rows), "--format",
