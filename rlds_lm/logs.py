@@ -22,8 +22,10 @@ directory per writer session), so ``envlogger.Reader(DIR)`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -271,12 +273,16 @@ class LogReadStats:
   # Steps present in steps.riegeli that the step offsets do not reach (counted from
   # the Riegeli chunk headers), beyond the last chunk a crash can leave unindexed.
   unreachable_steps: int = 0
+  # Shard directories envlogger cannot open (a file missing or damaged); their steps
+  # are counted in unreachable_steps. The other shards are read.
+  unopenable_shards: int = 0
 
   @property
   def damaged(self) -> bool:
     """Whether the log files were damaged (more than a crash would leave)."""
     return bool(self.unreadable_steps or self.damaged_episodes or self.orphan_steps
-                or self.indexed_not_read or self.unreachable_steps)
+                or self.indexed_not_read or self.unreachable_steps
+                or self.unopenable_shards)
 
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
@@ -287,11 +293,26 @@ def read_log_config(log_dir: str | os.PathLike[str]) -> S.SchemaConfig:
   path = os.path.join(os.fspath(log_dir), "metadata.riegeli")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{log_dir}: not an rlds_lm Riegeli log (no metadata.riegeli)")
-  reader = _open_reader(log_dir)
   try:
-    metadata = reader.metadata() or {}
-  finally:
-    reader.close()
+    reader = _open_reader(log_dir)
+  except ValueError:  # a damaged shard: the metadata from one that opens
+    reader = None
+    for shard in _shard_dirs(log_dir):
+      with _one_shard(log_dir, shard) as alone:
+        try:
+          reader = _open_reader(alone)
+        except ValueError:
+          continue
+        metadata = reader.metadata() or {}
+        reader.close()
+        break
+    if reader is None:
+      raise
+  else:
+    try:
+      metadata = reader.metadata() or {}
+    finally:
+      reader.close()
   if SCHEMA_KEY not in metadata:
     raise ValueError(f"{log_dir}: the log metadata has no {SCHEMA_KEY!r}; pass the "
                      "SchemaConfig explicitly (e.g. for a bare EnvLogger log)")
@@ -327,14 +348,62 @@ def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = No
     damaged ``step_offsets.riegeli``): ``indexed_not_read``; steps in
     ``steps.riegeli`` that no offset reaches: ``unreachable_steps`` (a crash between
     the flushes of the two files leaves one episode so: an ``incomplete_episodes``).
+  * a shard directory envlogger cannot open at all (a file missing or damaged):
+    ``unopenable_shards``; the other shards are read one by one.
 
   Nothing found in the log is executed or unpickled.
   """
-  import dm_env  # pylint: disable=g-import-not-at-top
-
   config = config or read_log_config(log_dir)
   stats = stats if stats is not None else LogReadStats()
-  reader = _open_reader(log_dir)
+  try:
+    reader = _open_reader(log_dir)
+  except ValueError:
+    # envlogger opens every shard or none: open the shards one by one instead.
+    shards = _shard_dirs(log_dir)
+    readers = []
+    for shard in shards:
+      with _one_shard(log_dir, shard) as alone:
+        try:
+          _open_reader(alone).close()
+          readers.append(shard)
+        except ValueError:
+          pass
+    if not readers:  # nothing opens (e.g. a damaged metadata.riegeli): say so
+      raise
+    for shard in shards:
+      with _one_shard(log_dir, shard) as alone:
+        if shard not in readers:
+          stats.unopenable_shards += 1
+          steps = os.path.join(alone, shard, "steps.riegeli")
+          if os.path.exists(steps):
+            stats.unreachable_steps += sum(_riegeli_chunk_records(steps))
+          continue
+        yield from _read_with(_open_reader(alone), alone, config, stats)
+    return
+  yield from _read_with(reader, log_dir, config, stats)
+
+
+def _shard_dirs(log_dir: str | os.PathLike[str]) -> list[str]:
+  """The writer-session shard directories of a log, in write (name) order."""
+  return sorted(e.name for e in os.scandir(os.fspath(log_dir)) if e.is_dir())
+
+
+@contextlib.contextmanager
+def _one_shard(log_dir: str | os.PathLike[str], shard: str) -> Iterator[str]:
+  """A directory holding only ``shard`` of ``log_dir`` (symbolic links), as a log."""
+  with tempfile.TemporaryDirectory(prefix="rlds_lm_shard_") as alone:
+    os.symlink(os.path.abspath(os.path.join(os.fspath(log_dir), "metadata.riegeli")),
+               os.path.join(alone, "metadata.riegeli"))
+    os.symlink(os.path.abspath(os.path.join(os.fspath(log_dir), shard)),
+               os.path.join(alone, shard))
+    yield alone
+
+
+def _read_with(reader, log_dir: str | os.PathLike[str], config: S.SchemaConfig,
+               stats: LogReadStats) -> Iterator[dict[str, Any]]:
+  """:func:`read_log`'s loop over one opened reader (closed at the end)."""
+  import dm_env  # pylint: disable=g-import-not-at-top
+
   try:
     index_metadata = _index_metadata_by_first_step(reader)
     read_ids: set[str] = set()

@@ -284,3 +284,21 @@ def test_a_log_too_damaged_to_open_says_so(tmp_path):
   stats = logs.LogReadStats()
   assert not list(logs.read_log(tmp_path / "b", stats=stats))
   assert stats.unreadable_steps == 6 and stats.indexed_not_read == 3 and stats.damaged
+
+
+@pytest.mark.parametrize("victim", ["steps.riegeli", "episode_index.riegeli"])
+def test_a_shard_that_cannot_open_loses_only_its_own_episodes(tmp_path, victim):
+  episodes = rollouts(9)
+  for part in (episodes[:3], episodes[3:6], episodes[6:]):  # three writer sessions
+    with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+      for e in part:
+        rec.record(e)
+  shards = sorted(d for d in os.listdir(tmp_path) if os.path.isdir(tmp_path / d))
+  os.remove(tmp_path / shards[1] / victim)
+  stats = logs.LogReadStats()
+  back = [e[S.EPISODE_ID] for e in logs.read_log(tmp_path, stats=stats)]
+  assert back == [e[S.EPISODE_ID] for e in episodes[:3] + episodes[6:]]
+  assert stats.unopenable_shards == 1 and stats.damaged
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:  # reopening still works
+    with pytest.raises(V.EpisodeValidationError, match="duplicate"):
+      rec.record(episodes[0])

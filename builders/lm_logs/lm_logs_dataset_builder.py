@@ -206,7 +206,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     logging.info("lm_logs %s: %s", self.builder_config.name, counters)
     damage = {k: counters[k] for k in (LT.UNREADABLE_STEPS, LT.DAMAGED_EPISODES,
                                        LT.INDEXED_NOT_READ, LT.UNREACHABLE_STEPS,
-                                       LT.ORPHAN_STEPS) if counters[k]}
+                                       LT.UNOPENABLE_SHARDS, LT.ORPHAN_STEPS) if counters[k]}
     if damage:
       logging.warning("lm_logs %s: DAMAGED logs, the intact episodes were published: %s",
                       self.builder_config.name, damage)

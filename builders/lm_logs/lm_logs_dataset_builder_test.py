@@ -120,7 +120,7 @@ def test_two_logs_with_overlap_give_each_episode_once(tmp_path):
   assert builder.pipeline_counters == {
       LT.EPISODES_READ: 8, LT.INCOMPLETE_EPISODES: 0, LT.ORPHAN_STEPS: 0,
       LT.UNREADABLE_STEPS: 0, LT.DAMAGED_EPISODES: 0, LT.INDEXED_NOT_READ: 0,
-      LT.UNREACHABLE_STEPS: 0,
+      LT.UNREACHABLE_STEPS: 0, LT.UNOPENABLE_SHARDS: 0,
       LT.DUPLICATES_DROPPED: 2, LT.CONFLICTING_DUPLICATES: 1, LT.EPISODES_WRITTEN: 6}
 
   back = _decoded(builder.data_dir)

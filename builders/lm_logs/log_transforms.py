@@ -28,12 +28,13 @@ UNREADABLE_STEPS = "unreadable_steps"  # damaged steps (see rlds_lm.logs.LogRead
 DAMAGED_EPISODES = "damaged_episodes"  # episodes dropped for an unreadable step
 INDEXED_NOT_READ = "indexed_not_read"  # indexed episodes the step stream does not reach
 UNREACHABLE_STEPS = "unreachable_steps"  # steps in steps.riegeli no offset reaches
+UNOPENABLE_SHARDS = "unopenable_shards"  # shard directories envlogger cannot open
 DUPLICATES_DROPPED = "duplicates_dropped"  # extra copies of an episode_id, dropped
 CONFLICTING_DUPLICATES = "conflicting_duplicates"  # ids whose copies differ in content
 EPISODES_WRITTEN = "episodes_written"  # distinct episode_ids, one episode each
 COUNTERS = (EPISODES_READ, INCOMPLETE_EPISODES, ORPHAN_STEPS, UNREADABLE_STEPS,
-            DAMAGED_EPISODES, INDEXED_NOT_READ, UNREACHABLE_STEPS, DUPLICATES_DROPPED,
-            CONFLICTING_DUPLICATES, EPISODES_WRITTEN)
+            DAMAGED_EPISODES, INDEXED_NOT_READ, UNREACHABLE_STEPS, UNOPENABLE_SHARDS,
+            DUPLICATES_DROPPED, CONFLICTING_DUPLICATES, EPISODES_WRITTEN)
 
 # (log_index, position in that log, log_dir, episode)
 Copy = tuple[int, int, str, dict[str, Any]]
@@ -97,6 +98,7 @@ def read_log_dir(indexed_log_dir: tuple[int, str], schema_json: str
   _counter(DAMAGED_EPISODES).inc(stats.damaged_episodes)
   _counter(INDEXED_NOT_READ).inc(stats.indexed_not_read)
   _counter(UNREACHABLE_STEPS).inc(stats.unreachable_steps)
+  _counter(UNOPENABLE_SHARDS).inc(stats.unopenable_shards)
   log = logging.warning if stats.damaged else logging.info
   log("lm_logs: %s%s: %s", "DAMAGED log " if stats.damaged else "", log_dir,
       stats.as_dict())
