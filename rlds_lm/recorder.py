@@ -230,6 +230,7 @@ def _describe_skipped(stats: logs.LogReadStats) -> str:
           f"damaged episode(s) ({stats.unreadable_steps} unreadable step(s)), "
           f"{stats.indexed_not_read} indexed episode(s) not reached, "
           f"{stats.unreachable_steps} step(s) no offset reaches, "
+          f"{stats.unopenable_shards} shard(s) that cannot be opened, "
           f"{stats.incomplete_episodes} incomplete episode(s), {stats.orphan_steps} "
           "orphan step(s)")
 
