@@ -76,7 +76,7 @@ _META_MEANING = {
     f"{S.JUDGE}/{S.JUDGE_NAME}": "Name of the judge (person, reward model, LLM, rule).",
     f"{S.JUDGE}/{S.JUDGE_DIGEST}": "Judge checkpoint digest (`\"\"` for humans).",
     f"{S.JUDGE}/{S.JUDGE_KIND}": "One of " + ", ".join(f"`{k}`" for k in S.JUDGE_KINDS)
-                                 + " (by convention; not checked by the validator).",
+                                 + " (checked by the validator).",
 }
 
 _STEP_MEANING = {

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,8 +41,6 @@ STAGE = "publish"
 CARD_FILE = "README.md"
 IN_PROGRESS_FILE = "_PUBLISHING"  # present until the publish completed
 STATS_FILE = "stats.json"
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 class EpisodeStats(beam.CombineFn):
@@ -145,6 +142,8 @@ def dataset_card(*, name: str, version: str, description: str, schema: S.SchemaC
       lines.append(f"| {s['stage']} | {s['inputs']} | {s['written']} | {s['dropped']} | "
                    f"{reasons} |")
     lines += ["", f"Details: `{DL.DEAD_LETTER_SUMMARY}`, `{DL.DEAD_LETTER_FILE}`.", ""]
+  lines += ["## License and citation", "", f"License: {P.LICENSE} (rlds_lm's; the data keeps "
+            "the terms of its sources).", "", "```bibtex", P.CITATION, "```", ""]
   lines += ["## Reading it", "", "```python", "import tensorflow_datasets as tfds",
             f"builder = tfds.builder_from_directory({path!r})",
             "ds = builder.as_dataset(split='train')  # tf.data; rlds.transformations apply",
@@ -182,10 +181,10 @@ def build_config(args: argparse.Namespace) -> PublishSetup:
   Raises:
     PipelineError: for a name, version or file formats that are not allowed.
   """
-  if not _NAME.match(args.name):
-    raise PipelineError(f"--name must be snake_case (a-z, 0-9, _), found {args.name!r}")
-  if not _VERSION.match(args.version):
-    raise PipelineError(f"--version must be MAJOR.MINOR.PATCH, found {args.version!r}")
+  try:  # the one name check of every publish path (rlds_lm.publish.check_names)
+    P.check_names(args.name, args.version)
+  except ValueError as err:
+    raise PipelineError(f"--name / --version: {err}") from err
   formats = tuple(f for f in args.file_formats.split(",") if f)
   if not formats or formats[0] != P.TFRECORD or not set(formats) <= {P.TFRECORD,
                                                                      P.ARRAY_RECORD}:

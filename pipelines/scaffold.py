@@ -244,8 +244,8 @@ def finalize(*, result, out_dir: str, name: str, config: S.SchemaConfig,
   tfds.folder_dataset.write_metadata(
       data_dir=out_dir, features=S.episode_features(config), split_infos=split_infos,
       filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-      check_data=False, description=description,
-      metadata=tfds.core.MetadataDict(metadata))
+      check_data=False, description=description, homepage=P.HOMEPAGE, citation=P.CITATION,
+      license=P.LICENSE, metadata=tfds.core.MetadataDict(metadata))
 
   dropped = dict(collections.Counter(d["reason"] for d in dead))
   counters = _metrics(result)

@@ -22,8 +22,10 @@ directory per writer session), so ``envlogger.Reader(DIR)`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,6 +37,12 @@ from rlds_lm import schema as S
 SCHEMA_KEY = "rlds_lm_schema"  # dataset metadata key holding SchemaConfig JSON
 EPISODE_METADATA_KEY = "rlds_lm_episode_metadata"  # in the last log step's custom_data
 DEFAULT_WRITER_OPTIONS = "zstd:1"  # measured in benchmarks/record_throughput.py
+
+# Quiet by default: envlogger's native (glog) INFO lines, e.g. the Riegeli writer's
+# "Empty steps, nothing to do" on every flush, are hidden unless the user sets
+# GLOG_minloglevel (0 brings them back). glog reads it when envlogger's extension
+# modules load, which happens after this import when rlds_lm loads them.
+os.environ.setdefault("GLOG_minloglevel", "1")
 
 
 # --------------------------------------------------------------------------------------
@@ -246,11 +254,38 @@ class RiegeliEpisodeWriter:
 
 @dataclasses.dataclass
 class LogReadStats:
-  """What a log read found: complete episodes and what was skipped, with reasons."""
+  """What a log read found: complete episodes and what was skipped, with reasons.
 
-  episodes: int = 0
+  A crash (SIGKILL) leaves at most one ``incomplete_episodes`` per writer session and
+  nothing else; every other non-zero count means the files were damaged
+  (:attr:`damaged`), and the episodes that survived intact were still read.
+  """
+
+  episodes: int = 0  # complete episodes read
   incomplete_episodes: int = 0  # open when the writer died (no LAST step)
   orphan_steps: int = 0  # steps before any FIRST step
+  unreadable_steps: int = 0  # steps whose bytes could not be read or decoded (damage)
+  damaged_episodes: int = 0  # episodes dropped: a step unreadable or not decodable
+  # Episodes that envlogger's episode index lists (by episode_id) but that were not
+  # read: for example past the end of a damaged step_offsets file, which holds the
+  # only way to address steps. May overlap damaged_episodes.
+  indexed_not_read: int = 0
+  # Steps present in steps.riegeli that the step offsets do not reach (counted from
+  # the Riegeli chunk headers), beyond the last chunk a crash can leave unindexed.
+  unreachable_steps: int = 0
+  # Shard directories envlogger cannot open (a file missing or damaged); their steps
+  # are counted in unreachable_steps. The other shards are read.
+  unopenable_shards: int = 0
+
+  @property
+  def damaged(self) -> bool:
+    """Whether the log files were damaged (more than a crash would leave)."""
+    return bool(self.unreadable_steps or self.damaged_episodes or self.orphan_steps
+                or self.indexed_not_read or self.unreachable_steps
+                or self.unopenable_shards)
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
 
 
 def read_log_config(log_dir: str | os.PathLike[str]) -> S.SchemaConfig:
@@ -258,11 +293,26 @@ def read_log_config(log_dir: str | os.PathLike[str]) -> S.SchemaConfig:
   path = os.path.join(os.fspath(log_dir), "metadata.riegeli")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{log_dir}: not an rlds_lm Riegeli log (no metadata.riegeli)")
-  reader = _open_reader(log_dir)
   try:
-    metadata = reader.metadata() or {}
-  finally:
-    reader.close()
+    reader = _open_reader(log_dir)
+  except ValueError:  # a damaged shard: the metadata from one that opens
+    reader = None
+    for shard in _shard_dirs(log_dir):
+      with _one_shard(log_dir, shard) as alone:
+        try:
+          reader = _open_reader(alone)
+        except ValueError:
+          continue
+        metadata = reader.metadata() or {}
+        reader.close()
+        break
+    if reader is None:
+      raise
+  else:
+    try:
+      metadata = reader.metadata() or {}
+    finally:
+      reader.close()
   if SCHEMA_KEY not in metadata:
     raise ValueError(f"{log_dir}: the log metadata has no {SCHEMA_KEY!r}; pass the "
                      "SchemaConfig explicitly (e.g. for a bare EnvLogger log)")
@@ -273,45 +323,244 @@ def _open_reader(log_dir: str | os.PathLike[str]):
   _compat.patch_numpy_for_envlogger()
   from envlogger.backends import riegeli_backend_reader  # pylint: disable=g-import-not-at-top
 
-  return riegeli_backend_reader.RiegeliBackendReader(os.fspath(log_dir))
+  try:
+    return riegeli_backend_reader.RiegeliBackendReader(os.fspath(log_dir))
+  except RuntimeError as err:  # envlogger's reader opens every shard or none
+    raise ValueError(
+        f"{log_dir}: cannot open the Riegeli log: {str(err).rstrip('.')}. A file envlogger "
+        "needs (metadata.riegeli, or a shard's steps.riegeli / step_offsets.riegeli) is "
+        "missing or damaged beyond what read_log can skip") from err
 
 
 def read_log(log_dir: str | os.PathLike[str], config: S.SchemaConfig | None = None,
              stats: LogReadStats | None = None) -> Iterator[dict[str, Any]]:
-  """Yields every complete episode of a Riegeli log, in write order.
+  """Yields every complete, intact episode of a Riegeli log, in write order.
 
   Episodes are rebuilt from the step stream: a FIRST step opens one, a LAST step closes
-  it. An episode cut short by a crash (no LAST step) is skipped and counted in
-  ``stats``. Nothing found in the log is executed or unpickled.
-  """
-  import dm_env  # pylint: disable=g-import-not-at-top
+  it. What cannot be read is skipped and counted in ``stats`` (complete once the
+  iterator is exhausted), never raised and never silently dropped:
 
+  * an episode cut short by a crash (no LAST step): ``incomplete_episodes``;
+  * a step whose bytes are damaged (e.g. a truncated ``steps.riegeli``):
+    ``unreadable_steps``, and its episode is dropped (``damaged_episodes``); the
+    episodes before and after it are read;
+  * episodes the envlogger index lists that the step stream does not reach (e.g. a
+    damaged ``step_offsets.riegeli``): ``indexed_not_read``; steps in
+    ``steps.riegeli`` that no offset reaches: ``unreachable_steps`` (a crash between
+    the flushes of the two files leaves one episode so: an ``incomplete_episodes``).
+  * a shard directory envlogger cannot open at all (a file missing or damaged):
+    ``unopenable_shards``; the other shards are read one by one.
+
+  Nothing found in the log is executed or unpickled.
+  """
   config = config or read_log_config(log_dir)
   stats = stats if stats is not None else LogReadStats()
-  reader = _open_reader(log_dir)
+  try:
+    reader = _open_reader(log_dir)
+  except ValueError:
+    # envlogger opens every shard or none: open the shards one by one instead.
+    shards = _shard_dirs(log_dir)
+    readers = []
+    for shard in shards:
+      with _one_shard(log_dir, shard) as alone:
+        try:
+          _open_reader(alone).close()
+          readers.append(shard)
+        except ValueError:
+          pass
+    if not readers:  # nothing opens (e.g. a damaged metadata.riegeli): say so
+      raise
+    for shard in shards:
+      with _one_shard(log_dir, shard) as alone:
+        if shard not in readers:
+          stats.unopenable_shards += 1
+          steps = os.path.join(alone, shard, "steps.riegeli")
+          if os.path.exists(steps):
+            stats.unreachable_steps += sum(_riegeli_chunk_records(steps))
+          continue
+        yield from _read_with(_open_reader(alone), alone, config, stats)
+    return
+  yield from _read_with(reader, log_dir, config, stats)
+
+
+def _shard_dirs(log_dir: str | os.PathLike[str]) -> list[str]:
+  """The writer-session shard directories of a log, in write (name) order."""
+  return sorted(e.name for e in os.scandir(os.fspath(log_dir)) if e.is_dir())
+
+
+@contextlib.contextmanager
+def _one_shard(log_dir: str | os.PathLike[str], shard: str) -> Iterator[str]:
+  """A directory holding only ``shard`` of ``log_dir`` (symbolic links), as a log."""
+  with tempfile.TemporaryDirectory(prefix="rlds_lm_shard_") as alone:
+    os.symlink(os.path.abspath(os.path.join(os.fspath(log_dir), "metadata.riegeli")),
+               os.path.join(alone, "metadata.riegeli"))
+    os.symlink(os.path.abspath(os.path.join(os.fspath(log_dir), shard)),
+               os.path.join(alone, shard))
+    yield alone
+
+
+def _read_with(reader, log_dir: str | os.PathLike[str], config: S.SchemaConfig,
+               stats: LogReadStats) -> Iterator[dict[str, Any]]:
+  """:func:`read_log`'s loop over one opened reader (closed at the end)."""
+  import dm_env  # pylint: disable=g-import-not-at-top
+
   try:
     index_metadata = _index_metadata_by_first_step(reader)
+    read_ids: set[str] = set()
     current: list[Any] = []
+    damaged = False  # the open episode lost a step
     first_index = -1
-    for index, step in enumerate(reader.steps):
+    for index in range(reader._get_num_steps()):  # pylint: disable=protected-access
+      step = _read_step(reader, index)
+      if step is None:
+        _reset_after_failure(reader)
+        stats.unreadable_steps += 1
+        current, damaged = [], True
+        continue
       step_type = step.timestep.step_type
       if step_type == dm_env.StepType.FIRST:
-        if current:
+        if damaged:
+          stats.damaged_episodes += 1
+        elif current:
           stats.incomplete_episodes += 1
-        current, first_index = [step], index
+        current, damaged, first_index = [step], False, index
+        continue
+      if damaged:
+        if step_type == dm_env.StepType.LAST:
+          stats.damaged_episodes += 1
+          damaged = False
         continue
       if not current:
         stats.orphan_steps += 1
         continue
       current.append(step)
       if step_type == dm_env.StepType.LAST:
-        stats.episodes += 1
-        yield log_steps_to_episode(current, config, index_metadata.get(first_index))
+        try:
+          episode = log_steps_to_episode(current, config, index_metadata.get(first_index))
+        except Exception:  # noqa: BLE001 - readable bytes that decode to garbage
+          stats.unreadable_steps += 1
+          stats.damaged_episodes += 1
+        else:
+          stats.episodes += 1
+          read_ids.add(episode[S.EPISODE_ID])
+          yield episode
         current = []
-    if current:
+    if damaged:
+      stats.damaged_episodes += 1
+    elif current:
       stats.incomplete_episodes += 1
+    stats.indexed_not_read += len(_indexed_ids(index_metadata) - read_ids)
+    total, crash_tails, crash_steps = _steps_in_files(log_dir)
+    unreachable = total - reader._get_num_steps()  # pylint: disable=protected-access
+    if unreachable > 0:
+      stats.incomplete_episodes += crash_tails
+      stats.unreachable_steps += max(0, unreachable - crash_steps)
   finally:
     reader.close()
+
+
+# Riegeli/records layout (google/riegeli doc/riegeli_records_file_format.md): 64 KiB
+# blocks, each starting with a 24-byte block header; chunks with a 40-byte header.
+_BLOCK = 1 << 16
+_BLOCK_HEADER = 24
+_USABLE = _BLOCK - _BLOCK_HEADER
+_CHUNK_HEADER = 40
+_RECORD_CHUNKS = (0x72, 0x74)  # simple, transposed
+_CHUNK_TYPES = (0x73, 0x6D, 0x70) + _RECORD_CHUNKS  # + signature, metadata, padding
+
+
+def _chunk_end(begin: int, data_size: int, num_records: int) -> int:
+  """Where a chunk starting at ``begin`` ends (the format's chunk_end formula)."""
+  size = _CHUNK_HEADER + data_size
+  overhead_blocks = (size + (begin + _USABLE - 1) % _BLOCK) // _USABLE
+  with_block_headers = begin + size + overhead_blocks * _BLOCK_HEADER
+  at_least = begin + num_records  # a record's position is chunk begin + its index
+  remaining_in_block = _BLOCK - 1 - (at_least + _BLOCK - 1) % _BLOCK
+  at_least += max(0, remaining_in_block - (_USABLE - 1))
+  return max(with_block_headers, at_least)
+
+
+def _riegeli_chunk_records(path: str) -> list[int]:
+  """Records per complete record chunk of a Riegeli file, from the chunk headers only.
+
+  Stops at the first chunk that is cut short or whose header makes no sense (the
+  hashes are not checked here: the counts only detect steps the offsets miss).
+  """
+  counts: list[int] = []
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    begin = 0
+    while begin < size:
+      header = bytearray()
+      pos = begin
+      while len(header) < _CHUNK_HEADER:
+        if pos % _BLOCK == 0:
+          pos += _BLOCK_HEADER
+        f.seek(pos)
+        part = f.read(min(_CHUNK_HEADER - len(header), _BLOCK - pos % _BLOCK))
+        if not part:
+          return counts
+        header += part
+        pos += len(part)
+      data_size = int.from_bytes(header[8:16], "little")
+      chunk_type = header[24]
+      num_records = int.from_bytes(header[25:32], "little")
+      end = _chunk_end(begin, data_size, num_records)
+      if chunk_type not in _CHUNK_TYPES or end > size:
+        return counts
+      if chunk_type in _RECORD_CHUNKS:
+        counts.append(num_records)
+      begin = end
+  return counts
+
+
+def _steps_in_files(log_dir: str | os.PathLike[str]) -> tuple[int, int, int]:
+  """(steps in every steps.riegeli, shards whose offsets lack exactly the last steps
+  chunk, the steps of those chunks): the last two are what a crash between the
+  flushes of the two files leaves."""
+  total = crash_tails = crash_steps = 0
+  for entry in sorted(os.scandir(os.fspath(log_dir)), key=lambda e: e.name):
+    steps = os.path.join(entry.path, "steps.riegeli")
+    if not entry.is_dir() or not os.path.exists(steps):
+      continue
+    chunks = _riegeli_chunk_records(steps)
+    total += sum(chunks)
+    # One steps chunk and one offsets record (all its steps' positions) per flush.
+    offsets = os.path.join(entry.path, "step_offsets.riegeli")
+    flushes = sum(_riegeli_chunk_records(offsets)) if os.path.exists(offsets) else 0
+    if chunks and len(chunks) - flushes == 1:
+      crash_tails += 1
+      crash_steps += chunks[-1]
+  return total, crash_tails, crash_steps
+
+
+def _read_step(reader, index: int):
+  """The ``index``-th log step, or None where its bytes are missing or damaged."""
+  try:
+    return reader._get_nth_step(index)  # pylint: disable=protected-access
+  except Exception:  # noqa: BLE001 - Riegeli gives None (TypeError), protobuf DecodeError
+    return None
+
+
+def _reset_after_failure(reader) -> None:
+  """Riegeli's reader stays failed after a damaged chunk; a clone (it shares the step
+  offsets, 10 us) reads the intact chunks after it."""
+  failed = reader._reader  # pylint: disable=protected-access
+  reader._reader = failed.clone()  # pylint: disable=protected-access
+  failed.close()
+
+
+def _indexed_ids(index_metadata: Mapping[int, Any]) -> set[str]:
+  out = set()
+  for metadata in index_metadata.values():
+    episode_id = metadata.get(S.EPISODE_ID) if isinstance(metadata, Mapping) else None
+    if isinstance(episode_id, np.ndarray):
+      episode_id = episode_id.item()
+    if isinstance(episode_id, bytes):
+      episode_id = episode_id.decode("utf-8", "replace")
+    if isinstance(episode_id, str) and episode_id:
+      out.add(episode_id)
+  return out
 
 
 def _index_metadata_by_first_step(reader) -> dict[int, Any]:
@@ -323,5 +572,5 @@ def _index_metadata_by_first_step(reader) -> dict[int, Any]:
       info = reader._get_nth_episode_info(i)  # pylint: disable=protected-access
       out[int(info.start)] = metadata[i]
   except Exception:  # noqa: BLE001 - the index is optional: steps carry what we need
-    return {}
+    return out
   return out

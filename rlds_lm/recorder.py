@@ -31,8 +31,11 @@ Backends:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from absl import logging
 
 from rlds_lm import logs
 from rlds_lm import publish as P
@@ -52,6 +55,7 @@ class _TfdsBackend:
 
     from rlds_lm import read  # pylint: disable=g-import-not-at-top
 
+    P.check_names(name, splits=[split])  # before anything is written
     builder = P.episode_builder(data_dir=directory, name=name, config=config)
     self.dataset_dir = os.fspath(builder.data_dir)
     exists = os.path.exists(os.path.join(self.dataset_dir, "dataset_info.json"))
@@ -93,8 +97,9 @@ class Recorder:
       another schema is refused.
     backend: ``"riegeli"`` or ``"tfds"``.
     writer_options: Riegeli writer options (riegeli backend).
-    name: dataset name (tfds backend).
-    split: split to append to (tfds backend).
+    name: dataset name (tfds backend), a TFDS-style identifier
+      (:func:`rlds_lm.publish.check_dataset_name`).
+    split: split to append to (tfds backend), an identifier too.
     episodes_per_shard: episodes per TFDS shard (tfds backend).
     flush_every: flush the Riegeli log after every N-th episode (riegeli backend). The
       default 1 gives the crash guarantee above; N > 1 trades it (a kill may lose up
@@ -211,13 +216,82 @@ class EpisodeBuilder:
       self.finish(terminal=False)
 
 
+class DamagedLogError(ValueError):
+  """``publish_log(..., strict=True)`` found a damaged log; ``stats`` says what was skipped."""
+
+  def __init__(self, log_dir: str, stats: logs.LogReadStats):
+    self.stats = stats
+    super().__init__(f"{log_dir}: the log is damaged, nothing was published: "
+                     f"{_describe_skipped(stats)}")
+
+
+def _describe_skipped(stats: logs.LogReadStats) -> str:
+  return (f"{stats.episodes} intact episodes read; skipped {stats.damaged_episodes} "
+          f"damaged episode(s) ({stats.unreadable_steps} unreadable step(s)), "
+          f"{stats.indexed_not_read} indexed episode(s) not reached, "
+          f"{stats.unreachable_steps} step(s) no offset reaches, "
+          f"{stats.unopenable_shards} shard(s) that cannot be opened, "
+          f"{stats.incomplete_episodes} incomplete episode(s), {stats.orphan_steps} "
+          "orphan step(s)")
+
+
 def publish_log(log_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[str],
                 name: str, version: str = "1.0.0", split: str = "train",
                 description: str = "", lineage: Mapping[str, Any] | None = None,
-                file_formats: tuple[str, ...] = P.DEFAULT_FILE_FORMATS) -> str:
-  """Publishes every complete episode of a Riegeli log as a TFDS dataset."""
+                file_formats: tuple[str, ...] = P.DEFAULT_FILE_FORMATS,
+                strict: bool = False, progress: bool = False) -> str:
+  """Publishes every complete, intact episode of a Riegeli log as a TFDS dataset.
+
+  The log is read twice: once to count what it holds (:func:`rlds_lm.logs.read_log`'s
+  :class:`~rlds_lm.logs.LogReadStats`), then to publish. The counts are stored in the
+  dataset lineage under ``"log_read"``, so a published dataset always says what its
+  log held and what was skipped. Episodes left open by a crash are expected (at most
+  one per writer session) and only recorded there. A *damaged* log (unreadable steps,
+  episodes the index lists but the steps do not reach, orphan steps) is published with
+  the intact episodes and a loud warning (``warnings.warn`` and the absl log), or, with
+  ``strict=True``, refused before anything is written.
+
+  Args:
+    log_dir: the recorder's Riegeli log directory.
+    data_dir: root TFDS data directory.
+    name: dataset name (:func:`rlds_lm.publish.check_dataset_name`).
+    version: dataset version, ``MAJOR.MINOR.PATCH``.
+    split: the split receiving every episode.
+    description: free text for the dataset card.
+    lineage: extra lineage, merged after the log's.
+    file_formats: as for :func:`rlds_lm.publish.publish`.
+    strict: refuse a damaged log (raise :class:`DamagedLogError`) instead of warning.
+    progress: show TFDS's progress bars.
+
+  Returns:
+    The dataset directory.
+
+  Raises:
+    DamagedLogError: ``strict`` and the log is damaged.
+    ValueError: an invalid name, version or split.
+  """
+  P.check_names(name, version, [split])  # before anything is read or written
+  log_dir = os.fspath(log_dir)
   config = logs.read_log_config(log_dir)
-  full_lineage = {"riegeli_log": os.path.abspath(os.fspath(log_dir)), **dict(lineage or {})}
-  return P.publish({split: logs.read_log(log_dir, config)}, data_dir=data_dir,
+  counted = logs.LogReadStats()
+  for _ in logs.read_log(log_dir, config, counted):
+    pass
+  if counted.damaged:
+    if strict:
+      raise DamagedLogError(log_dir, counted)
+    message = (f"rlds_lm: publishing the DAMAGED log {log_dir} as {name} {version}: "
+               f"{_describe_skipped(counted)}; the counts are in the lineage "
+               "('log_read')")
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    logging.warning("%s", message)
+  full_lineage = {"riegeli_log": os.path.abspath(log_dir), "log_read": counted.as_dict(),
+                  **dict(lineage or {})}
+  stats = logs.LogReadStats()
+  path = P.publish({split: logs.read_log(log_dir, config, stats)}, data_dir=data_dir,
                    name=name, config=config, version=version, description=description,
-                   lineage=full_lineage, file_formats=file_formats)
+                   lineage=full_lineage, file_formats=file_formats, progress=progress)
+  if stats != counted:  # the log changed between the two reads
+    raise RuntimeError(f"{log_dir} changed while it was published ({counted} before, "
+                       f"{stats} during); {path} may not match the lineage: publish "
+                       "again from a log no writer is appending to")
+  return path

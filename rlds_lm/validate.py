@@ -17,6 +17,15 @@ from rlds_lm import schema as S
 _LOGPROB_SLACK = 1e-4  # log-probs may exceed 0 by float rounding, not more
 _MASS_SLACK = 1e-3  # top-k probabilities may sum above 1 by rounding, not more
 
+# Size limits: what can be stored. An episode is one protocol buffer in every format
+# (a tf.train.Example in TFDS, Riegeli records per step), and protocol buffers stop at
+# 2 GiB; the estimate below is an upper bound (integers at 10 bytes, the longest varint),
+# so 1 GiB leaves room for the per-field overhead. Read at every check, so a test (or a
+# user) may lower them.
+MAX_EPISODE_BYTES = 2**30  # estimated serialized size of one episode, all fields
+MAX_IMAGE_SIDE = 1_000_000  # pixels per image side: libpng's limit (TFDS stores PNG)
+_INT_BYTES = 10  # the longest varint: the serialized size of one integer, at most
+
 
 class EpisodeValidationError(ValueError):
   """An episode does not match the schema.
@@ -51,6 +60,8 @@ class _Checker:
   def __init__(self, config: S.SchemaConfig, episode_id: str):
     self.config = config
     self.episode_id = episode_id
+    self.size = 0  # estimated serialized bytes so far
+    self.largest = ("", 0)  # (path, bytes) of the largest field so far
 
   def fail(self, field: str, expected: str, found: str):
     raise EpisodeValidationError(self.episode_id, field, expected, found)
@@ -65,6 +76,12 @@ class _Checker:
       self.fail(path, f"{spec.dtype} values", _describe(value))
     array = self._dtype(path, spec, array)
     self._shape(path, spec, array, lengths)
+    if _is_image(spec):
+      self._image(path, array)
+      self.count_bytes(path, array.size)  # PNG: about the raw size, at worst
+    else:
+      self.count_bytes(path, array.size * (_INT_BYTES if array.dtype.kind in "iub"
+                                           else array.itemsize))
     self._values(path, spec, array)
     if not spec.shape:
       return array.item() if spec.dtype != "bool" else bool(array)
@@ -72,25 +89,50 @@ class _Checker:
 
   def _string(self, path: str, spec: S.FieldSpec, value: Any) -> Any:
     if spec.shape:  # string vector
+      if isinstance(value, (str, bytes)):
+        self.fail(path, "a list of strings", _describe(value))
       items = list(value.tolist() if isinstance(value, np.ndarray) else value)
-      out = []
-      for i, item in enumerate(items):
-        if isinstance(item, bytes):
-          item = item.decode("utf-8")
-        if not isinstance(item, str):
-          self.fail(f"{path}[{i}]", "a string", _describe(item))
-        out.append(item)
-      return np.asarray(out, dtype=object)
+      return np.asarray([self._text(f"{path}[{i}]", item) for i, item in enumerate(items)],
+                        dtype=object)
     if isinstance(value, np.ndarray) and value.ndim == 0:
       value = value.item()
+    return self._text(path, value)
+
+  def _text(self, path: str, value: Any) -> str:
+    """One string: valid UTF-8 both ways (no lone surrogates), counted in the size."""
     if isinstance(value, bytes):
       try:
         value = value.decode("utf-8")
-      except UnicodeDecodeError:
-        self.fail(path, "UTF-8 text", "undecodable bytes")
+      except UnicodeDecodeError as err:
+        self.fail(path, "UTF-8 text", f"undecodable bytes at byte {err.start}")
     if not isinstance(value, str):
       self.fail(path, "a string", _describe(value))
+    if value.isascii():  # O(1) in CPython: no copy of a long text
+      size = len(value)
+    else:
+      try:
+        size = len(value.encode("utf-8"))
+      except UnicodeEncodeError as err:  # lone surrogates: Python str, not Unicode text
+        self.fail(path, "text encodable as UTF-8 (no lone surrogates)",
+                  f"{value[err.start]!r} at character {err.start}")
+    self.count_bytes(path, size)
     return value
+
+  def count_bytes(self, path: str, size: int) -> None:
+    """Adds a field's (estimated) serialized size; fails past MAX_EPISODE_BYTES.
+
+    The error names the largest field so far (what to shrink), not the one that
+    happened to cross the limit.
+    """
+    self.size += size
+    if size >= self.largest[1]:
+      self.largest = (path, size)
+    if self.size > MAX_EPISODE_BYTES:
+      field, field_size = self.largest
+      self.fail(field, f"an episode of at most {MAX_EPISODE_BYTES} bytes serialized "
+                "(validate.MAX_EPISODE_BYTES: a protocol buffer stops at 2 GiB)",
+                f"{self.size} bytes (estimated) by {path}, this field holding "
+                f"{field_size}")
 
   def _dtype(self, path: str, spec: S.FieldSpec, array: np.ndarray) -> np.ndarray:
     want = np.dtype(spec.dtype)
@@ -136,6 +178,12 @@ class _Checker:
                           f"(the length of {_LENGTH_SOURCE.get(want, want)})",
                     f"shape {array.shape}")
         lengths.setdefault(want, got)
+
+  def _image(self, path: str, array: np.ndarray) -> None:
+    height, width = array.shape[:2]
+    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
+      self.fail(path, f"an image of 1 to {MAX_IMAGE_SIDE} pixels per side "
+                "(validate.MAX_IMAGE_SIDE; PNG)", f"shape {array.shape}")
 
   def _values(self, path: str, spec: S.FieldSpec, array: np.ndarray) -> None:
     if array.size == 0:
@@ -199,6 +247,10 @@ class _Checker:
 
 _LENGTH_SOURCE = {"T": "action/tokens", "T_obs": "observation/tokens",
                   "C": "observation/candidate_lengths"}
+
+
+def _is_image(spec: S.FieldSpec) -> bool:
+  return spec.dtype == "uint8" and len(spec.shape) == 3  # [H, W, C], stored as PNG
 
 
 def _join(path: str, key: str) -> str:

@@ -60,6 +60,7 @@ def test_sigkill_loses_at_most_the_open_episode(tmp_path):
     assert set(announced) <= set(found)
     assert len(found) - len(announced) <= 4
     assert stats.incomplete_episodes <= 4
+    assert not stats.damaged, stats  # a kill is not damage: nothing else is skipped
   # Reopening continues without overwriting, and every episode decodes and validates.
   extra = T.fake_rollout(ROLLOUT, seed=999_999)
   with recorder.Recorder(log_dir, ROLLOUT) as rec:

@@ -162,3 +162,143 @@ def test_sampled_ids_must_be_distinct():
   teacher[S.TEACHER_SAMPLED_COUNTS][0, :2] = 3
   with pytest.raises(V.EpisodeValidationError, match="distinct drawn ids"):
     V.validate_episode(episode, ROLLOUT)
+
+
+# -- What validation accepts must publish: poison episodes and the size limits. --------
+
+
+def _agentic():
+  from conftest import AGENTIC
+  return AGENTIC, copy.deepcopy(T.fake_rollout(AGENTIC, seed=3, with_image=True))
+
+
+def _set_image(shape):
+  def poison(ep):
+    _turn(ep)[S.OBSERVATION][S.OBS_IMAGE] = np.zeros(shape, np.uint8)
+  return poison
+
+
+def _set_text(text):
+  def poison(ep):
+    _turn(ep)[S.OBSERVATION][S.OBS_TEXT] = text
+  return poison
+
+
+POISON = {
+    "0x0 image": (_set_image((0, 0, 3)), "steps[0]/observation/image",
+                  "an image of 1 to", "shape (0, 0, 3)"),
+    "image without width": (_set_image((4, 0, 3)), "steps[0]/observation/image",
+                            "an image of 1 to", "shape (4, 0, 3)"),
+    "image without height": (_set_image((0, 4, 3)), "steps[0]/observation/image",
+                             "an image of 1 to", "shape (0, 4, 3)"),
+    "lone surrogate in a text": (_set_text("ok \ud800 ko"), "steps[0]/observation/text",
+                                 "no lone surrogates", "'\\ud800' at character 3"),
+    "lone low surrogate": (_set_text("\udfff"), "steps[0]/observation/text",
+                           "no lone surrogates", "at character 0"),
+    "lone surrogate in metadata": (lambda ep: ep.__setitem__(S.TASK, "t\udc80"), S.TASK,
+                                   "no lone surrogates", "at character 1"),
+    "undecodable bytes": (_set_text(b"ok \xff"), "steps[0]/observation/text", "UTF-8 text",
+                          "undecodable bytes at byte 3"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_poison_episodes_are_refused_naming_the_field(name):
+  poison, field, expected, found = POISON[name]
+  config, episode = _agentic()
+  poison(episode)
+  with pytest.raises(V.EpisodeValidationError) as raised:
+    V.validate_episode(episode, config)
+  err = raised.value
+  assert err.episode_id == episode[S.EPISODE_ID] and err.field == field
+  assert expected in err.expected and found in err.found, (err.expected, err.found)
+
+
+def test_string_vectors_are_checked_item_by_item():
+  episode = copy.deepcopy(T.fake_preference(PREFERENCE, seed=1, candidates=2))
+  for bad, found in (("a\ud800", "at character 1"), (b"\xc3", "undecodable bytes")):
+    ep = copy.deepcopy(episode)
+    ep[S.CANDIDATE_IDS] = np.asarray([ep[S.CANDIDATE_IDS][0], bad], dtype=object)
+    with pytest.raises(V.EpisodeValidationError) as raised:
+      V.validate_episode(ep, PREFERENCE)
+    assert raised.value.field == f"{S.CANDIDATE_IDS}[1]" and found in raised.value.found
+
+
+def test_size_limits_just_above_and_at(monkeypatch):
+  config, episode = _agentic()
+  base = copy.deepcopy(episode)
+  _set_text("")(base)
+  V.validate_episode(base, config)
+  monkeypatch.setattr(V, "MAX_EPISODE_BYTES", 10**9)
+  # Find the episode's size without the text, then a limit that just fits 100 bytes.
+  checker = V._Checker(config, "")  # pylint: disable=protected-access
+  monkeypatch.setattr(V, "_Checker", lambda *a: checker)
+  V.validate_episode(base, config)
+  monkeypatch.undo()
+  limit = checker.size + 100
+  monkeypatch.setattr(V, "MAX_EPISODE_BYTES", limit)
+  _set_text("x" * 100)(episode)
+  V.validate_episode(episode, config)  # exactly at the limit: accepted
+  for text in ("x" * 101, "é" * 51):  # one byte above (é is 2 bytes in UTF-8)
+    _set_text(text)(episode)
+    with pytest.raises(V.EpisodeValidationError) as raised:
+      V.validate_episode(episode, config)
+    assert raised.value.field == "steps[0]/observation/text"
+    assert f"at most {limit} bytes" in raised.value.expected
+  monkeypatch.setattr(V, "MAX_IMAGE_SIDE", 4)
+  _set_text("")(episode)
+  _set_image((4, 4, 3))(episode)
+  V.validate_episode(episode, config)
+  _set_image((4, 5, 3))(episode)
+  with pytest.raises(V.EpisodeValidationError, match="1 to 4 pixels per side"):
+    V.validate_episode(episode, config)
+
+
+class _HugeText(str):
+  """A short str that reports a length of 2 GiB: tests the real limit, allocates nothing."""
+
+  def __len__(self):
+    return 2**31
+
+
+def test_the_real_limit_refuses_a_2_gib_text():
+  assert V.MAX_EPISODE_BYTES < 2**31 - 2**20  # below protobuf's 2 GiB with room to spare
+  assert V.MAX_IMAGE_SIDE == 1_000_000  # libpng's default
+  config, episode = _agentic()
+  _set_text(_HugeText("x"))(episode)
+  with pytest.raises(V.EpisodeValidationError) as raised:
+    V.validate_episode(episode, config)
+  assert raised.value.field == "steps[0]/observation/text"
+  assert "holding 2147483648" in raised.value.found
+
+
+def test_what_validation_accepts_publishes_and_reads_back(tmp_path):
+  """Edge cases that are valid (1x1 image, unusual but encodable text) round-trip."""
+  from rlds_lm import logs
+  from rlds_lm import read as R
+  from rlds_lm import recorder
+  config, _ = _agentic()
+  edges = {"1x1 image": _set_image((1, 1, 3)), "NUL": _set_text("a\x00b"),
+           "astral": _set_text("\U0001f600 \U00010348"), "noncharacter": _set_text("\uffff"),
+           "empty": _set_text(""), "combining": _set_text("e\u0301\u202eabc")}
+  episodes = []
+  for i, poison in enumerate(edges.values()):
+    ep = copy.deepcopy(T.fake_rollout(config, seed=100 + i, with_image=True))
+    poison(ep)
+    episodes.append(V.validate_episode(ep, config))
+  with recorder.Recorder(tmp_path / "log", config) as rec:
+    for i, ep in enumerate(episodes):
+      rec.record(ep)
+      poisoned = copy.deepcopy(T.fake_rollout(config, seed=200 + i, with_image=True))
+      POISON[sorted(POISON)[i % len(POISON)]][0](poisoned)
+      with pytest.raises(V.EpisodeValidationError):  # refused whole: nothing written
+        rec.record(poisoned)
+  stats = logs.LogReadStats()
+  assert len(list(logs.read_log(tmp_path / "log", stats=stats))) == len(episodes)
+  assert stats == logs.LogReadStats(episodes=len(episodes))
+  path = recorder.publish_log(tmp_path / "log", data_dir=tmp_path / "data", name="edges")
+  source = R.data_source(path)
+  back = {ep[S.EPISODE_ID]: ep for ep in (R.materialize(source[i]) for i in range(len(source)))}
+  assert len(back) == len(episodes)
+  for ep in episodes:
+    T.assert_episodes_equal(back[ep[S.EPISODE_ID]], ep)

@@ -133,6 +133,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._schema: S.SchemaConfig | None = None
     self.pipeline_counters: dict[str, int] = {}  # filled by a Beam build
     super().__init__(**kwargs)
+    # The config name and the split become paths under data_dir: identifiers only.
+    P.check_dataset_name(self.builder_config.name, what="lm_logs config name")
+    P.check_dataset_name(self.builder_config.split, what="lm_logs split name")
 
   @property
   def log_dirs(self) -> tuple[str, ...]:
@@ -156,7 +159,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             P.METADATA_SCHEMA: self.schema.to_json(),
             P.METADATA_LINEAGE: json.dumps(lineage, sort_keys=True),
         }),
-        homepage="https://github.com/rlds-lm/rlds_lm",
+        homepage=P.HOMEPAGE,
+        citation=P.CITATION,
+        license=P.LICENSE,
     )
 
   def download_and_prepare(self, *,
@@ -199,6 +204,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       counters[counter.key.metric.name] += int(value or 0)
     self.pipeline_counters = counters
     logging.info("lm_logs %s: %s", self.builder_config.name, counters)
+    damage = {k: counters[k] for k in (LT.UNREADABLE_STEPS, LT.DAMAGED_EPISODES,
+                                       LT.INDEXED_NOT_READ, LT.UNREACHABLE_STEPS,
+                                       LT.UNOPENABLE_SHARDS, LT.ORPHAN_STEPS) if counters[k]}
+    if damage:
+      logging.warning("lm_logs %s: DAMAGED logs, the intact episodes were published: %s",
+                      self.builder_config.name, damage)
     if counters[LT.CONFLICTING_DUPLICATES]:
       logging.warning("lm_logs: %d episode_id(s) had copies with different content; the "
                       "copy from the earliest log directory was kept",

@@ -119,6 +119,8 @@ def test_two_logs_with_overlap_give_each_episode_once(tmp_path):
                    [str(tmp_path / "worker-1"), str(tmp_path / "worker-0")])
   assert builder.pipeline_counters == {
       LT.EPISODES_READ: 8, LT.INCOMPLETE_EPISODES: 0, LT.ORPHAN_STEPS: 0,
+      LT.UNREADABLE_STEPS: 0, LT.DAMAGED_EPISODES: 0, LT.INDEXED_NOT_READ: 0,
+      LT.UNREACHABLE_STEPS: 0, LT.UNOPENABLE_SHARDS: 0,
       LT.DUPLICATES_DROPPED: 2, LT.CONFLICTING_DUPLICATES: 1, LT.EPISODES_WRITTEN: 6}
 
   back = _decoded(builder.data_dir)
@@ -129,6 +131,21 @@ def test_two_logs_with_overlap_give_each_episode_once(tmp_path):
   assert set(ids) == set(expected)
   for episode in back:
     T.assert_episodes_equal(episode, V.validate_episode(expected[_id(episode)], SCHEMA))
+
+
+def test_a_damaged_log_gives_its_intact_episodes_and_counts_the_rest(tmp_path):
+  episodes = _episodes(5)
+  _record(tmp_path / "log", episodes)
+  (steps,) = [os.path.join(root, "steps.riegeli") for root, _, files
+              in os.walk(tmp_path / "log") if "steps.riegeli" in files]
+  with open(steps, "r+b") as f:  # a cut tail: the last episode's chunk is damaged
+    f.truncate(os.path.getsize(steps) - 5)
+  builder = _build(tmp_path / "beam", "damaged", [str(tmp_path / "log")])
+  counters = builder.pipeline_counters
+  assert counters[LT.EPISODES_WRITTEN] == 4 and counters[LT.DAMAGED_EPISODES] == 1
+  assert counters[LT.UNREADABLE_STEPS] > 0
+  assert sorted(_id(e) for e in _decoded(builder.data_dir)) == sorted(
+      e[S.EPISODE_ID] for e in episodes[:4])
 
 
 def test_logs_with_different_schemas_are_refused(tmp_path):

@@ -24,11 +24,17 @@ METRICS_NAMESPACE = "lm_logs"
 EPISODES_READ = "episodes_read"  # complete episodes read from all logs
 INCOMPLETE_EPISODES = "incomplete_episodes"  # episodes without a LAST step (a crash)
 ORPHAN_STEPS = "orphan_steps"  # steps before any FIRST step
+UNREADABLE_STEPS = "unreadable_steps"  # damaged steps (see rlds_lm.logs.LogReadStats)
+DAMAGED_EPISODES = "damaged_episodes"  # episodes dropped for an unreadable step
+INDEXED_NOT_READ = "indexed_not_read"  # indexed episodes the step stream does not reach
+UNREACHABLE_STEPS = "unreachable_steps"  # steps in steps.riegeli no offset reaches
+UNOPENABLE_SHARDS = "unopenable_shards"  # shard directories envlogger cannot open
 DUPLICATES_DROPPED = "duplicates_dropped"  # extra copies of an episode_id, dropped
 CONFLICTING_DUPLICATES = "conflicting_duplicates"  # ids whose copies differ in content
 EPISODES_WRITTEN = "episodes_written"  # distinct episode_ids, one episode each
-COUNTERS = (EPISODES_READ, INCOMPLETE_EPISODES, ORPHAN_STEPS, DUPLICATES_DROPPED,
-            CONFLICTING_DUPLICATES, EPISODES_WRITTEN)
+COUNTERS = (EPISODES_READ, INCOMPLETE_EPISODES, ORPHAN_STEPS, UNREADABLE_STEPS,
+            DAMAGED_EPISODES, INDEXED_NOT_READ, UNREACHABLE_STEPS, UNOPENABLE_SHARDS,
+            DUPLICATES_DROPPED, CONFLICTING_DUPLICATES, EPISODES_WRITTEN)
 
 # (log_index, position in that log, log_dir, episode)
 Copy = tuple[int, int, str, dict[str, Any]]
@@ -88,8 +94,14 @@ def read_log_dir(indexed_log_dir: tuple[int, str], schema_json: str
     yield episode[S.EPISODE_ID], (log_index, position, log_dir, episode)
   _counter(INCOMPLETE_EPISODES).inc(stats.incomplete_episodes)
   _counter(ORPHAN_STEPS).inc(stats.orphan_steps)
-  logging.info("lm_logs: %s: %d episodes, %d incomplete, %d orphan steps", log_dir,
-               stats.episodes, stats.incomplete_episodes, stats.orphan_steps)
+  _counter(UNREADABLE_STEPS).inc(stats.unreadable_steps)
+  _counter(DAMAGED_EPISODES).inc(stats.damaged_episodes)
+  _counter(INDEXED_NOT_READ).inc(stats.indexed_not_read)
+  _counter(UNREACHABLE_STEPS).inc(stats.unreachable_steps)
+  _counter(UNOPENABLE_SHARDS).inc(stats.unopenable_shards)
+  log = logging.warning if stats.damaged else logging.info
+  log("lm_logs: %s%s: %s", "DAMAGED log " if stats.damaged else "", log_dir,
+      stats.as_dict())
 
 
 def keep_first_copy(id_and_copies: tuple[str, Iterable[Copy]]) -> tuple[str, dict[str, Any]]:
