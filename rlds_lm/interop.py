@@ -932,6 +932,10 @@ def import_rows(source: str | os.PathLike[str], fmt: str, *, data_dir: str, name
   from rlds_lm import publish as P  # pylint: disable=g-import-not-at-top
   if fmt not in FORMATS:
     raise InteropError(f"format must be one of {FORMATS}, found {fmt!r}")
+  try:  # refuse a bad name before reading a single row
+    P.check_names(name, version)
+  except ValueError as e:
+    raise InteropError(str(e)) from e
   source = os.path.abspath(os.fspath(source))
   if not os.path.exists(source):
     raise InteropError(f"{source} does not exist")
