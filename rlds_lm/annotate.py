@@ -354,9 +354,14 @@ class Annotations:
     if ranking is None:
       best = [j["choice"]] if j["choice"] >= 0 else []
       ranking = best + [i for i in range(n) if i not in best]
+    # Scores say what the person said: N, N-1, ... by rank when they ranked; 1 for the
+    # chosen candidate and 0 for the others when they only picked one; all 0 for a tie.
     scores = np.zeros(n, np.float32)
-    for place, index in enumerate(ranking):
-      scores[index] = float(n - place) if j["choice"] >= 0 else 0.0
+    if j["ranking"] is not None:
+      for place, index in enumerate(ranking):
+        scores[index] = float(n - place)
+    elif j["choice"] >= 0:
+      scores[j["choice"]] = 1.0
     self._sequence[annotator] += 1
     obs = S.observation(self.pref_config, group.prompt_tokens, group.prompt_text, "prompt")
     episode = S.preference_episode(
@@ -402,18 +407,26 @@ class Annotations:
 
 
 def agreement(episodes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-  """Pairwise agreement of judges on the groups they both judged.
+  """Pairwise agreement of judges on the judgements they share.
 
-  For every prompt judged by two or more judges, every pair of judges agrees when they
-  chose the same candidate (or both called a tie). Returns the overall rate and the rate
-  per pair of judges (``"a | b"``), with the counts behind them.
+  Two judgements are of the same question when they have the same prompt and the same
+  set of candidates (whatever order each judge listed them in). For every question
+  answered by two or more judges (people, reward models, LLMs: ``kind:name``), every pair
+  of judges agrees when they chose the same candidate, or both called a tie. Returns the
+  overall rate and the rate per pair of judges (``"a | b"``), with the counts behind them.
   """
-  choices: dict[str, dict[str, int]] = collections.defaultdict(dict)
+  def text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+  choices: dict[tuple, dict[str, str]] = collections.defaultdict(dict)
   for episode in episodes:
     judge = episode[S.JUDGE]
-    name = f"{judge[S.JUDGE_KIND]}:{judge[S.JUDGE_NAME]}"
-    choices[str(episode[S.PROMPT_ID])][name] = int(
-        episode[S.STEPS][0][S.ACTION][S.ACT_CHOICE])
+    name = f"{text(judge[S.JUDGE_KIND])}:{text(judge[S.JUDGE_NAME])}"
+    candidates = [text(c) for c in episode.get(S.CANDIDATE_IDS, [])]
+    choice = int(episode[S.STEPS][0][S.ACTION][S.ACT_CHOICE])
+    chosen = "tie" if choice < 0 else (candidates[choice] if candidates else str(choice))
+    question = (text(episode[S.PROMPT_ID]), tuple(sorted(candidates)))
+    choices[question][name] = chosen
   pairs: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
   for by_judge in choices.values():
     names = sorted(by_judge)

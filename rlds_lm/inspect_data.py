@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -101,6 +102,7 @@ def scan(path: str | os.PathLike[str], split: str = "train", show: int = 3,
   rewards: dict[str, list[float]] = {"reward": []}
   per_prompt: dict[str, int] = {}
   shown, kept = [], []
+  judgements = []  # preference datasets: who chose what, for the agreement report
   try:
     tokenizer = tokenizer_from_name(config.tokenizer)
   except ValueError:
@@ -124,6 +126,11 @@ def scan(path: str | os.PathLike[str], split: str = "train", show: int = 3,
             totals[name] = totals.get(name, 0.0) + float(value)
     for name, value in totals.items():
       rewards.setdefault(name, []).append(value)
+    if config.kind == S.PREFERENCE:
+      judgements.append({S.PROMPT_ID: episode[S.PROMPT_ID], S.JUDGE: episode[S.JUDGE],
+                         S.CANDIDATE_IDS: list(episode[S.CANDIDATE_IDS]),
+                         S.STEPS: [{S.ACTION: {S.ACT_CHOICE: int(
+                             episode[S.STEPS][0][S.ACTION][S.ACT_CHOICE])}}]})
     if len(shown) < show:
       shown.append(episode_text(episode, config, tokenizer))
     if keep:
@@ -157,6 +164,12 @@ def scan(path: str | os.PathLike[str], split: str = "train", show: int = 3,
       "lineage": lineage,
       "examples": shown,
   }
+  if config.kind == S.PREFERENCE:
+    from rlds_lm import annotate  # pylint: disable=g-import-not-at-top
+    summary["judges"] = dict(collections.Counter(
+        f"{_text(j[S.JUDGE][S.JUDGE_KIND])}:{_text(j[S.JUDGE][S.JUDGE_NAME])}"
+        for j in judgements))
+    summary["agreement"] = annotate.agreement(judgements)
   return Scan(summary, config, kept, tokenizer)
 
 
@@ -219,6 +232,17 @@ def format_summary(summary: Mapping[str, Any]) -> str:
       out.append(f"  {name:>12}: mean {stats['mean']:.4g}  std {stats['std']:.4g}  "
                  f"min {stats['min']:.4g}  p10 {stats['p10']:.4g}  median "
                  f"{stats['median']:.4g}  p90 {stats['p90']:.4g}  max {stats['max']:.4g}")
+  if "judges" in summary:
+    out.append("judges: " + ", ".join(f"{k} ({n})" for k, n in sorted(
+        summary["judges"].items())))
+    agree = summary["agreement"]
+    if agree["pairs_compared"]:
+      out.append(f"agreement: {agree['agreement']:.3f} over {agree['pairs_compared']} "
+                 f"pairs of judges on the same candidates")
+      for pair, row in agree["by_pair"].items():
+        out.append(f"  {pair}: {row['agree']} of {row['compared']} ({row['rate']:.3f})")
+    else:
+      out.append("agreement: no question answered by two judges")
   out.append(f"lineage: {json.dumps(summary['lineage'], sort_keys=True)}")
   out.append(f"fields ({len(summary['fields'])}): " + ", ".join(summary["fields"]))
   for text in summary["examples"]:

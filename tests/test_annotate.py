@@ -296,3 +296,18 @@ def test_in_a_real_browser_with_a_kill_and_a_second_annotator(groups_dataset, tm
   _, records = read.iter_records(path)
   assert sorted(str(read.materialize(r)[S.PROMPT_ID]) for r in records) == [
       "p-0", "p-0", "p-1", "p-2"]
+  # inspect reports who judged and how often two judges agreed on the same candidates.
+  from rlds_lm import cli  # pylint: disable=g-import-not-at-top
+  from rlds_lm import inspect_data  # pylint: disable=g-import-not-at-top
+  report = inspect_data.summarize(path)
+  assert "agreement: 0.000 over 1 pairs" in inspect_data.format_summary(report)
+  assert report["judges"] == {"human:alice": 3, "human:bob": 1}
+  assert report["agreement"]["by_pair"] == {
+      "human:alice | human:bob": {"agree": 0, "compared": 1, "rate": 0.0}}
+  # The TRL preference export takes human judgements as it takes programmatic ones:
+  # chosen against each other candidate, ties left out.
+  rows_file = tmp_path / "prefs.jsonl"
+  assert cli.main(["export", path, "--format", "preference", "--jsonl",
+                   str(rows_file)]) == 0
+  rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+  assert len(rows) == 3 * 2 and {r["judge"]["kind"] for r in rows} == {"human"}
