@@ -55,6 +55,10 @@ COMMAND_BLOCKS = {
     ("annotate.md", "rlds-lm annotate DATA/"):
         "tests/test_annotate.py runs `rlds-lm annotate DATASET --out OUT --port P "
         "--undo_window_s 1 --overlap 2` and drives it in Chromium",
+    ("serving.md", "export OPENAI_API_KEY"):
+        "tests/pipelines/test_pipeline_served.py runs generate -> teacher -> score -> "
+        "judge -> publish with these endpoint flags against rlds-lm serve and scripted "
+        "servers (vLLM itself cannot run here: no GPU, no model downloads)",
     ("serving.md", "rlds-lm serve ckpt/policy"):
         "tests/backends/test_serve.py's fixture runs `rlds-lm serve CKPT --port P --name N "
         "--api_key_env NAME` on a tiny checkpoint",
