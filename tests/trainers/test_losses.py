@@ -562,6 +562,8 @@ def test_losses_compile_under_jit():
   bt = rng.normal(size=(2, 4)).astype(np.float32)
   calls = {
       "generalized_jsd": (lambda a, b: L.generalized_jsd(a, b, 0.3), (logp, logq)),
+      "gkd_divergence": (lambda a, b: L.gkd_divergence(a, b, 0.0), (logp, logq)),
+      "kl_penalty_term": (lambda a, b: L.kl_penalty_term(a, b, kind="k3"), (bt, -bt)),
       "topk_kd": (L.topk_kd, (logq, ids, top, np.ones(4))),
       "sampled_kd": (L.sampled_kd, (logq, ids, np.ones_like(ids), np.ones(4))),
       "seqkd_nll": (L.seqkd_nll, (bt, np.ones_like(bt))),
