@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -271,9 +270,7 @@ def train(config: BondConfig,
   jbond = config.algorithm == "jbond"
   reward = REWARDS[config.reward]
   reward_fn = reward.bind()  # a reward that needs options (a model) is refused here
-  os.makedirs(config.workdir, exist_ok=True)
-  with open(os.path.join(config.workdir, "config.json"), "w") as f:
-    json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
+  common.write_config(config.workdir, config)
 
   # 1. The initial policy: it starts the policy and the anchor, and stays the reference.
   initial = ckpt_lib.restore(config.policy)
@@ -317,10 +314,7 @@ def train(config: BondConfig,
   with place.context():
     params = place.params(initial.params)
     anchor = jax.tree.map(jnp.copy, params)
-    opt_state = jax.jit(optimizer.init)(params)
-    # jit returns it uncommitted; the step's outputs are committed, and that difference
-    # alone would compile the step a second time at step 1.
-    opt_state = jax.tree.map(lambda x: jax.device_put(x, x.sharding), opt_state)
+    opt_state = common.init_opt_state(optimizer, params)
   checkpoints = common.Checkpoints(os.path.join(config.workdir, "checkpoints"))
   start_step = 0
   # Checkpoints.save stores one "params" pytree: it holds {"policy", "anchor"} here.
@@ -328,8 +322,11 @@ def train(config: BondConfig,
   if restored is not None:
     start_step, state, opt_state, _, _ = restored
     params, anchor = state["policy"], state["anchor"]
-  metrics_log = common.Metrics(os.path.join(config.workdir, "metrics.jsonl"),
-                               resume_from=start_step if restored else None)
+  end = config.steps if stop_at is None else min(stop_at, config.steps)
+  books = common.Bookkeeper(
+      config.workdir, steps=config.steps, end=end, log_every=config.log_every,
+      checkpoint_every=config.checkpoint_every, eval_every=config.eval_every,
+      eval_fn=eval_fn, model=model, resumed_from=start_step if restored else None)
   origin = {"checkpoint": os.path.abspath(config.policy), "digest": initial.digest}
 
   train_step = compiled_step(model, config.algorithm, config.beta, config.kl_weight, optim,
@@ -358,9 +355,6 @@ def train(config: BondConfig,
                               trainer=config.algorithm, texts=texts, sampler=sampler)
 
   # 4. The loop.
-  last = {}
-  end = config.steps if stop_at is None else min(stop_at, config.steps)
-  evals, evaluated_at = {}, None  # the last periodic evaluation, reused at the end
   try:
     for step in range(start_step, end):
       # 4a. Sample: 1 completion per prompt from the policy; J-BOND adds 2 from the anchor.
@@ -398,30 +392,21 @@ def train(config: BondConfig,
       values.update(common.to_floats(metrics))
       common.check_finite(step, values, {"dataset": np.zeros(len(index), np.int32),
                                          "record_index": np.asarray(index)})
-      last = values
       done = step + 1
-      if done % config.log_every == 0 or done == config.steps:
-        metrics_log.log(done, values)
-      if config.eval_every and done % config.eval_every == 0:
-        evals, evaluated_at = common.evaluate(eval_fn, model, params, metrics_log,
-                                              done), done
-      if done % config.checkpoint_every == 0 or done in (config.steps, end):
+      books.after_step(done, values, params)
+      if books.checkpoint_due(done):
         checkpoints.save(done, {"policy": params, "anchor": anchor}, opt_state,
                          {"step": done}, {"origin": origin, "metrics": values})
   finally:
     checkpoints.close()
     generations.close()
 
-  if end < config.steps:
-    return {"metrics": last, "stopped_at": end, "resumed_from": start_step}
+  if books.stopped:
+    return {"metrics": books.last, "stopped_at": end, "resumed_from": start_step}
 
   # 5. The policy as a plain checkpoint (pipelines.generate can sample from it), plots.
-  final = evals if evaluated_at == config.steps else common.evaluate(
-      eval_fn, model, params, metrics_log, config.steps)
   keys = ["reward", "anchor_reward", "kl", "loss"] if jbond else ["reward", "kl", "loss"]
-  policy_dir, digest, plot = common.finish(config.workdir, "policy", model, params,
-                                           metrics_log, keys,
-                                           f"{config.algorithm} ({config.reward})")
-  return {"metrics": last, "eval": final, "policy": policy_dir, "policy_digest": digest,
-          "plot": plot, "seconds": time.perf_counter() - started,
+  final = books.finish("policy", model, params, keys,
+                       f"{config.algorithm} ({config.reward})")
+  return {"metrics": books.last, **final, "seconds": time.perf_counter() - started,
           "resumed_from": start_step}

@@ -11,6 +11,9 @@
   iterator state (``{"step", "fingerprint"}``), so a restart continues the exact batch
   sequence.
 * :class:`Metrics`: one JSON line per logged step, and PNG plots of chosen series.
+* :class:`Bookkeeper`: what each trainer's loop does after its update (log, evaluate,
+  time the checkpoints) and at its end (final evaluation, exported model, plot), so the
+  three trainers keep their own linear loops without three copies of it.
 * :class:`TrainingDivergedError`: a non-finite loss stops training before anything is
   saved, naming the step and the records of the batch; the last good checkpoint stays.
 """
@@ -260,27 +263,103 @@ class Checkpoints:
     self._manager.close()
 
 
-def evaluate(eval_fn: Callable[[ModelConfig, Params], Mapping[str, float]] | None,
-             model: ModelConfig, params: Params, metrics: Metrics, step: int
-             ) -> dict[str, float]:
-  """``eval_fn``'s metrics as ``eval/<name>``, logged at ``step`` ({} without one)."""
-  if eval_fn is None:
-    return {}
-  values = {f"eval/{k}": v for k, v in eval_fn(model, params).items()}
-  metrics.log(step, values)
-  return values
+# --------------------------------------------------------------------------------------
+# Bookkeeping: what every trainer does around its update.
+# --------------------------------------------------------------------------------------
+
+EvalFn = Callable[[ModelConfig, Params], Mapping[str, float]]
 
 
-def finish(workdir: str, name: str, model: ModelConfig, params: Params, metrics: Metrics,
-           plot_keys: Sequence[str], title: str) -> tuple[str, str, str]:
-  """The end of every trainer: the trained model as a plain checkpoint
-  ``workdir/name`` (``pipelines.generate --policy`` samples from it) and the metrics plot.
-  Returns (checkpoint directory, digest, plot path)."""
-  from rlds_lm.models import checkpoint  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(workdir, name)
-  digest = checkpoint.save(directory, model, jax.device_get(params), overwrite=True)
-  plot = metrics.plot(os.path.join(workdir, "metrics.png"), plot_keys, title=title)
-  return directory, digest, plot
+def write_config(workdir: str, config: Any) -> None:
+  """``workdir/config.json``: the run's config (``config.to_json()``), as it was run."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
+
+
+class Bookkeeper:
+  """The logging, evaluation, checkpoint timing and end of a run, shared by the trainers.
+
+  Each trainer keeps its own linear loop and calls, after every update::
+
+      logged = books.after_step(done, values, params)   # metrics.jsonl, eval, progress
+      if books.checkpoint_due(done):
+        checkpoints.save(done, ...)
+
+  and at the end ``books.finish(...)``. ``done`` counts the steps done (``step + 1``).
+
+  Metrics of step ``done`` are logged every ``log_every`` steps and at the last step;
+  ``eval_fn`` (when given) runs every ``eval_every`` steps (0: only at the end) and its
+  metrics are logged as ``eval/<name>``; a checkpoint is due every ``checkpoint_every``
+  steps, at the last step and where this call stops (``end``, a preemption).
+  """
+
+  def __init__(self, workdir: str, *, steps: int, end: int, log_every: int,
+               checkpoint_every: int, resumed_from: int | None = None,
+               eval_every: int = 0, eval_fn: EvalFn | None = None,
+               model: ModelConfig | None = None,
+               progress: Callable[[int, Mapping[str, float]], None] | None = None):
+    self.workdir = workdir
+    self.steps, self.end = steps, end
+    self.log_every, self.checkpoint_every, self.eval_every = (log_every, checkpoint_every,
+                                                              eval_every)
+    self.eval_fn, self.model, self.progress = eval_fn, model, progress
+    self.metrics = Metrics(os.path.join(workdir, "metrics.jsonl"),
+                           resume_from=resumed_from)
+    self.last: dict[str, float] = {}  # the metrics of the last step done
+    self.evals: dict[str, float] = {}  # the last periodic evaluation ...
+    self.evaluated_at: int | None = None  # ... and its step
+
+  def evaluate(self, params: Params, step: int) -> dict[str, float]:
+    """``eval_fn``'s metrics as ``eval/<name>``, logged at ``step`` ({} without one)."""
+    if self.eval_fn is None:
+      return {}
+    values = {f"eval/{k}": v for k, v in self.eval_fn(self.model, params).items()}
+    self.metrics.log(step, values)
+    self.evals, self.evaluated_at = values, step
+    return values
+
+  def after_step(self, done: int, values: Mapping[str, float], params: Params | None = None
+                 ) -> dict[str, float]:
+    """Logs step ``done``'s metrics and evaluates ``params`` when due; returns what was
+    logged (also passed to ``progress``)."""
+    self.last = dict(values)
+    logged = {}
+    if done % self.log_every == 0 or done == self.steps:
+      self.metrics.log(done, values)
+      logged = dict(values)
+    if self.eval_every and done % self.eval_every == 0:
+      logged.update(self.evaluate(params, done))
+    if self.progress is not None and logged:
+      self.progress(done, logged)
+    return logged
+
+  def checkpoint_due(self, done: int) -> bool:
+    return done % self.checkpoint_every == 0 or done in (self.steps, self.end)
+
+  @property
+  def stopped(self) -> bool:
+    """True when this call ends before the run's last step (``stop_at``)."""
+    return self.end < self.steps
+
+  def final_eval(self, params: Params) -> dict[str, float]:
+    """The evaluation at the last step: the periodic one when it ran there."""
+    if self.evaluated_at == self.steps:
+      return self.evals
+    return self.evaluate(params, self.steps)
+
+  def finish(self, name: str, model: ModelConfig, params: Params, plot_keys: Sequence[str],
+             title: str) -> dict[str, Any]:
+    """The end of every trainer: the final evaluation, the trained model as a plain
+    checkpoint ``workdir/name`` (``pipelines.generate --policy`` samples from it) and the
+    metrics plot. Returns ``{"eval", name, name + "_digest", "plot"}``."""
+    from rlds_lm.models import checkpoint  # pylint: disable=g-import-not-at-top
+    final = self.final_eval(params)
+    directory = os.path.join(self.workdir, name)
+    digest = checkpoint.save(directory, model, jax.device_get(params), overwrite=True)
+    plot = self.metrics.plot(os.path.join(self.workdir, "metrics.png"), plot_keys,
+                             title=title)
+    return {"eval": final, name: directory, f"{name}_digest": digest, "plot": plot}
 
 
 # --------------------------------------------------------------------------------------

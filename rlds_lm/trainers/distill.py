@@ -7,16 +7,25 @@ decoder (``rlds_lm.models``) with one of the losses of ``rlds_lm.trainers.losses
 * ``sampled_kd``: cross-entropy to the stored Gemma-3-style sampled-k teacher draws;
 * ``seqkd``: negative log-likelihood of the dataset's completions (SeqKD when the
   completions were sampled from the teacher; SFT when they are reference answers);
-* ``jsd``: generalized JSD(beta) between the live teacher's and the student's full
-  distributions (needs ``teacher``), GKD's loss.
+* ``jsd``: GKD's divergence between the live teacher's and the student's full
+  distributions (needs ``teacher``): the generalized JSD(beta) for 0 < beta < 1, the
+  forward KL(teacher || student) at beta = 0 and the reverse KL(student || teacher) at
+  beta = 1 (:func:`rlds_lm.trainers.losses.gkd_divergence`).
+
+Losses are picked by name from :data:`LOSSES` (name -> per-token function and the dataset
+fields it needs); a new one is one entry there.
 
 With ``student_fraction`` (GKD's lambda) > 0, that fraction of the steps trains on the
 student's own samples instead of the dataset's completions: the step's prompts are
-completed by the current student, the teacher scores them, and the JSD(beta) loss is
-applied; every such generation is recorded as a rollout episode (with the teacher's
-top-k) in ``workdir/generations`` through :class:`rlds_lm.recorder.Recorder`, so the
-on-policy data is kept like any other. Which steps are on-policy and the sampling seeds
-are functions of (seed, step): a resumed run makes the same choices.
+completed by the current student, the teacher scores them, and the same divergence is
+applied; with ``record_generations`` (the default) every such generation is recorded as a
+rollout episode (with the teacher's top-``generation_top_k``, a second teacher pass) in
+``workdir/generations`` through :class:`rlds_lm.recorder.Recorder`, so the on-policy
+data is kept like any other. Which steps are on-policy and the sampling seeds are
+functions of (seed, step): a resumed run makes the same choices.
+
+``keep_when`` (e.g. ``"accuracy>=0.5"``) keeps the student the first time an evaluation
+reaches a threshold, as ``workdir/kept`` next to the final ``workdir/student``.
 
 Example (CPU, seconds)::
 
@@ -31,9 +40,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +59,65 @@ from rlds_lm.trainers import common
 from rlds_lm.trainers import data as D
 from rlds_lm.trainers import losses as L
 
-LOSSES = ("topk_kd", "sampled_kd", "seqkd", "jsd")
-_REQUIRED = {"topk_kd": (S.TEACHER_TOPK_IDS, S.TEACHER_TOPK_LOGPROBS),
-             "sampled_kd": (S.TEACHER_SAMPLED_IDS, S.TEACHER_SAMPLED_COUNTS),
-             "seqkd": (), "jsd": ()}
+
+# --------------------------------------------------------------------------------------
+# Losses: name -> per-token loss on dataset completions.
+# --------------------------------------------------------------------------------------
+
+
+class Inputs(NamedTuple):
+  """What a per-token loss reads: the student's log-probs ``logp`` float32 [B, T, V]
+  (``T = L - 1``: position t predicts token t + 1), the next ``targets`` [B, T], the
+  trained-token ``mask`` [B, T], the ``batch`` and ``teacher_logp()``, the live teacher's
+  log-probs [B, T, V] (stop-gradient; only losses that call it run the teacher)."""
+
+  logp: jax.Array
+  targets: jax.Array
+  mask: jax.Array
+  batch: Mapping[str, jax.Array]
+  teacher_logp: Callable[[], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A distillation loss: ``per_token(config, inputs) -> [B, T]`` (averaged over the
+  mask), the dataset fields it needs (a dataset without them is refused before
+  training) and whether it needs a live teacher checkpoint."""
+
+  per_token: Callable[[DistillConfig, Inputs], jax.Array]
+  requires: tuple[str, ...] = ()
+  live_teacher: bool = False
+
+
+def _topk_kd(config: DistillConfig, x: Inputs) -> jax.Array:
+  del config
+  return L.topk_kd(x.logp, x.batch[D.TEACHER_TOPK_IDS][:, 1:],
+                   x.batch[D.TEACHER_TOPK_LOGPROBS][:, 1:], x.mask)
+
+
+def _sampled_kd(config: DistillConfig, x: Inputs) -> jax.Array:
+  del config
+  return L.sampled_kd(x.logp, x.batch[D.TEACHER_SAMPLED_IDS][:, 1:],
+                      x.batch[D.TEACHER_SAMPLED_COUNTS][:, 1:], x.mask)
+
+
+def _seqkd(config: DistillConfig, x: Inputs) -> jax.Array:
+  del config
+  return -common.gather_tokens(x.logp, x.targets)
+
+
+def _jsd(config: DistillConfig, x: Inputs) -> jax.Array:
+  # beta = 0 / 1 are the forward / reverse KL (JSD(0) = JSD(1) = 0 would train nothing).
+  return L.gkd_divergence(x.teacher_logp(), x.logp, config.beta, x.mask)
+
+
+LOSSES: dict[str, Loss] = {
+    "topk_kd": Loss(_topk_kd, (S.TEACHER_TOPK_IDS, S.TEACHER_TOPK_LOGPROBS)),
+    "sampled_kd": Loss(_sampled_kd, (S.TEACHER_SAMPLED_IDS, S.TEACHER_SAMPLED_COUNTS)),
+    "seqkd": Loss(_seqkd),
+    "jsd": Loss(_jsd, live_teacher=True),
+}
+_KEEP_WHEN = re.compile(r"^\s*([\w/.-]+)\s*(>=|<=)\s*([-+0-9.eE]+|[-+]?inf)\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +136,9 @@ class DistillConfig:
   max_length: int = 64
   max_new_tokens: int = 16  # on-policy completions
   temperature: float = 1.0  # on-policy sampling temperature
+  record_generations: bool = True  # on-policy generations -> workdir/generations
+  generation_top_k: int = 8  # teacher top-k stored with each recorded generation
+  tokenizer: str = "byte"  # the recorded generations' tokenizer (schema metadata)
   seed: int = 0
   optim: common.OptimConfig = common.OptimConfig()
   mesh_data: int = 1
@@ -78,18 +146,27 @@ class DistillConfig:
   log_every: int = 10
   checkpoint_every: int = 50
   eval_every: int = 0  # 0: evaluate at the end only (when an eval_fn is given)
+  # "<eval metric>>=<value>" (or <=): keep the student as workdir/kept the first time an
+  # evaluation reaches it (e.g. "accuracy>=0.5"); "" keeps nothing but the final one.
+  keep_when: str = ""
   eos_id: int = 2  # byte tokenizer's EOS: ends on-policy completions
 
   def __post_init__(self):
     if self.loss not in LOSSES:
-      raise ValueError(f"loss must be one of {LOSSES}, found {self.loss!r}")
+      raise ValueError(f"loss must be one of {tuple(LOSSES)}, found {self.loss!r}")
     if not 0.0 <= self.beta <= 1.0:
       raise ValueError(f"beta must be in [0, 1], found {self.beta}")
     if not 0.0 <= self.student_fraction <= 1.0:
       raise ValueError(f"student_fraction must be in [0, 1], found {self.student_fraction}")
-    if (self.loss == "jsd" or self.student_fraction > 0) and not self.teacher:
+    if (LOSSES[self.loss].live_teacher or self.student_fraction > 0) and not self.teacher:
       raise ValueError("loss='jsd' and on-policy steps (student_fraction > 0) need a "
                        "teacher checkpoint")
+    if self.generation_top_k < 1:
+      raise ValueError(f"generation_top_k must be >= 1, found {self.generation_top_k}")
+    if self.keep_when and not _KEEP_WHEN.match(self.keep_when):
+      raise ValueError(f"keep_when: expected '<eval metric>>=<value>' or "
+                       f"'<eval metric><=<value>' (e.g. 'accuracy>=0.5'), found "
+                       f"{self.keep_when!r}")
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -107,43 +184,39 @@ def load_student(spec: str, seed: int):
   return config, gemma.init_params(config, seed), {"init": spec, "seed": seed}
 
 
+def _inputs(model: model_config.ModelConfig, params, batch, extra) -> Inputs:
+  valid = batch[D.SEGMENT_IDS] > 0
+  logp = common.sequence_logprobs(model, params, batch[D.TOKENS], valid)[:, :-1]
+  targets, mask = common.targets_and_mask(batch)
+
+  def teacher_logp():
+    return jax.lax.stop_gradient(common.sequence_logprobs(
+        extra["teacher_config"], extra["teacher"], batch[D.TOKENS], valid)[:, :-1])
+
+  return Inputs(logp, targets, mask, batch, teacher_logp)
+
+
 def off_policy_loss(config: DistillConfig, model: model_config.ModelConfig):
-  """loss_fn(params, batch, teacher_params) on dataset completions."""
+  """loss_fn(params, batch, extra) on dataset completions: ``LOSSES[config.loss]``."""
+  per_token_fn = LOSSES[config.loss].per_token
 
   def loss_fn(params, batch, extra):
-    valid = batch[D.SEGMENT_IDS] > 0
-    logp = common.sequence_logprobs(model, params, batch[D.TOKENS], valid)[:, :-1]
-    targets, mask = common.targets_and_mask(batch)
-    if config.loss == "topk_kd":
-      per_token = L.topk_kd(logp, batch[D.TEACHER_TOPK_IDS][:, 1:],
-                            batch[D.TEACHER_TOPK_LOGPROBS][:, 1:], mask)
-    elif config.loss == "sampled_kd":
-      per_token = L.sampled_kd(logp, batch[D.TEACHER_SAMPLED_IDS][:, 1:],
-                               batch[D.TEACHER_SAMPLED_COUNTS][:, 1:], mask)
-    elif config.loss == "seqkd":
-      per_token = -common.gather_tokens(logp, targets)
-    else:
-      teacher_logp = jax.lax.stop_gradient(common.sequence_logprobs(
-          extra["teacher_config"], extra["teacher"], batch[D.TOKENS], valid)[:, :-1])
-      per_token = L.generalized_jsd(teacher_logp, logp, config.beta, mask)
-    loss = L.masked_mean(per_token, mask)
-    nll = L.masked_mean(-common.gather_tokens(logp, targets), mask)
-    return loss, {"nll": nll, "tokens": jnp.sum(mask)}
+    x = _inputs(model, params, batch, extra)
+    loss = L.masked_mean(per_token_fn(config, x), x.mask)
+    nll = L.masked_mean(-common.gather_tokens(x.logp, x.targets), x.mask)
+    return loss, {"nll": nll, "tokens": jnp.sum(x.mask)}
 
   return loss_fn
 
 
 def on_policy_loss(config: DistillConfig, model: model_config.ModelConfig):
-  """loss_fn on the student's own completions: JSD(beta) to the live teacher."""
+  """loss_fn on the student's own completions: GKD's divergence to the live teacher
+  (JSD(beta); forward / reverse KL at beta = 0 / 1)."""
 
   def loss_fn(params, batch, extra):
-    valid = batch[D.SEGMENT_IDS] > 0
-    logp = common.sequence_logprobs(model, params, batch[D.TOKENS], valid)[:, :-1]
-    teacher_logp = jax.lax.stop_gradient(common.sequence_logprobs(
-        extra["teacher_config"], extra["teacher"], batch[D.TOKENS], valid)[:, :-1])
-    _, mask = common.targets_and_mask(batch)
-    loss = L.masked_mean(L.generalized_jsd(teacher_logp, logp, config.beta, mask), mask)
-    return loss, {"nll": jnp.float32(0.0), "tokens": jnp.sum(mask)}
+    x = _inputs(model, params, batch, extra)
+    loss = L.masked_mean(_jsd(config, x), x.mask)
+    return loss, {"nll": jnp.float32(0.0), "tokens": jnp.sum(x.mask)}
 
   # Traced separately from the off-policy step: different batch contents, same shapes.
   return loss_fn
@@ -194,9 +267,7 @@ def train(config: DistillConfig,
     progress: called with (steps done, metrics) whenever metrics are logged.
   """
   started = time.perf_counter()
-  os.makedirs(config.workdir, exist_ok=True)
-  with open(os.path.join(config.workdir, "config.json"), "w") as f:
-    json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
+  common.write_config(config.workdir, config)
 
   # 1. Models. The student trains; the teacher (if any) only scores.
   model, params, origin = load_student(config.student, config.seed)
@@ -212,7 +283,7 @@ def train(config: DistillConfig,
       dict(config.datasets),
       D.DataConfig(batch_size=config.batch_size, max_length=config.max_length,
                    seed=config.seed),
-      require=_REQUIRED[config.loss], optional=(), vocab_size=model.vocab_size)
+      require=LOSSES[config.loss].requires, optional=(), vocab_size=model.vocab_size)
   if config.student_fraction > 0 and config.max_new_tokens >= config.max_length:
     raise ValueError("max_new_tokens must leave room for the prompt in max_length")
 
@@ -232,21 +303,24 @@ def train(config: DistillConfig,
   if teacher is not None:
     with place.context():
       extra = {"teacher": place.params(teacher.params)}
-  metrics_log = common.Metrics(os.path.join(config.workdir, "metrics.jsonl"),
-                               resume_from=start_step if restored else None)
+  end = config.steps if stop_at is None else min(stop_at, config.steps)
+  books = common.Bookkeeper(
+      config.workdir, steps=config.steps, end=end, log_every=config.log_every,
+      checkpoint_every=config.checkpoint_every, eval_every=config.eval_every,
+      eval_fn=eval_fn, model=model, progress=progress,
+      resumed_from=start_step if restored else None)
 
   teacher_config = teacher.config if teacher is not None else None
   off_step = common.make_train_step(_with_static(off_policy_loss(config, model),
                                                  teacher_config), optimizer)
   on_step = common.make_train_step(_with_static(on_policy_loss(config, model),
                                                 teacher_config), optimizer)
-  recorder = _generations_recorder(config, model) if config.student_fraction > 0 else None
+  recorder = (_generations_recorder(config, model)
+              if config.student_fraction > 0 and config.record_generations else None)
+  kept = _kept(config)
 
   # 4. The loop.
   iterator = pipeline.iterator(data_state)
-  last = {}
-  end = config.steps if stop_at is None else min(stop_at, config.steps)
-  evals, evaluated_at = {}, None  # the last periodic evaluation, reused at the end
   try:
     for step in range(start_step, end):
       batch = next(iterator)
@@ -265,19 +339,11 @@ def train(config: DistillConfig,
             f"batch {step} has no trained (completion) tokens: every row's prompt fills "
             f"max_length={config.max_length}; raise max_length (the data pipeline cuts "
             f"sequences from the right)")
-      last = values
       done = step + 1
-      logged = {}
-      if done % config.log_every == 0 or done == config.steps:
-        metrics_log.log(done, values)
-        logged = values
-      if config.eval_every and done % config.eval_every == 0:
-        evals, evaluated_at = common.evaluate(eval_fn, model, params, metrics_log,
-                                              done), done
-        logged = {**logged, **evals}
-      if progress is not None and logged:
-        progress(done, logged)
-      if done % config.checkpoint_every == 0 or done in (config.steps, end):
+      logged = books.after_step(done, values, params)
+      if kept is not None and kept.due(logged):
+        kept.save(done, model, params, logged)
+      if books.checkpoint_due(done):
         checkpoints.save(done, params, opt_state, iterator.get_state(),
                          {"origin": origin, "metrics": values})
   finally:
@@ -286,18 +352,53 @@ def train(config: DistillConfig,
     if recorder is not None:
       recorder.close()
 
-  if end < config.steps:
-    return {"metrics": last, "stopped_at": end, "resumed_from": start_step}
+  if books.stopped:
+    return {"metrics": books.last, "stopped_at": end, "resumed_from": start_step}
 
   # 5. The student as a plain checkpoint (pipelines.generate can sample from it), plots.
-  final = evals if evaluated_at == config.steps else common.evaluate(
-      eval_fn, model, params, metrics_log, config.steps)
-  student_dir, digest, plot = common.finish(config.workdir, "student", model, params,
-                                            metrics_log, ["loss", "nll"],
-                                            f"distill ({config.loss})")
-  return {"metrics": last, "eval": final, "student": student_dir, "student_digest": digest,
-          "plot": plot, "seconds": time.perf_counter() - started,
-          "resumed_from": start_step, "data": pipeline.summary()}
+  final = books.finish("student", model, params, ["loss", "nll"],
+                       f"distill ({config.loss})")
+  if kept is not None and kept.due(final):  # first reached by the final evaluation
+    kept.save(config.steps, model, params, final)
+  return {"metrics": books.last, **final, "seconds": time.perf_counter() - started,
+          "resumed_from": start_step, "data": pipeline.summary(),
+          "kept": kept.result() if kept is not None else None}
+
+
+class _Keeper:
+  """``keep_when``: the student at the first evaluation that reaches a threshold, kept as
+  a plain checkpoint ``workdir/kept`` with ``workdir/kept.json`` (step, metric, value).
+  Once kept (also by an earlier part of a resumed run) it is never replaced."""
+
+  def __init__(self, workdir: str, metric: str, op: str, threshold: float):
+    self.directory = os.path.join(workdir, "kept")
+    self.metric = metric if metric.startswith("eval/") else f"eval/{metric}"
+    self.op, self.threshold = op, threshold
+
+  def due(self, logged: Mapping[str, float]) -> bool:
+    if self.metric not in logged or os.path.exists(self.directory + ".json"):
+      return False
+    value = logged[self.metric]
+    return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+  def save(self, step: int, model, params, logged: Mapping[str, float]) -> None:
+    digest = ckpt_lib.save(self.directory, model, jax.device_get(params), overwrite=True)
+    with open(self.directory + ".json", "w") as f:
+      json.dump({"step": step, "metric": self.metric, "value": logged[self.metric],
+                 "digest": digest}, f, indent=2, sort_keys=True)
+
+  def result(self) -> dict[str, Any] | None:
+    if not os.path.exists(self.directory + ".json"):
+      return None
+    with open(self.directory + ".json") as f:
+      return {"checkpoint": self.directory, **json.load(f)}
+
+
+def _kept(config: DistillConfig) -> _Keeper | None:
+  if not config.keep_when:
+    return None
+  metric, op, value = _KEEP_WHEN.match(config.keep_when).groups()
+  return _Keeper(config.workdir, metric, op, float(value))
 
 
 def _with_static(loss_fn, teacher_config):
@@ -311,13 +412,14 @@ def _with_static(loss_fn, teacher_config):
 
 def _generations_recorder(config: DistillConfig, model: model_config.ModelConfig):
   from rlds_lm import recorder  # pylint: disable=g-import-not-at-top
-  schema = S.SchemaConfig(vocab_size=model.vocab_size, tokenizer="byte",
-                          teacher_top_k=8)
+  schema = S.SchemaConfig(vocab_size=model.vocab_size, tokenizer=config.tokenizer,
+                          teacher_top_k=config.generation_top_k)
   return recorder.Recorder(os.path.join(config.workdir, "generations"), schema)
 
 
 def _generate(config, model, params, teacher, batch, step, recorder):
-  """The step's prompts completed by the current student, recorded with teacher top-k."""
+  """The step's prompts completed by the current student; with a ``recorder``, each
+  completion is recorded with the teacher's top-``generation_top_k``."""
   prompts = prompts_of(batch)
   budget = config.max_length - config.max_new_tokens
   prompts = [p[-budget:] for p in prompts]
@@ -331,7 +433,7 @@ def _generate(config, model, params, teacher, batch, step, recorder):
     keep = [i for i, c in enumerate(completions) if len(c.tokens)]
     annotated = teacher_scoring.annotate(
         teacher.config, teacher.params, [sequences[i] for i in keep],
-        [len(prompts[i]) for i in keep], top_k=8) if keep else []
+        [len(prompts[i]) for i in keep], top_k=config.generation_top_k) if keep else []
     schema = recorder.config
     for i, arrays in zip(keep, annotated):
       turn = S.Turn(S.observation(schema, prompts[i]), action_tokens=completions[i].tokens,
@@ -362,6 +464,10 @@ def main(argv=None) -> int:
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--max_length", type=int, default=64)
   parser.add_argument("--max_new_tokens", type=int, default=16)
+  parser.add_argument("--generation_top_k", type=int, default=8,
+                      help="teacher top-k stored with recorded on-policy generations")
+  parser.add_argument("--no_record_generations", action="store_true",
+                      help="do not record the on-policy generations")
   parser.add_argument("--learning_rate", type=float, default=1e-3)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--mesh_data", type=int, default=1)
@@ -376,6 +482,8 @@ def main(argv=None) -> int:
         loss=args.loss, beta=args.beta, student_fraction=args.student_fraction,
         steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
         max_new_tokens=args.max_new_tokens, seed=args.seed, mesh_data=args.mesh_data,
+        generation_top_k=args.generation_top_k,
+        record_generations=not args.no_record_generations,
         optim=common.OptimConfig(learning_rate=args.learning_rate))
     result = train(config)
   except (ValueError, FileNotFoundError, common.TrainingDivergedError) as e:

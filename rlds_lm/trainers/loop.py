@@ -64,6 +64,7 @@ class LoopConfig:
   max_new_tokens: int = 8
   temperature: float = 1.0
   top_k: int = 8  # teacher top-k stored with each generation
+  tokenizer: str = "byte"  # the tokenizer the recorded episodes name (schema metadata)
   seed: int = 0
   learning_rate: float = 1e-3
   eos_id: int = 2
@@ -87,7 +88,8 @@ def _generate(config: LoopConfig, iteration: int, student, teacher, log_dir: str
               ) -> tuple[int, dict[str, float]]:
   """Steps 1-3: sample, annotate, score, record. Returns the number of episodes
   recorded and the mean of each reward over them."""
-  schema = S.SchemaConfig(vocab_size=student.config.vocab_size, tokenizer="byte",
+  schema = S.SchemaConfig(vocab_size=student.config.vocab_size,
+                          tokenizer=config.tokenizer,
                           teacher_top_k=config.top_k, reward_names=config.reward_names)
   prompts = [np.asarray(tokens, np.int32) for _, tokens in config.prompts]
   groups = rollouts.sample_group(

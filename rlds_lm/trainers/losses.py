@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -62,6 +63,20 @@ def _masked(values: Array, mask: ArrayLike | None) -> Array:
     return values
   m = _weights(mask, values.shape)
   return jnp.where(m > 0, values, 0.0) * m
+
+
+def _keep(x: Array, mask: ArrayLike | None, fill: ArrayLike = 0.0) -> Array:
+  """``x`` with ``fill`` wherever ``mask == 0`` (trailing axes of ``x`` beyond the mask's
+  are the same for the whole position: a [..., V] row under a [...] mask).
+
+  Applied to a loss's *inputs*: masking only the output leaves a NaN or inf at a padded
+  position in the backward pass (0 * NaN = NaN), so the computation must not see it.
+  """
+  if mask is None:
+    return x
+  keep = _f32(mask) > 0
+  keep = keep.reshape(keep.shape + (1,) * (x.ndim - keep.ndim))
+  return jnp.where(keep, x, jnp.asarray(fill, x.dtype))
 
 
 def masked_mean(values: ArrayLike, mask: ArrayLike | None = None) -> Array:
@@ -124,6 +139,8 @@ def _normalized_jsd_interior(logp: Array, logq: Array, b: Array, c: Array) -> Ar
     KL(P||M) / c = sum_v [(Q - P) - P s_P / c],   KL(Q||M) / b = sum_v [(P - Q) - Q s_Q / b],
 
   each bracket >= 0 and computed without dividing a rounded difference by a small b or c.
+  An id that one side gives probability 0 (log-prob -inf) gets d clipped to -+1e4: the
+  exact limit of its bracket, and a finite gradient (0 through the clipped d).
   """
   log_b = jnp.where(b < 0.5, jnp.log(b), jnp.log1p(-c))
   log_c = jnp.where(c < 0.5, jnp.log(c), jnp.log1p(-b))
@@ -139,10 +156,17 @@ def _normalized_jsd_interior(logp: Array, logq: Array, b: Array, c: Array) -> Ar
 
 
 def _kl_rows(logp: Array, logq: Array) -> Array:
-  """KL(P || Q) = sum_v P (log P - log Q) per row, with 0 log 0 = 0."""
-  p = jnp.exp(logp)
-  safe_logq = jnp.where(p > 0, logq, 0.0)
-  return jnp.sum(jnp.where(p > 0, p * (logp - safe_logq), 0.0), axis=-1)
+  """KL(P || Q) = sum_v P (log P - log Q) per row, with 0 log 0 = 0 (and +inf where
+  P > 0 = Q). Ids with P = 0 are computed on a stand-in, so their gradient is 0."""
+  p_pos = ~jnp.isneginf(logp)
+  p = jnp.exp(jnp.where(p_pos, logp, 0.0))
+  diff = jnp.where(p_pos, logp, 0.0) - jnp.where(p_pos, logq, 0.0)
+  return jnp.sum(jnp.where(p_pos, p * diff, 0.0), axis=-1)
+
+
+def _uniform_logp(logp: ArrayLike) -> float:
+  """log(1 / V) for [..., V] log-prob rows: the stand-in of a masked row."""
+  return -math.log(max(1, np.shape(logp)[-1]))
 
 
 def normalized_jsd(teacher_logp: ArrayLike, student_logp: ArrayLike,
@@ -159,6 +183,11 @@ def normalized_jsd(teacher_logp: ArrayLike, student_logp: ArrayLike,
   without cancellation, so it and its gradient converge to the endpoint. For a Python
   float beta, 1 - beta is formed in float64, so beta = 1 - 1e-6 is honoured.
 
+  Ids of probability 0 (log-prob -inf, as a top-k or top-p truncated teacher gives) keep
+  both the value and the student's gradient finite for 0 <= beta < 1 (the unused
+  branches run on finite stand-ins); at beta = 1, KL(Q || P) is +inf when the student
+  puts mass where the teacher has none, as it should be.
+
   Args:
     teacher_logp: [..., V] teacher log-probs (normalised rows).
     student_logp: [..., V] student log-probs (normalised rows).
@@ -168,15 +197,54 @@ def normalized_jsd(teacher_logp: ArrayLike, student_logp: ArrayLike,
   Returns:
     [...] per-token divergence (>= 0, 0 iff P == Q), 0 where masked.
   """
-  logp, logq = _f32(teacher_logp), _f32(student_logp)
+  logp = _keep(_f32(teacher_logp), mask, _uniform_logp(teacher_logp))
+  logq = _keep(_f32(student_logp), mask, _uniform_logp(student_logp))
+  if isinstance(beta, (int, float)):  # a Python beta: only the branch it selects
+    _beta_pair(beta)
+    if beta == 0:
+      return _masked(_kl_rows(logp, logq), mask)
+    if beta == 1:
+      return _masked(_kl_rows(logq, logp), mask)
   b, c = _beta_pair(beta)
   endpoint = (b <= 0) | (c <= 0)
   b_in = jnp.where(endpoint, 0.5, b)
   c_in = jnp.where(endpoint, 0.5, c)
   interior = _normalized_jsd_interior(logp, logq, b_in, c_in)
-  value = jnp.where(b <= 0, _kl_rows(logp, logq),
-                    jnp.where(c <= 0, _kl_rows(logq, logp), interior))
+  # A traced beta computes all three; an unselected KL gets Q (or P) in place of the
+  # other side, an exact 0 with a finite gradient, so its +inf (a zero-probability id)
+  # cannot turn the selected branch's gradient into NaN.
+  forward = _kl_rows(jnp.where(b <= 0, logp, logq), logq)
+  reverse = _kl_rows(logq, jnp.where(c <= 0, logp, logq))
+  value = jnp.where(b <= 0, forward, jnp.where(c <= 0, reverse, interior))
   return _masked(value, mask)
+
+
+def gkd_divergence(teacher_logp: ArrayLike, student_logp: ArrayLike,
+                   beta: float | ArrayLike, mask: ArrayLike | None = None) -> Array:
+  """GKD's distillation divergence as its beta is read in configs, per token.
+
+  ::
+
+    beta = 0:      KL(P || Q)          forward KL, teacher || student
+    0 < beta < 1:  JSD(beta)(P || Q)   :func:`generalized_jsd`
+    beta = 1:      KL(Q || P)          reverse KL, student || teacher
+
+  The endpoints are the KLs (with their gradients), not JSD(0) = JSD(1) = 0, which would
+  train nothing; the interior is JSD(beta) itself (not divided by beta (1 - beta)), so it
+  is continuous inside (0, 1) but jumps at the ends, as GKD's loss does.
+
+  Args:
+    teacher_logp: [..., V] teacher log-probs.
+    student_logp: [..., V] student log-probs.
+    beta: scalar in [0, 1] (Python float or traced scalar).
+    mask: [...] optional padding mask.
+
+  Returns:
+    [...] per-token divergence, 0 where masked.
+  """
+  b, c = _beta_pair(beta)
+  scale = jnp.where((b <= 0) | (c <= 0), 1.0, b * c)
+  return scale * normalized_jsd(teacher_logp, student_logp, beta, mask)
 
 
 def generalized_jsd(teacher_logp: ArrayLike, student_logp: ArrayLike,
@@ -234,10 +302,12 @@ def topk_kd(student_logp: ArrayLike, topk_ids: ArrayLike, topk_logprobs: ArrayLi
   Returns:
     [...] per-token KL, 0 where masked.
   """
-  logq = _f32(student_logp)
+  logq = _keep(_f32(student_logp), mask, _uniform_logp(student_logp))
   ids = jnp.asarray(topk_ids, jnp.int32)
-  logp = _f32(topk_logprobs)
   k, v = ids.shape[-1], logq.shape[-1]
+  # A masked row's stand-in: the uniform teacher on ids 0..K-1 (distinct, finite).
+  ids = _keep(ids, mask, jnp.arange(k, dtype=jnp.int32))
+  logp = _keep(_f32(topk_logprobs), mask, -math.log(v))
   logq_top = jnp.take_along_axis(logq, ids, axis=-1)
   p = jnp.exp(logp)
   kl = jnp.sum(jnp.where(p > 0, p * (logp - jnp.where(p > 0, logq_top, 0.0)), 0.0),
@@ -274,9 +344,9 @@ def sampled_kd(student_logp: ArrayLike, sampled_ids: ArrayLike, sampled_counts: 
   Returns:
     [...] per-token cross-entropy, 0 where masked (and for rows without draws).
   """
-  logq = _f32(student_logp)
-  ids = jnp.asarray(sampled_ids, jnp.int32)
-  counts = _f32(sampled_counts)
+  logq = _keep(_f32(student_logp), mask, _uniform_logp(student_logp))
+  ids = _keep(jnp.asarray(sampled_ids, jnp.int32), mask)
+  counts = _keep(_f32(sampled_counts), mask)
   total = jnp.sum(counts, axis=-1, keepdims=True)
   weights = counts / jnp.where(total > 0, total, 1.0)
   logq_s = jnp.take_along_axis(logq, ids, axis=-1)
@@ -297,7 +367,8 @@ def seqkd_nll(student_logp_of_tokens: ArrayLike, mask: ArrayLike | None = None) 
   Returns:
     A scalar.
   """
-  return masked_mean(-_f32(student_logp_of_tokens), mask)
+  values = _f32(student_logp_of_tokens)
+  return masked_mean(-_keep(values, mask), mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -318,7 +389,7 @@ def policy_gradient_loss(logp: ArrayLike, advantages: ArrayLike,
   """
   logp = _f32(logp)
   adv = jax.lax.stop_gradient(jnp.broadcast_to(_f32(advantages), logp.shape))
-  return masked_mean(-adv * logp, mask)
+  return masked_mean(-_keep(adv, mask) * _keep(logp, mask), mask)
 
 
 def kl_penalty(logp: ArrayLike, ref_logp: ArrayLike, mask: ArrayLike | None = None,
@@ -347,7 +418,7 @@ def kl_penalty(logp: ArrayLike, ref_logp: ArrayLike, mask: ArrayLike | None = No
   Raises:
     ValueError: for an unknown kind.
   """
-  x = _f32(ref_logp) - _f32(logp)
+  x = _keep(_f32(ref_logp), mask) - _keep(_f32(logp), mask)
   if kind == "k1":
     value = -x
   elif kind == "k3":
@@ -355,6 +426,56 @@ def kl_penalty(logp: ArrayLike, ref_logp: ArrayLike, mask: ArrayLike | None = No
   else:
     raise ValueError(f"kl_penalty kind: expected one of {KL_KINDS}, found {kind!r}")
   return _masked(value, mask)
+
+
+class KlPenaltyTerm(NamedTuple):
+  """A KL(pi || ref) penalty of sampled completions.
+
+  Attributes:
+    loss: scalar. Value: the mean per-token estimate of the chosen kind. Gradient: the
+      unbiased score-function gradient of the completions' KL(pi || ref) per token.
+    per_token: [B, T] the chosen estimator's values (stop-gradient), 0 where masked.
+  """
+
+  loss: Array
+  per_token: Array
+
+
+def kl_penalty_term(logp: ArrayLike, ref_logp: ArrayLike, mask: ArrayLike | None = None,
+                    kind: str = "k1") -> KlPenaltyTerm:
+  """KL(pi || ref) of completions sampled from pi, as a loss term with the right gradient.
+
+  For a completion a_1..a_T ~ pi, KL(pi || ref) = E[sum_t k1_t], k1_t = log pi(a_t) -
+  log ref(a_t), and its gradient is E[sum_t grad log pi(a_t) sum_{t' >= t} k1_t'] (the
+  score function; a token's log-prob does not depend on later tokens, and E[grad log pi]
+  = 0 drops k1's own pathwise part). The loss is::
+
+    mean_t est_t + mean_t sg(sum_{t' >= t} k1_t') (log pi(a_t) - sg(log pi(a_t)))
+
+  whose value is the mean estimate ``est`` (:func:`kl_penalty` of ``kind``) and whose
+  gradient is that score-function gradient divided by the token count. The gradient
+  always weights by k1: k3 = r - 1 - log r (r = ref / pi) has the same expectation, but as
+  a score-function weight it is biased (its expected gradient is
+  grad KL(pi || ref) - grad KL(ref || pi)), so ``kind="k3"`` changes only the value
+  (logged and reported; lower variance, never negative).
+
+  Args:
+    logp: [B, T] log pi of the sampled tokens (differentiated).
+    ref_logp: [B, T] log ref of the same tokens (stop-gradient).
+    mask: [B, T] 1 on completion tokens.
+    kind: "k1" or "k3": the estimator of the value.
+
+  Returns:
+    KlPenaltyTerm(loss, per_token).
+  """
+  logp = _keep(_f32(logp), mask)
+  fixed = jax.lax.stop_gradient(logp)
+  ref = jax.lax.stop_gradient(_f32(ref_logp))
+  estimate = kl_penalty(fixed, ref, mask, kind)
+  k1 = estimate if kind == "k1" else kl_penalty(fixed, ref, mask, "k1")
+  k1_to_go = jnp.flip(jnp.cumsum(jnp.flip(k1, -1), -1), -1)
+  loss = masked_mean(estimate, mask) + masked_mean(k1_to_go * (logp - fixed), mask)
+  return KlPenaltyTerm(loss, estimate)
 
 
 def value_loss(values: ArrayLike, returns: ArrayLike, mask: ArrayLike | None = None) -> Array:
@@ -369,7 +490,8 @@ def value_loss(values: ArrayLike, returns: ArrayLike, mask: ArrayLike | None = N
     A scalar.
   """
   values = _f32(values)
-  err = values - jax.lax.stop_gradient(jnp.broadcast_to(_f32(returns), values.shape))
+  targets = jax.lax.stop_gradient(jnp.broadcast_to(_f32(returns), values.shape))
+  err = _keep(values, mask) - _keep(targets, mask)
   return 0.5 * masked_mean(jnp.square(err), mask)
 
 
@@ -587,12 +709,12 @@ def jeffreys_bond_loss(policy_logp: ArrayLike, ref_logp: ArrayLike, quantiles: A
   Returns:
     BondLoss(loss, forward_nll, backward_surrogate, rewards).
   """
-  policy_logp = _f32(policy_logp)
-  log_ratio = jax.lax.stop_gradient(policy_logp - _f32(ref_logp))
-  rewards = jax.lax.stop_gradient(
-      _times_n_minus_1(_f32(n), jnp.log(_f32(quantiles))) - log_ratio)
+  policy_logp = _keep(_f32(policy_logp), policy_mask)
+  log_ratio = jax.lax.stop_gradient(policy_logp - _keep(_f32(ref_logp), policy_mask))
+  rewards = jax.lax.stop_gradient(_times_n_minus_1(
+      _f32(n), jnp.log(_keep(_f32(quantiles), policy_mask, 1.0))) - log_ratio)
   backward = masked_mean(-rewards * policy_logp, policy_mask)
-  forward = masked_mean(-_f32(bon_logp), bon_mask)
+  forward = masked_mean(-_keep(_f32(bon_logp), bon_mask), bon_mask)
   beta = _f32(beta)
   return BondLoss((1.0 - beta) * backward + beta * forward, forward, backward, rewards)
 

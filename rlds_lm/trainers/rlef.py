@@ -28,15 +28,18 @@ document entails, while a KL penalty keeps it close to where it started. Every s
    depend on sample i, so the gradient stays unbiased; it is n / (n - 1) times the
    group-mean advantage), ``R_i = score_i - length_penalty * tokens_i``.
 
-   ``kl_term`` penalises KL(pi || ref), ``ref`` the frozen starting policy. Its value is
-   the mean per-token estimate (:func:`~rlds_lm.trainers.losses.kl_penalty`, k1 or k3,
-   on the completion tokens, logged as ``kl``). The estimates are *values*:
-   differentiating them through log pi would give a zero (k1) or wrong-direction (k3)
-   gradient. So they enter like a penalty reward, under stop_gradient: each token's
-   log pi is weighted by the KL still to come from it on (its own and later tokens'),
-   the score-function gradient of the completion's KL (the RLHF objective
-   ``E[R] - beta KL``, Stiennon et al. 2020). Both terms are means over the step's
-   completion tokens, so ``kl_coef`` trades a completion's KL against its reward.
+   ``kl_term`` penalises KL(pi || ref), ``ref`` the frozen starting policy
+   (:func:`~rlds_lm.trainers.losses.kl_penalty_term`). Its value is the mean per-token
+   estimate (:func:`~rlds_lm.trainers.losses.kl_penalty`, ``kl_kind`` k1 or k3, on the
+   completion tokens, logged as ``kl``). The estimates are *values*: differentiating
+   them through log pi would give a zero (k1) or wrong-direction (k3) gradient. So the
+   KL enters like a penalty reward, under stop_gradient: each token's log pi is weighted
+   by the k1 KL still to come from it on (its own and later tokens'), the unbiased
+   score-function gradient of the completion's KL (the RLHF objective
+   ``E[R] - beta KL``, Stiennon et al. 2020), whichever ``kl_kind`` is logged (k3 as a
+   score-function weight would be biased: its expected gradient is grad KL(pi || ref) -
+   grad KL(ref || pi)). Both terms are means over the step's completion tokens, so
+   ``kl_coef`` trades a completion's KL against its reward.
 
 Stale rollouts (``sync_every`` > 1). In an actor/learner system (IMPALA, SEED RL) the
 samples come from a policy a few updates behind the learner. ``sync_every = k`` makes
@@ -82,7 +85,6 @@ with the ``tiny`` policy and the ``tiny`` dataset)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -356,15 +358,11 @@ def rlef_loss(config: RlefConfig, model: model_config.ModelConfig):
       advantages = jnp.where(stale, corrected.pg_advantages, advantages)
       value_targets = jnp.where(stale, corrected.vs, value_targets)
     pg_loss = L.policy_gradient_loss(logp, advantages, mask)
-    # Per-token KL estimates as values; each token's log pi is weighted by the KL still
-    # to come from it on (its own and every later token's). ``x - sg(x)`` is 0 with the
-    # gradient of x: kl_term's value is the mean per-token KL, its gradient the
-    # score-function gradient of the same quantity.
-    kl = L.kl_penalty(jax.lax.stop_gradient(logp), ref_logp, mask, config.kl_kind)
-    kl_to_go = jnp.flip(jnp.cumsum(jnp.flip(kl, -1), -1), -1)
-    kl_term = L.masked_mean(kl, mask) + L.masked_mean(
-        kl_to_go * (logp - jax.lax.stop_gradient(logp)), mask)
-    loss = pg_loss + config.kl_coef * kl_term
+    # Value: the mean per-token estimate (k1 or k3); gradient: each token's log pi
+    # weighted by the k1 KL still to come from it on, unbiased for either kind.
+    kl_term = L.kl_penalty_term(logp, ref_logp, mask, config.kl_kind)
+    kl = kl_term.per_token
+    loss = pg_loss + config.kl_coef * kl_term.loss
     metrics = {"pg_loss": pg_loss, "kl": L.masked_mean(kl, mask),
                "kl_sequence": jnp.mean(jnp.sum(kl, -1)),
                # mean pi/mu of the completion tokens: 1 on-policy
@@ -453,7 +451,7 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
       params = {"policy": params, "value": place.replicated(value_head_init(model))}
     # A separate copy: the step donates (overwrites) the policy's buffers.
     extra = {"reference": place.params(jax.tree.map(np.copy, host_params))}
-    opt_state = jax.jit(optimizer.init)(params)
+    opt_state = common.init_opt_state(optimizer, params)
   policy_of = (lambda p: p["policy"]) if with_head else (lambda p: p)
   checkpoints = common.Checkpoints(os.path.join(config.workdir, "checkpoints"))
   start_step = 0
@@ -485,10 +483,12 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
           f"{snapshot.digest}, the checkpoint of step {start_step} expects "
           f"{data_state.get('behaviour_digest')}")
     behaviour_params, behaviour_digest = snapshot.params, snapshot.digest
-  with open(os.path.join(config.workdir, "config.json"), "w") as f:
-    json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
-  metrics_log = common.Metrics(os.path.join(config.workdir, "metrics.jsonl"),
-                               resume_from=start_step if resumed else None)
+  common.write_config(config.workdir, config)
+  end = config.steps if stop_at is None else min(stop_at, config.steps)
+  books = common.Bookkeeper(config.workdir, steps=config.steps, end=end,
+                            log_every=config.log_every,
+                            checkpoint_every=config.checkpoint_every,
+                            resumed_from=start_step if resumed else None)
   train_step = common.make_train_step(rlef_loss(config, model), optimizer)
   generations = rollouts.GenerationLog(os.path.join(config.workdir, "generations"),
                                        vocab_size=model.vocab_size,
@@ -498,8 +498,6 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
   n = config.samples_per_prompt
 
   # 4. The loop: sample, score, record, update.
-  last = {}
-  end = config.steps if stop_at is None else min(stop_at, config.steps)
   try:
     for step in range(start_step, end):
       # a. The step's prompts, each completed n times by the current policy.
@@ -555,11 +553,9 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
                                          "record_index": split_index})
 
       # e. Log and checkpoint.
-      last = values
       done = step + 1
-      if done % config.log_every == 0 or done == config.steps:
-        metrics_log.log(done, values)
-      if done % config.checkpoint_every == 0 or done in (config.steps, end):
+      books.after_step(done, values)
+      if books.checkpoint_due(done):
         data_state = {"step": done, "prompts": fingerprint}
         if done % config.sync_every:  # resuming needs this sync's sampler parameters
           data_state["behaviour_digest"] = behaviour_digest
@@ -570,17 +566,15 @@ def train(config: RlefConfig, *, stop_at: int | None = None) -> dict[str, Any]:
     checkpoints.close()
     generations.close()
 
-  summary = {"metrics": last, "resumed_from": start_step,
+  summary = {"metrics": books.last, "resumed_from": start_step,
              "prompts": {"kept": len(records), "dropped": prompts.dropped},
              "generations": os.path.join(config.workdir, "generations")}
-  if end < config.steps:
+  if books.stopped:
     return {**summary, "stopped_at": end}
 
   # 5. The tuned policy as a plain checkpoint (pipelines.generate samples from it), plots.
   keys = ["reward"] + [k for k in ("oracle", "nli") if k in reward_names] + ["kl", "length"]
   keys += ["value_loss"] if with_head else []
-  policy_dir, digest, plot = common.finish(
-      config.workdir, "policy", model, policy_of(params), metrics_log, keys,
-      f"RLEF (reward={config.reward}, kl_coef={config.kl_coef})")
-  return {**summary, "policy": policy_dir, "policy_digest": digest, "plot": plot,
-          "seconds": time.perf_counter() - started}
+  final = books.finish("policy", model, policy_of(params), keys,
+                       f"RLEF (reward={config.reward}, kl_coef={config.kl_coef})")
+  return {**summary, **final, "seconds": time.perf_counter() - started}

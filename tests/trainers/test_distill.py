@@ -107,7 +107,7 @@ def test_on_policy_steps_record_their_generations(datasets, tmp_path):
   teacher = os.fspath(tmp_path / "teacher")
   models.init_checkpoint(teacher, "tiny", seed=5)
   config = _config(datasets, tmp_path / "gkd", teacher=teacher, loss="jsd",
-                   student_fraction=0.5, steps=6, max_new_tokens=8)
+                   student_fraction=0.5, steps=6, max_new_tokens=8, generation_top_k=5)
   distill.train(config)
   rows = _metrics(tmp_path / "gkd")
   on_policy = [m["step"] for m in rows if m["on_policy"] == 1.0]
@@ -118,7 +118,80 @@ def test_on_policy_steps_record_their_generations(datasets, tmp_path):
       1 for e in episodes if len(e[S.STEPS][0][S.ACTION][S.ACT_TOKENS]) == 0)
   steps = {json.loads(e[S.LINEAGE])["step"] for e in episodes}
   assert steps == {s - 1 for s in on_policy}
-  assert all(e[S.STEPS][0][S.TEACHER][S.TEACHER_TOPK_IDS].shape[1] == 8 for e in episodes)
+  assert all(e[S.STEPS][0][S.TEACHER][S.TEACHER_TOPK_IDS].shape[1] == 5 for e in episodes)
+  assert distill.DistillConfig(datasets={}, workdir="").generation_top_k == 8  # default
+
+
+def test_on_policy_steps_without_recording_and_a_checkpoint_kept_at_a_threshold(
+    datasets, tmp_path):
+  from pipelines import models  # pylint: disable=g-import-not-at-top
+  teacher = os.fspath(tmp_path / "teacher")
+  models.init_checkpoint(teacher, "tiny", seed=5)
+  calls = []
+
+  def eval_fn(model, params):  # 0.1, 0.2, 0.3 at steps 2, 4, 6
+    del model, params
+    calls.append(1)
+    return {"accuracy": len(calls) / 10}
+
+  config = _config(datasets, tmp_path / "quiet", teacher=teacher, student_fraction=0.5,
+                   steps=6, max_new_tokens=8, record_generations=False, eval_every=2,
+                   keep_when="accuracy>=0.2")
+  result = distill.train(config, eval_fn=eval_fn)
+  assert any(m.get("on_policy") == 1.0 for m in _metrics(tmp_path / "quiet"))
+  assert not os.path.exists(tmp_path / "quiet" / "generations")
+  assert result["kept"]["step"] == 4 and result["kept"]["value"] == pytest.approx(0.2)
+  assert ckpt_lib.restore(result["kept"]["checkpoint"]).digest == result["kept"]["digest"]
+  assert result["kept"]["digest"] != result["student_digest"]  # two more steps trained
+  assert result["eval"] == {"eval/accuracy": pytest.approx(0.3)} and len(calls) == 3
+  with pytest.raises(ValueError, match="keep_when"):
+    _config(datasets, tmp_path / "bad", keep_when="accuracy > high")
+
+
+def _tiny_model():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from rlds_lm.models import config as model_config  # pylint: disable=g-import-not-at-top
+  return dataclasses.replace(model_config.get_config("tiny"), num_layers=2)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_jsd_loss_is_the_kl_at_the_endpoints_and_trains(beta):
+  """beta = 0 / 1: the forward / reverse KL with a gradient (JSD(0) = JSD(1) = 0 would
+  train nothing), on dataset completions and on-policy rows alike."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from rlds_lm.models import gemma  # pylint: disable=g-import-not-at-top
+  model = _tiny_model()
+  student, teacher = gemma.init_params(model, 0), gemma.init_params(model, 1)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, model.vocab_size, (3, 12)).astype(np.int32)
+  mask = np.zeros((3, 12), bool)
+  mask[:, 5:] = True
+  seg = np.ones((3, 12), np.int32)
+  seg[2, 9:] = 0  # a padded row
+  mask[2, 9:] = False
+  batch = {"tokens": tokens, "loss_mask": mask, "segment_ids": seg}
+  extra = {"teacher": teacher, "teacher_config": model}
+  valid = seg > 0
+  logq = np.asarray(common.sequence_logprobs(model, student, tokens, valid), np.float64)
+  logp = np.asarray(common.sequence_logprobs(model, teacher, tokens, valid), np.float64)
+  logq, logp = logq[:, :-1], logp[:, :-1]
+  p, q = np.exp(logp), np.exp(logq)
+  if beta == 0:
+    per_token = np.sum(p * (logp - logq), -1)
+  elif beta == 1:
+    per_token = np.sum(q * (logq - logp), -1)
+  else:
+    m = 0.5 * p + 0.5 * q
+    per_token = 0.5 * np.sum(p * np.log(p / m), -1) + 0.5 * np.sum(q * np.log(q / m), -1)
+  m_ = mask[:, 1:]
+  expected = (per_token * m_).sum() / m_.sum()
+  config = distill.DistillConfig(datasets={}, workdir="", teacher="t", loss="jsd", beta=beta)
+  for make in (distill.off_policy_loss, distill.on_policy_loss):
+    (loss, _), grads = jax.value_and_grad(make(config, model), has_aux=True)(
+        student, batch, extra)
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-4)
+    assert float(optax.tree.norm(grads)) > 1e-4
 
 
 def test_same_loss_curve_on_one_and_four_devices(datasets, tmp_path):

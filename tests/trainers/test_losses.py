@@ -562,6 +562,8 @@ def test_losses_compile_under_jit():
   bt = rng.normal(size=(2, 4)).astype(np.float32)
   calls = {
       "generalized_jsd": (lambda a, b: L.generalized_jsd(a, b, 0.3), (logp, logq)),
+      "gkd_divergence": (lambda a, b: L.gkd_divergence(a, b, 0.0), (logp, logq)),
+      "kl_penalty_term": (lambda a, b: L.kl_penalty_term(a, b, kind="k3"), (bt, -bt)),
       "topk_kd": (L.topk_kd, (logq, ids, top, np.ones(4))),
       "sampled_kd": (L.sampled_kd, (logq, ids, np.ones_like(ids), np.ones(4))),
       "seqkd_nll": (L.seqkd_nll, (bt, np.ones_like(bt))),
@@ -580,3 +582,203 @@ def test_losses_compile_under_jit():
     eager, jitted = fn(*args), jax.jit(fn)(*args)
     for e, j in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
       np.testing.assert_allclose(j, e, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 11 item 5: the GKD endpoints, truncated teachers, the k3 gradient, masked NaN.
+
+
+def _jsd0(logp: np.ndarray, logq: np.ndarray, beta: float) -> np.ndarray:
+  """The GKD definition with 0 log 0 = 0 (ids one side gives no mass), float64."""
+  p, q = np.exp(logp), np.exp(logq)
+  m = beta * p + (1 - beta) * q
+  with np.errstate(divide="ignore", invalid="ignore"):
+    fwd = np.where(p > 0, p * np.log(p / m), 0.0)
+    rev = np.where(q > 0, q * np.log(q / m), 0.0)
+  return beta * fwd.sum(-1) + (1 - beta) * rev.sum(-1)
+
+
+def _gkd_reference(logp, logq, beta):
+  """What a config's beta promises: forward KL at 0, reverse KL at 1, JSD between."""
+  if beta == 0:
+    return _kl(logp, logq)
+  if beta == 1:
+    return _kl(logq, logp)
+  return _jsd0(logp, logq, beta)
+
+
+def _fd_student_grad(fn, logits: np.ndarray, h: float = 1e-6) -> np.ndarray:
+  """Central differences of sum(fn(log_softmax(z))) in float64."""
+  grad = np.zeros_like(logits)
+  for index in np.ndindex(*logits.shape):
+    e = np.zeros_like(logits)
+    e[index] = h
+    grad[index] = (fn(_log_softmax(logits + e)).sum()
+                   - fn(_log_softmax(logits - e)).sum()) / (2 * h)
+  return grad
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_gkd_divergence_is_the_kl_at_the_endpoints_with_its_gradient(beta):
+  logp, logq = _dists(70)
+  np.testing.assert_allclose(L.gkd_divergence(logp, logq, beta),
+                             _gkd_reference(logp, logq, beta), rtol=1e-5, atol=1e-7)
+  traced = jax.jit(L.gkd_divergence)(logp, logq, jnp.float32(beta))
+  np.testing.assert_allclose(traced, _gkd_reference(logp, logq, beta), rtol=1e-5, atol=1e-7)
+  logits = np.random.default_rng(70).normal(size=logp.shape)
+  expected = _fd_student_grad(lambda lq: _gkd_reference(logp, lq, beta), logits)
+  assert np.abs(expected).max() > 1e-2  # the endpoints train (JSD(0) = JSD(1) = 0 do not)
+  for b in (beta, jnp.float32(beta)):
+    grad = _student_grad(lambda p, q: L.gkd_divergence(p, q, b), logp, logits)
+    np.testing.assert_allclose(grad, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1e-6, 0.3, 0.5, 0.9, 1.0 - 1e-6])
+def test_jsd_gradient_is_finite_and_exact_for_a_truncated_teacher(beta):
+  logp, _ = _dists(71)
+  logp[:, :3] = -np.inf  # a top-k / top-p teacher: no mass on three ids
+  logp = _log_softmax(logp)
+  logits = np.random.default_rng(71).normal(size=logp.shape)
+  logq = _log_softmax(logits)
+  scale = 1.0 if beta in (0.0, 1.0) else beta * (1 - beta)
+  reference = lambda lq: _gkd_reference(logp, lq, beta) / scale  # normalized_jsd
+  expected = _fd_student_grad(reference, logits)
+  # A float32 beta cannot hold 1 - 1e-6 (1 - beta would be 0.14% off): Python only there.
+  for b in (beta,) if beta == 1.0 - 1e-6 else (beta, jnp.float32(beta)):
+    np.testing.assert_allclose(L.normalized_jsd(logp, logq, b), reference(logq), rtol=1e-4)
+    grad = _student_grad(lambda p, q: L.normalized_jsd(p, q, b), logp, logits)
+    assert np.all(np.isfinite(grad)), (beta, grad)
+    np.testing.assert_allclose(grad, expected, atol=2e-4 * max(1.0, np.abs(expected).max()))
+    gkd = _student_grad(lambda p, q: L.gkd_divergence(p, q, b), logp, logits)
+    assert np.all(np.isfinite(gkd))
+  # The teacher side too (a live teacher is under stop_gradient, but nothing may be NaN).
+  teacher_grad = jax.grad(lambda t: jnp.sum(L.normalized_jsd(t, logq, beta)))(
+      jnp.asarray(logp, jnp.float32))
+  assert np.all(np.isfinite(np.asarray(teacher_grad)))
+
+
+def _two_step_policy(theta1, theta2):
+  """log pi(a1), log pi(a2 | a1) of a tabular two-token policy (float64)."""
+  return _log_softmax(theta1), _log_softmax(theta2)
+
+
+@pytest.mark.parametrize("kind", ["k1", "k3"])
+def test_kl_penalty_term_gradient_is_exact_for_a_tabular_policy(kind):
+  """E_{y ~ pi}[grad of the term] = grad KL(pi || ref) / T, every y enumerated."""
+  a = 3
+  rng = np.random.default_rng(72)
+  theta1, theta2 = rng.normal(size=a), rng.normal(size=(a, a))
+  ref1, ref2 = _log_softmax(rng.normal(size=a)), _log_softmax(rng.normal(size=(a, a)))
+
+  def sequence_kl(t1, t2):  # KL(pi || ref) over the a * a two-token sequences
+    l1, l2 = _two_step_policy(t1, t2)
+    p1 = np.exp(l1)
+    return float(np.sum(p1 * (l1 - ref1)) + np.sum(p1 * np.sum(np.exp(l2) * (l2 - ref2), -1)))
+
+  flat = np.concatenate([theta1, theta2.ravel()])
+  h = 1e-6
+  kl_of = lambda x: sequence_kl(x[:a], x[a:].reshape(a, a))
+  exact = np.array([(kl_of(flat + h * e) - kl_of(flat - h * e)) / (2 * h)
+                    for e in np.eye(flat.size)])
+  sequences = np.array(list(itertools.product(range(a), repeat=2)))  # [a * a, 2]
+  l1, l2 = _two_step_policy(theta1, theta2)
+  prob = np.exp(l1[sequences[:, 0]] + l2[sequences[:, 0], sequences[:, 1]])
+  ref = np.stack([ref1[sequences[:, 0]], ref2[sequences[:, 0], sequences[:, 1]]], -1)
+
+  def term(params, y, ref_y, kind=kind):  # one sampled completion of T = 2 tokens
+    t1, t2 = params[:a], params[a:].reshape(a, a)
+    logp = jnp.stack([jax.nn.log_softmax(t1)[y[0]], jax.nn.log_softmax(t2[y[0]])[y[1]]])
+    return L.kl_penalty_term(logp[None], ref_y[None], jnp.ones((1, 2)), kind).loss
+
+  per_sequence = jax.vmap(jax.grad(term), in_axes=(None, 0, 0))(
+      jnp.asarray(flat, jnp.float32), sequences, jnp.asarray(ref, jnp.float32))
+  expected_grad = np.asarray(per_sequence, np.float64).T @ prob
+  np.testing.assert_allclose(expected_grad, exact / 2, atol=2e-5)
+  # The value is the chosen estimator's mean, whose expectation is KL / T.
+  values = jax.vmap(lambda y, r: term(jnp.asarray(flat, jnp.float32), y, r))(
+      sequences, jnp.asarray(ref, jnp.float32))
+  np.testing.assert_allclose(np.asarray(values, np.float64) @ prob,
+                             sequence_kl(theta1, theta2) / 2, rtol=1e-4)
+
+  if kind == "k3":  # k3 as the score-function weight: biased, as the issue says
+    def k3_weighted(params, y, ref_y):
+      t1, t2 = params[:a], params[a:].reshape(a, a)
+      logp = jnp.stack([jax.nn.log_softmax(t1)[y[0]], jax.nn.log_softmax(t2[y[0]])[y[1]]])
+      k3 = L.kl_penalty(jax.lax.stop_gradient(logp), ref_y, kind="k3")
+      to_go = jnp.flip(jnp.cumsum(jnp.flip(k3)))
+      return jnp.mean(to_go * logp)
+
+    biased = np.asarray(jax.vmap(jax.grad(k3_weighted), in_axes=(None, 0, 0))(
+        jnp.asarray(flat, jnp.float32), sequences, jnp.asarray(ref, jnp.float32)),
+                        np.float64).T @ prob
+    assert np.abs(biased - exact / 2).max() > 1e-2
+
+
+def _nan_rows(x: np.ndarray, rows) -> np.ndarray:
+  x = np.array(x, np.float32, copy=True)
+  x[rows] = np.nan
+  return x
+
+
+def test_nan_at_masked_positions_does_not_reach_any_gradient():
+  """Every masked loss: NaN in padded positions of any input leaves the gradient (and
+  the value) equal to that of the same inputs with finite padding."""
+  logp, logq = _dists(73)
+  ids, top = _topk(logp, 3)
+  mask = np.array([1, 0, 1, 0], np.float32)
+  pad = [1, 3]
+  # The student's log-probs are the differentiated input (a NaN *logit* would already be
+  # NaN through log_softmax, outside any loss).
+  logits = jnp.asarray(logq, jnp.float32)
+  rng = np.random.default_rng(74)
+  bt = rng.normal(size=(4, 5)).astype(np.float32)
+  bt_mask = np.ones((4, 5), np.float32)
+  bt_mask[:, 3:] = 0
+  bt_pad = (slice(None), slice(3, None))
+  student = lambda z: z
+  cases = {  # name: (loss of the differentiated input, clean args, NaN-padded args)
+      "normalized_jsd": (lambda z, t: jnp.sum(L.normalized_jsd(t, student(z), 0.3, mask)),
+                         (logp,), (_nan_rows(logp, pad),)),
+      "gkd_divergence_0": (lambda z, t: jnp.sum(L.gkd_divergence(t, student(z), 0.0, mask)),
+                           (logp,), (_nan_rows(logp, pad),)),
+      "topk_kd": (lambda z, lp: jnp.sum(L.topk_kd(student(z), ids, lp, mask)),
+                  (top,), (_nan_rows(top, pad),)),
+      "sampled_kd": (lambda z, c: jnp.sum(L.sampled_kd(student(z), ids, c, mask)),
+                     (np.ones_like(top),), (_nan_rows(np.ones_like(top), pad),)),
+  }
+  for name, (fn, clean, dirty) in cases.items():
+    want = jax.value_and_grad(fn)(logits, *clean)
+    got = jax.value_and_grad(fn)(logits, *dirty)
+    got_nan_student = jax.value_and_grad(fn)(jnp.asarray(_nan_rows(logits, pad)), *dirty)
+    for g in (got, got_nan_student):
+      assert np.all(np.isfinite(np.asarray(g[1]))), name
+      np.testing.assert_allclose(g[0], want[0], rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7, err_msg=name)
+
+  seq_cases = {  # name: loss of (differentiated [B, T], other [B, T])
+      "seqkd_nll": lambda x, o: L.seqkd_nll(x, bt_mask),
+      "policy_gradient_loss": lambda x, o: L.policy_gradient_loss(x, o, bt_mask),
+      "kl_penalty": lambda x, o: jnp.sum(L.kl_penalty(x, o, bt_mask, "k3")),
+      "kl_penalty_term": lambda x, o: L.kl_penalty_term(x, o, bt_mask, "k3").loss,
+      "value_loss": lambda x, o: L.value_loss(x, o, bt_mask),
+      "masked_mean": lambda x, o: L.masked_mean(x, bt_mask),
+  }
+  for name, fn in seq_cases.items():
+    want = jax.value_and_grad(fn)(bt, -bt)
+    for x, o in ((bt, _nan_rows(-bt, bt_pad)), (_nan_rows(bt, bt_pad), _nan_rows(-bt, bt_pad))):
+      value, grad = jax.value_and_grad(fn)(jnp.asarray(x), jnp.asarray(o))
+      assert np.all(np.isfinite(np.asarray(grad))), name
+      np.testing.assert_allclose(value, want[0], rtol=1e-6, err_msg=name)
+      np.testing.assert_allclose(grad, want[1], rtol=1e-6, atol=1e-7, err_msg=name)
+
+  policy_mask, bon_mask = np.array([1, 1, 0], np.float32), np.array([1, 0], np.float32)
+  bond = lambda p, b, r, qn: L.jeffreys_bond_loss(p, r, qn, b, 2, 0.5, policy_mask,
+                                                  bon_mask).loss
+  args = (np.array([-1.0, -2.0, -3.0], np.float32), np.array([-1.5, -0.5], np.float32),
+          np.array([-1.2, -1.8, -2.0], np.float32), np.array([0.5, 1.0, 0.25], np.float32))
+  dirty = tuple(_nan_rows(x, [2] if x.size == 3 else [1]) for x in args)
+  want = jax.value_and_grad(bond, argnums=(0, 1))(*args)
+  got = jax.value_and_grad(bond, argnums=(0, 1))(*dirty)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  for g, w in zip(got[1], want[1]):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
