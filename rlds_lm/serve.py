@@ -454,6 +454,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("checkpoint", help="rlds_lm checkpoint directory to serve")
   parser.add_argument("--tokenizer", default="byte",
                       help="'byte' or a SentencePiece .model file (default: %(default)s)")
+  parser.add_argument("--gemma_model", default="",
+                      help="serve a gemma-library checkpoint of this architecture (e.g. "
+                           "Gemma3_1B; needs the gemma extra) instead of an rlds_lm one "
+                           "(default: none)")
   parser.add_argument("--name", default="",
                       help="served model name (default: the checkpoint config's name)")
   parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
@@ -470,8 +474,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
   import uvicorn  # pylint: disable=g-import-not-at-top
   from rlds_lm.backends import local  # pylint: disable=g-import-not-at-top
-  backend = local.LocalBackend.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,
-                                               name=args.name or None)
+  if args.gemma_model:
+    backend = local.LocalBackend.from_gemma_checkpoint(
+        args.checkpoint, gemma_model=args.gemma_model, tokenizer=args.tokenizer,
+        name=args.name or None)
+  else:
+    backend = local.LocalBackend.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer,
+                                                 name=args.name or None)
   server = Server(backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
   print(f"serving {backend.name} ({backend.digest}) on http://{args.host}:{args.port}/v1",
         flush=True)

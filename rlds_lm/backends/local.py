@@ -76,6 +76,30 @@ class LocalBackend(base.Backend):
                                              name=name, **kwargs)
     return cls(policy, tok, path=path)
 
+  @classmethod
+  def from_gemma_checkpoint(cls, path: str, *, gemma_model: Any, tokenizer: Any,
+                            name: str | None = None, max_seq_len: int | None = None,
+                            eos_id: int | None = None) -> LocalBackend:
+    """A Gemma checkpoint of the ``gemma`` library (through
+    :mod:`rlds_lm.models.gemma_adapter`; ``pip install 'rlds_lm[gemma]'``).
+
+    Args:
+      path: the library's checkpoint directory.
+      gemma_model: its architecture (``"Gemma3_1B"``, a ``gm.nn`` class or config).
+      tokenizer: a tokenizer object, or ``"byte"`` / a SentencePiece ``.model`` path.
+      name: the name episodes record (default: the model's).
+      max_seq_len: the context length to serve.
+      eos_id: the end-of-sequence id (default: the tokenizer's; Gemma's is 1).
+    """
+    from rlds_lm.models import gemma_adapter  # pylint: disable=g-import-not-at-top
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    config, params = gemma_adapter.load_gemma_checkpoint(
+        path, gemma_model=gemma_model, name=name, max_seq_len=max_seq_len)
+    policy = sampling.Policy(config, params, name=name,
+                             eos_id=tok.eos_id if eos_id is None else eos_id,
+                             pad_id=getattr(tok, "pad_id", 0))
+    return cls(policy, tok, path=path)
+
   @property
   def digest(self) -> str:
     return self.policy.digest

@@ -300,3 +300,30 @@ def test_greedy_samples_match_the_gemma_sampler(gm):
     np.testing.assert_array_equal(completion.tokens, theirs[row, :n])
     assert not theirs[row, n:].any()  # gemma pads with 0 after its end token
   assert len(set(ours.tokens.reshape(-1).tolist())) > 4  # not one token repeated
+
+
+def test_a_gemma_checkpoint_is_a_backend(gm, tmp_path):
+  from rlds_lm.backends import local  # pylint: disable=g-import-not-at-top
+  from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
+  gemma_config = _tiny_gemma_configs(gm)["gemma3_like"]
+  model = gm.nn.Transformer(config=gemma_config, dtype=jnp.float32)
+  gm.ckpts.save_params(_random_gemma_params(model, seed=2), tmp_path / "ckpt",
+                       wait_until_finished=True)
+
+  class Ids:  # a tokenizer of the id space (the real Gemma one needs a download)
+    name, pad_id, eos_id, vocab_size = "ids", 0, 1, VOCAB
+
+    def decode(self, ids):
+      return " ".join(str(int(i)) for i in ids)
+
+  backend = local.LocalBackend.from_gemma_checkpoint(
+      tmp_path / "ckpt", gemma_model=model, tokenizer=Ids(), name="tiny_gemma3",
+      max_seq_len=64)
+  prompt = np.array([2, 17, 33, 5], np.int32)
+  gen = backend.sample([prompt], [3], sampling.SamplerConfig(temperature=0.9), 6,
+                       top_logprobs=2)[0]
+  assert 0 < len(gen.tokens) <= 6 and gen.top_ids.shape == (len(gen.tokens), 2)
+  teacher = backend.annotate([np.concatenate([prompt, gen.tokens])], [len(prompt)],
+                             top_k=3)[0]
+  assert teacher["topk_ids"].shape == (len(gen.tokens), 3)
+  assert backend.describe()["model"] == "tiny_gemma3"
