@@ -29,14 +29,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclasses.dataclass(frozen=True)
 class Sizes:
   model: str = "tiny"
-  prompts: int = 32
+  prompts: int = 16
   samples: int = 4
   new_tokens: int = 32
-  concurrency: tuple[int, ...] = (1, 4, 16, 64)
+  concurrency: tuple[int, ...] = (1, 8, 64)
 
 
 QUICK = Sizes(prompts=4, samples=2, new_tokens=8, concurrency=(1, 8))
-FULL = Sizes()
+# The `small` model (17 M parameters): per-request HTTP overhead against a model whose
+# forward passes cost something, as a served model's do.
+FULL = Sizes(model="small", prompts=16, samples=4, new_tokens=32, concurrency=(1, 8, 64))
 
 
 def _free_port() -> int:

@@ -79,7 +79,7 @@ class ModelRef:
     tok = self.load_tokenizer()
     backend = self.backend()
     try:
-      described = backend.check(top_logprobs=max(1, top_logprobs),
+      described = backend.check(top_logprobs=top_logprobs,
                                 prompt_logprobs=prompt_logprobs)
     except BackendError as e:
       raise core.PipelineError(str(e)) from e

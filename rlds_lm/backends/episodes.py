@@ -37,7 +37,7 @@ def sample_seed(prompt_id: str, sample_index: int, policy_digest: str,
 def rollouts(policy: base.Backend, prompts: Mapping[str, str], config: S.SchemaConfig, *,
              tokenizer: Any, num_samples: int = 1, max_new_tokens: int = 32,
              sampler: Any = None, salt: int = 0, teacher: base.Backend | None = None,
-             task: str = "") -> Iterator[dict[str, Any]]:
+             task: str = "", prompts_per_call: int = 32) -> Iterator[dict[str, Any]]:
   """Samples ``num_samples`` completions per prompt and yields rollout episodes.
 
   Args:
@@ -51,6 +51,8 @@ def rollouts(policy: base.Backend, prompts: Mapping[str, str], config: S.SchemaC
     salt: changes every seed (another, equally reproducible draw).
     teacher: annotate each completion with this backend's top-k (``config.teacher_top_k``).
     task: the task name episodes record.
+    prompts_per_call: prompts whose samples go to the backend in one call (one batch in
+      process; that many concurrent requests, within the client's limit, over HTTP).
 
   Raises:
     BackendError: a backend that cannot serve the request (says why).
@@ -70,23 +72,33 @@ def rollouts(policy: base.Backend, prompts: Mapping[str, str], config: S.SchemaC
   provenance = {"policy": policy.describe()}
   if teacher is not None:
     provenance["teacher"] = teacher.describe()
-  for prompt_id, text in prompts.items():
-    tokens = np.asarray(tokenizer.encode(text, add_bos=True), np.int32)
-    seeds = [sample_seed(prompt_id, i, policy.digest, settings) for i in range(num_samples)]
+  items = list(prompts.items())
+  for start in range(0, len(items), max(1, prompts_per_call)):
+    chunk = items[start:start + max(1, prompts_per_call)]
+    encoded = [np.asarray(tokenizer.encode(text, add_bos=True), np.int32)
+               for _, text in chunk]
+    seeds = [sample_seed(prompt_id, i, policy.digest, settings)
+             for prompt_id, _ in chunk for i in range(num_samples)]
     started = time.time()
-    gens = policy.sample([tokens] * num_samples, seeds, sampler, max_new_tokens)
-    arrays: list[Any] = [None] * num_samples
+    gens = policy.sample([t for t in encoded for _ in range(num_samples)], seeds, sampler,
+                         max_new_tokens)
+    arrays: list[Any] = [None] * len(gens)
     if teacher is not None:
-      arrays = teacher.annotate([np.concatenate([tokens, g.tokens]) for g in gens],
-                                [len(tokens)] * num_samples, top_k=config.teacher_top_k)
-    for i, (seed, gen, teacher_arrays) in enumerate(zip(seeds, gens, arrays)):
-      turn = S.Turn(observation=S.observation(config, tokens, text, "prompt"),
-                    action_tokens=gen.tokens, action_text=tokenizer.decode(gen.tokens),
-                    action_logprobs=gen.logprobs, teacher=teacher_arrays)
-      lineage = {**provenance, "request": {**gen.provenance, "seed": int(seed),
-                                           "time": started},
-                 "stop_reason": gen.stop_reason}
-      yield S.rollout_episode(
-          config, [turn], prompt_id=prompt_id, task=task, sample_index=i,
-          policy_name=policy.name, policy_digest=policy.digest, seed=seed,
-          lineage=lineage, **sampler.to_dict())
+      arrays = teacher.annotate(
+          [np.concatenate([t, g.tokens]) for t, g in
+           zip([t for t in encoded for _ in range(num_samples)], gens)],
+          [len(t) for t in encoded for _ in range(num_samples)], top_k=config.teacher_top_k)
+    for n, ((prompt_id, text), tokens) in enumerate(zip(chunk, encoded)):
+      for i in range(num_samples):
+        at = n * num_samples + i
+        gen, seed = gens[at], seeds[at]
+        turn = S.Turn(observation=S.observation(config, tokens, text, "prompt"),
+                      action_tokens=gen.tokens, action_text=tokenizer.decode(gen.tokens),
+                      action_logprobs=gen.logprobs, teacher=arrays[at])
+        lineage = {**provenance, "request": {**gen.provenance, "seed": int(seed),
+                                             "time": started},
+                   "stop_reason": gen.stop_reason}
+        yield S.rollout_episode(
+            config, [turn], prompt_id=prompt_id, task=task, sample_index=i,
+            policy_name=policy.name, policy_digest=policy.digest, seed=seed,
+            lineage=lineage, **sampler.to_dict())

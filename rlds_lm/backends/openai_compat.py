@@ -257,7 +257,7 @@ class OpenAIBackend(base.Backend):
         self.max_seq_len = self.max_seq_len or int(m.get("max_model_len") or 0)
     self._identified = True
 
-  def check(self, *, top_logprobs: int = 1, prompt_logprobs: int = 0) -> dict[str, Any]:
+  def check(self, *, top_logprobs: int = 0, prompt_logprobs: int = 0) -> dict[str, Any]:
     """Refuses, with one clear message, an endpoint this backend cannot use.
 
     Checks that the server answers, serves ``model``, returns exact token ids and
@@ -267,8 +267,8 @@ class OpenAIBackend(base.Backend):
     self._identify()
     probe = [1] if not self.tokenizer else [int(getattr(self.tokenizer, "bos_id", 1))]
     gen = self._parse_sample(self._call("POST", "/completions", self._sample_body(
-        probe, seed=0, sampler=None, max_new_tokens=1, top_logprobs=max(1, top_logprobs))),
-        top_logprobs=max(1, top_logprobs))
+        probe, seed=0, sampler=None, max_new_tokens=1, top_logprobs=top_logprobs)),
+        top_logprobs=top_logprobs)
     del gen
     if prompt_logprobs:
       self._parse_prompt_logprobs(self._call("POST", "/completions", self._score_body(
@@ -281,7 +281,8 @@ class OpenAIBackend(base.Backend):
                    max_new_tokens: int, top_logprobs: int) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": self.name, "prompt": [int(t) for t in prompt], "max_tokens": max_new_tokens,
-        "seed": int(seed) % 2**63, "n": 1, "logprobs": max(1, int(top_logprobs)),
+        # logprobs=0: the sampled token's log-prob and no alternatives (OpenAI, vLLM).
+        "seed": int(seed) % 2**63, "n": 1, "logprobs": int(top_logprobs),
         "return_tokens_as_token_ids": True,
     }
     if sampler is not None:
