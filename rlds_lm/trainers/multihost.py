@@ -145,6 +145,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                          f"process_id={process_id}, num_processes={num_processes}")
     kwargs.update(coordinator_address=coordinator_address, num_processes=num_processes,
                   process_id=process_id)
+    if process_id != 0:
+      # JAX aborts the whole process (no exception) when the coordinator does not
+      # answer; wait for its port first, so that a wrong address is a clear error.
+      _wait_for_coordinator(coordinator_address, process_id, num_processes,
+                            initialization_timeout)
   # Only the CPU client reads this; without it CPU processes cannot run collectives.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
@@ -156,6 +161,28 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         f"process 0 running, is the address reachable from this host, and do all "
         f"processes pass the same address and count?") from e
   return True
+
+
+def _wait_for_coordinator(address: str, process_id: int, num_processes: int,
+                          timeout: float) -> None:
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ClusterError(f"coordinator address must be host:port, found {address!r}")
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ClusterError(
+            f"process {process_id} of {num_processes}: the coordinator {address} did not "
+            f"answer within {timeout:g} s ({e}). Start process 0 with the same "
+            f"--coordinator_address (it listens there), check that this host can reach "
+            f"it, and pass the same address and --num_processes everywhere.") from None
+      time.sleep(0.5)
 
 
 def check_divides(batch_size: int, process_count: int | None = None, *,

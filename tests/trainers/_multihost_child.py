@@ -2,8 +2,8 @@
 
 ``python _multihost_child.py SPEC_JSON``; the spec holds ``dataset``, ``workdir``,
 ``steps``, ``checkpoint_every``, ``out`` (this process's JSON lines) and optionally
-``die_after`` (this process kills itself after that many steps, before the next
-checkpoint) and ``devices_probe``. Joining the job comes from the environment
+``die_after`` and ``die_process`` (that process kills itself after that many steps,
+before the next checkpoint). Joining the job comes from the environment
 (``RLDS_LM_COORDINATOR_ADDRESS`` ...), the device count from ``XLA_FLAGS``.
 
 Every process appends to ``out``: one line per global batch (its SHA-256, gathered
@@ -91,7 +91,7 @@ def main(spec_path: str) -> None:
       params, opt_state, metrics = train_step(params, opt_state, batch, {})
       emit(step=step, loss=common.to_floats(metrics)["loss"])
       done = step + 1
-      if done == spec.get("die_after"):
+      if done == spec.get("die_after") and jax.process_index() == spec.get("die_process"):
         os._exit(3)  # a crash between checkpoints: nothing flushed, nothing saved
       if done % spec["checkpoint_every"] == 0 or done == spec["steps"]:
         multihost.check_same("data iterator state", iterator.get_state())
