@@ -6,8 +6,9 @@
 before the next checkpoint). Joining the job comes from the environment
 (``RLDS_LM_COORDINATOR_ADDRESS`` ...), the device count from ``XLA_FLAGS``.
 
-Every process appends to ``out``: one line per global batch (its SHA-256, gathered
-whole) and per step (the loss), and at the end the parameter digest.
+Every process appends to ``out``: per step the (dataset, record) pairs of its rows,
+the global batch's SHA-256 (gathered whole) and the loss, and at the end the parameter
+digest.
 """
 
 import dataclasses
@@ -85,6 +86,7 @@ def main(spec_path: str) -> None:
   iterator = pipeline.iterator(data_state)
   try:
     for step in range(start, spec["steps"]):
+      emit(step=step, rows=pipeline.rows(step))  # the records this process decodes
       batch = multihost.global_batch(mesh, next(iterator))
       emit(step=step, batch=_batch_digest(batch))
       # Outside jax.set_mesh: inside the step's shard_map the model runs per device.

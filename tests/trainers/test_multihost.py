@@ -94,10 +94,13 @@ def _summary(out, processes: int) -> dict:
   that all processes saw the same."""
   per = [{"batches": {}, "losses": {}, "digest": None, "resumed_from": None}
          for _ in range(processes)]
+  rows = [{} for _ in range(processes)]
   for line in out.read_text().splitlines():
     row = json.loads(line)
     mine = per[row["process"]]
-    if "batch" in row:
+    if "rows" in row:
+      rows[row["process"]][row["step"]] = row["rows"]
+    elif "batch" in row:
       mine["batches"][row["step"]] = row["batch"]
     elif "loss" in row:
       mine["losses"][row["step"]] = row["loss"]
@@ -109,7 +112,10 @@ def _summary(out, processes: int) -> dict:
       assert (row["devices"], row["processes"]) == (4, processes), row
   for other in per[1:]:
     assert other == per[0]
-  return per[0]
+  # The global batch's rows, process after process: {step: [[dataset, record], ...] per row}.
+  return dict(per[0], rows={step: [r for p in range(processes) for r in rows[p][step]]
+                            for step in rows[0]},
+              local_rows=rows)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +137,13 @@ def test_two_processes_train_exactly_like_one(runs):
   _, single, double = runs
   assert single["resumed_from"] == 0 and single["digest"]
   assert sorted(single["losses"]) == list(range(STEPS))
-  # Each process decoded only its rows; the global batches are the single process's.
+  # Each process decoded only its half of every batch (B / P contiguous rows), the
+  # halves in process order are the single process's rows, and the global batches built
+  # from them are the single process's to the byte.
+  first, second = double["local_rows"]
+  for step in range(STEPS):
+    assert len(first[step]) == len(second[step]) == len(single["rows"][step]) // 2
+  assert double["rows"] == single["rows"]
   assert double["batches"] == single["batches"]
   assert len(set(single["batches"].values())) == STEPS
   # The same loss curve and parameters, to the bit.
