@@ -216,3 +216,16 @@ def test_initialize_without_a_job_is_a_single_process_run():
   with pytest.raises(multihost.ClusterError, match="must be an integer"):
     multihost.initialize(environ={multihost.ENV_COORDINATOR: "h:1",
                                   multihost.ENV_NUM_PROCESSES: "two"})
+
+
+def test_one_process_global_batch_is_the_local_batch():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  mesh = multihost.data_mesh()
+  rows = 2 * len(jax.devices())
+  local = {"tokens": np.arange(rows * 3, dtype=np.int32).reshape(rows, 3)}
+  batch = multihost.global_batch(mesh, local)
+  np.testing.assert_array_equal(multihost.to_host(batch)["tokens"], local["tokens"])
+  multihost.check_same("anything", {"step": 1})  # one process: nothing to compare
+  with pytest.raises(ValueError, match="must use all"):
+    multihost.data_mesh(data=len(jax.devices()) + 1)
