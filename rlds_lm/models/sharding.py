@@ -110,9 +110,10 @@ def named_sharding(mesh: Mesh, axes: Sequence[str | None],
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
-  """Annotates an activation with logical axes; a no-op when no mesh is set."""
+  """Annotates an activation with logical axes; a no-op when no mesh is set, or inside
+  a ``shard_map`` over every mesh axis (each device runs on its own block there)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
+  if mesh.empty or AxisType.Auto not in mesh.axis_types:
     return x
   return jax.lax.with_sharding_constraint(
       x, logical_to_spec(axes, x.shape, dict(mesh.shape)))

@@ -1,0 +1,231 @@
+"""Multi-host training on one machine: 2 JAX processes x 2 fake CPU devices against one
+process with 4 (same global batches, losses, parameter digest, checkpoints both ways, a
+crash of one process and a restart of both).
+
+The runs are ``_multihost_child.py`` subprocesses on localhost; every test kills what it
+started, and each run has a time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rlds_lm.trainers import multihost
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_multihost_child.py")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS, EVERY = 4, 2
+RUN_TIMEOUT = 150  # seconds per run (2 cores shared with other work)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, processes: int, process_id: int, port: int) -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  for name in (multihost.ENV_COORDINATOR, multihost.ENV_NUM_PROCESSES,
+               multihost.ENV_PROCESS_ID):
+    env.pop(name, None)
+  if processes > 1:
+    env.update({multihost.ENV_COORDINATOR: f"127.0.0.1:{port}",
+                multihost.ENV_NUM_PROCESSES: str(processes),
+                multihost.ENV_PROCESS_ID: str(process_id)})
+  return env
+
+
+def _kill(procs) -> None:
+  for proc in procs:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  for proc in procs:
+    proc.wait(timeout=30)
+
+
+def _start(tmp, name: str, dataset: str, workdir, processes: int, **extra):
+  """Starts one run (``processes`` children, 4 devices in all); returns (procs, out)."""
+  out = tmp / f"{name}.jsonl"
+  spec = dict(dataset=dataset, workdir=os.fspath(workdir), steps=STEPS,
+              checkpoint_every=EVERY, out=os.fspath(out), timeout=60, **extra)
+  spec_path = tmp / f"{name}.spec.json"
+  spec_path.write_text(json.dumps(spec))
+  port = _free_port()
+  procs = []
+  for p in range(processes):
+    log = open(tmp / f"{name}.{p}.log", "w")  # pylint: disable=consider-using-with
+    procs.append(subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, CHILD, os.fspath(spec_path)], stdout=log, stderr=log,
+        env=_env(4 // processes, processes, p, port), start_new_session=True))
+  return procs, out
+
+
+def _wait(procs, tmp, name: str) -> None:
+  deadline = time.monotonic() + RUN_TIMEOUT
+  try:
+    for p, proc in enumerate(procs):
+      code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+      assert code == 0, (f"{name} process {p} exited with {code}:\n"
+                         + (tmp / f"{name}.{p}.log").read_text()[-3000:])
+  finally:
+    _kill(procs)
+
+
+def _run(tmp, name: str, dataset: str, workdir, processes: int) -> dict:
+  procs, out = _start(tmp, name, dataset, workdir, processes)
+  _wait(procs, tmp, name)
+  return _summary(out, processes)
+
+
+def _summary(out, processes: int) -> dict:
+  """What every process saw: {"batches", "losses", "digest", "resumed_from"}; asserts
+  that all processes saw the same."""
+  per = [{"batches": {}, "losses": {}, "digest": None, "resumed_from": None}
+         for _ in range(processes)]
+  rows = [{} for _ in range(processes)]
+  for line in out.read_text().splitlines():
+    row = json.loads(line)
+    mine = per[row["process"]]
+    if "rows" in row:
+      rows[row["process"]][row["step"]] = row["rows"]
+    elif "batch" in row:
+      mine["batches"][row["step"]] = row["batch"]
+    elif "loss" in row:
+      mine["losses"][row["step"]] = row["loss"]
+    elif "digest" in row:
+      mine["digest"] = row["digest"]
+    elif "resumed_from" in row:
+      mine["resumed_from"] = row["resumed_from"]
+    elif "devices" in row:
+      assert (row["devices"], row["processes"]) == (4, processes), row
+  for other in per[1:]:
+    assert other == per[0]
+  # The global batch's rows, process after process: {step: [[dataset, record], ...] per row}.
+  return dict(per[0], rows={step: [r for p in range(processes) for r in rows[p][step]]
+                            for step in rows[0]},
+              local_rows=rows)
+
+
+@pytest.fixture(scope="module")
+def dataset(published):
+  return os.fspath(published[0])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, dataset):
+  """The reference (1 process x 4 devices) and the same run on 2 processes x 2."""
+  tmp = tmp_path_factory.mktemp("multihost")
+  single = _run(tmp, "single", dataset, tmp / "single", 1)
+  double = _run(tmp, "double", dataset, tmp / "double", 2)
+  return tmp, single, double
+
+
+@pytest.mark.cluster
+def test_two_processes_train_exactly_like_one(runs):
+  _, single, double = runs
+  assert single["resumed_from"] == 0 and single["digest"]
+  assert sorted(single["losses"]) == list(range(STEPS))
+  # Each process decoded only its half of every batch (B / P contiguous rows), the
+  # halves in process order are the single process's rows, and the global batches built
+  # from them are the single process's to the byte.
+  first, second = double["local_rows"]
+  for step in range(STEPS):
+    assert len(first[step]) == len(second[step]) == len(single["rows"][step]) // 2
+  assert double["rows"] == single["rows"]
+  assert double["batches"] == single["batches"]
+  assert len(set(single["batches"].values())) == STEPS
+  # The same loss curve and parameters, to the bit.
+  assert double["losses"] == single["losses"]
+  assert double["digest"] == single["digest"]
+
+
+def _resume_copy(src, dst) -> None:
+  """``src``'s workdir without its last checkpoint: a run there resumes at EVERY."""
+  shutil.copytree(src, dst)
+  shutil.rmtree(dst / "checkpoints" / str(STEPS))
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("saved_by,restored_by", [(2, 1), (1, 2)])
+def test_checkpoints_restore_across_process_counts(runs, dataset, saved_by, restored_by):
+  tmp, single, double = runs
+  source = tmp / ("double" if saved_by == 2 else "single")
+  workdir = tmp / f"from{saved_by}to{restored_by}"
+  _resume_copy(source, workdir)
+  resumed = _run(tmp, f"from{saved_by}to{restored_by}", dataset, workdir, restored_by)
+  assert resumed["resumed_from"] == EVERY
+  assert resumed["losses"] == {s: single["losses"][s] for s in range(EVERY, STEPS)}
+  assert resumed["batches"] == {s: single["batches"][s] for s in range(EVERY, STEPS)}
+  assert resumed["digest"] == single["digest"] == double["digest"]
+
+
+@pytest.mark.cluster
+def test_kill_one_process_restart_both_resumes_exactly(runs, dataset):
+  tmp, single, _ = runs
+  workdir = tmp / "crash"
+  # Process 1 dies after step 3 (checkpoint at 2); process 0 then waits on it forever.
+  procs, _ = _start(tmp, "crash", dataset, workdir, 2, die_after=EVERY + 1, die_process=1)
+  try:
+    assert procs[1].wait(timeout=RUN_TIMEOUT) == 3, (tmp / "crash.1.log").read_text()[-3000:]
+  finally:
+    _kill(procs)  # the survivor, stuck in a collective
+  assert sorted(os.listdir(workdir / "checkpoints")) == [str(EVERY)]
+  restarted = _run(tmp, "restart", dataset, workdir, 2)
+  assert restarted["resumed_from"] == EVERY
+  assert restarted["losses"] == {s: single["losses"][s] for s in range(EVERY, STEPS)}
+  assert restarted["digest"] == single["digest"]
+
+
+@pytest.mark.cluster
+def test_a_coordinator_that_does_not_answer_is_a_clear_error():
+  code = ("from rlds_lm.trainers import multihost\n"
+          f"multihost.initialize('127.0.0.1:{_free_port()}', 2, 1, initialization_timeout=2)")
+  result = subprocess.run([sys.executable, "-c", code], env=_env(1, 1, 0, 0),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1
+  assert "ClusterError" in result.stderr
+  assert "did not answer within 2 s" in result.stderr
+
+
+def test_a_process_count_that_does_not_divide_the_batch_is_refused():
+  assert multihost.check_divides(8, 2) == 4
+  with pytest.raises(ValueError, match="a process count that does not divide the "
+                                       r"dataset/batch: batch_size 6 over 4 processes.*"
+                                       r"\[1, 2, 3, 6\]"):
+    multihost.check_divides(6, 4)
+
+
+def test_initialize_without_a_job_is_a_single_process_run():
+  assert multihost.initialize(environ={}) is False
+  with pytest.raises(multihost.ClusterError, match="needs a coordinator address"):
+    multihost.initialize(num_processes=2, environ={})
+  with pytest.raises(multihost.ClusterError, match="process_id must be in"):
+    multihost.initialize("127.0.0.1:1", 2, 2, environ={})
+  with pytest.raises(multihost.ClusterError, match="must be an integer"):
+    multihost.initialize(environ={multihost.ENV_COORDINATOR: "h:1",
+                                  multihost.ENV_NUM_PROCESSES: "two"})
+
+
+def test_one_process_global_batch_is_the_local_batch():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  mesh = multihost.data_mesh()
+  rows = 2 * len(jax.devices())
+  local = {"tokens": np.arange(rows * 3, dtype=np.int32).reshape(rows, 3)}
+  batch = multihost.global_batch(mesh, local)
+  np.testing.assert_array_equal(multihost.to_host(batch)["tokens"], local["tokens"])
+  multihost.check_same("anything", {"step": 1})  # one process: nothing to compare
+  with pytest.raises(ValueError, match="must use all"):
+    multihost.data_mesh(data=len(jax.devices()) + 1)
