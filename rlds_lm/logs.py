@@ -39,10 +39,9 @@ EPISODE_METADATA_KEY = "rlds_lm_episode_metadata"  # in the last log step's cust
 DEFAULT_WRITER_OPTIONS = "zstd:1"  # measured in benchmarks/record_throughput.py
 
 # Quiet by default: envlogger's native (glog) INFO lines, e.g. the Riegeli writer's
-# "Empty steps, nothing to do" on every flush, are hidden unless the user sets
-# GLOG_minloglevel (0 brings them back). glog reads it when envlogger's extension
-# modules load, which happens after this import when rlds_lm loads them.
-os.environ.setdefault("GLOG_minloglevel", "1")
+# "Empty steps, nothing to do" on every flush, are hidden by the package's
+# `_compat.quiet()` (GLOG_minloglevel=1 unless the user set it, or RLDS_LM_VERBOSE /
+# --verbose asks for everything); glog reads it when envlogger's extension modules load.
 
 
 # --------------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def publish(
     description: str = "",
     lineage: Mapping[str, Any] | None = None,
     file_formats: tuple[str, ...] = DEFAULT_FILE_FORMATS,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> str:
   """Writes episodes as a TFDS dataset and returns its directory.
 
@@ -182,7 +182,8 @@ def publish(
     description: free text for the dataset card.
     lineage: JSON-serialisable description of inputs and configs.
     file_formats: first is the primary format; others are added as alternatives.
-    progress: show TFDS's progress bars (off by default: publishing is quiet).
+    progress: show TFDS's progress bars (default: only when verbose, ``RLDS_LM_VERBOSE``
+      or ``--verbose``; publishing is quiet otherwise).
 
   Returns:
     The dataset directory, ready for ``tfds.builder_from_directory``.
@@ -207,6 +208,9 @@ def publish(
                           "publish a new version or choose another data_dir")
   # TFDS prints a "Downloading and preparing dataset Unknown size" banner: nothing is
   # downloaded here, so it goes.
+  if progress is None:
+    from rlds_lm import _compat  # pylint: disable=g-import-not-at-top
+    progress = os.environ.get(_compat.VERBOSE_ENV, "0") not in ("", "0")
   with contextlib.redirect_stdout(io.StringIO()), progress_bars(progress):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))

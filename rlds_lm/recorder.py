@@ -239,7 +239,7 @@ def publish_log(log_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[
                 name: str, version: str = "1.0.0", split: str = "train",
                 description: str = "", lineage: Mapping[str, Any] | None = None,
                 file_formats: tuple[str, ...] = P.DEFAULT_FILE_FORMATS,
-                strict: bool = False, progress: bool = False) -> str:
+                strict: bool = False, progress: bool | None = None) -> str:
   """Publishes every complete, intact episode of a Riegeli log as a TFDS dataset.
 
   The log is read twice: once to count what it holds (:func:`rlds_lm.logs.read_log`'s
@@ -261,7 +261,7 @@ def publish_log(log_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[
     lineage: extra lineage, merged after the log's.
     file_formats: as for :func:`rlds_lm.publish.publish`.
     strict: refuse a damaged log (raise :class:`DamagedLogError`) instead of warning.
-    progress: show TFDS's progress bars.
+    progress: show TFDS's progress bars (default: only when verbose).
 
   Returns:
     The dataset directory.
