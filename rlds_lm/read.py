@@ -22,6 +22,11 @@ import numpy as np
 from rlds_lm import integrity
 from rlds_lm import publish as P
 from rlds_lm import schema as S
+from rlds_lm import view as V
+
+# The columnar training view (rlds_lm.view) that grain_batches and the trainers read.
+open_training_view = V.open_view
+TrainingView = V.TrainingView
 
 
 def open_builder(path: str | os.PathLike[str], *, check: bool = True):
@@ -406,11 +411,19 @@ class RawSequenceDecoder:
 def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_size: int,
                   max_length: int, seed: int = 0, shuffle: bool = True,
                   with_teacher: bool = False, pad_id: int = 0, shard_index: int = 0,
-                  shard_count: int = 1, drop_remainder: bool = True):
+                  shard_count: int = 1, drop_remainder: bool = True,
+                  training_view: bool = True):
   """A Grain ``MapDataset`` of padded ``[batch, max_length]`` batches (no TensorFlow).
 
   Deterministic: the same dataset, arguments and seed give the same batches. With
   ``shard_count > 1`` each JAX process reads its own interleaved slice of episodes.
+
+  With ``training_view`` (the default) the batches are gathered from the dataset's
+  training view (:mod:`rlds_lm.view`, built on first use, rebuilt when stale): each
+  element of the returned dataset is a whole batch, gathered from memory-mapped columns,
+  so Grain worker processes (``mp_prefetch``) hand back one cheap element per batch.
+  Without a view (``training_view=False``, or none can be written) each record is decoded
+  by :class:`RawSequenceDecoder`. The batches are the same either way, bit for bit.
   """
   import grain  # pylint: disable=g-import-not-at-top
 
@@ -419,12 +432,16 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
   k = config.teacher_top_k if with_teacher else 0
   if with_teacher and not k:
     raise ValueError(f"{path}: with_teacher=True but the dataset stores no teacher top-k")
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  view = V.open_view(builder, split) if training_view else None
+  if view is not None:
+    ds = grain.MapDataset.range(len(view))
+  else:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  source = builder.as_data_source(
-      split, file_format=P.ARRAY_RECORD,
-      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  ds = grain.MapDataset.source(source)
+    source = builder.as_data_source(
+        split, file_format=P.ARRAY_RECORD,
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    ds = grain.MapDataset.source(source)
   if shard_count > 1:
     ds = ds[shard_index::shard_count]
   if drop_remainder and len(ds) < batch_size:
@@ -432,7 +449,11 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
                      f"{shard_count}) make no full batch of {batch_size}; lower batch_size "
                      f"or pass drop_remainder=False")
   if shuffle:
-    ds = ds.shuffle(seed=seed)
+    ds = ds.shuffle(seed=seed)  # the order depends only on the length and the seed
+  if view is not None:
+    keys = [field.key for field in sequence_fields(teacher_top_k=k)]
+    return ds.batch(batch_size, drop_remainder=drop_remainder).map(
+        V.ViewBatcher(view, max_length, pad_id=pad_id, keys=keys))
   ds = ds.map(RawSequenceDecoder(max_length, pad_id=pad_id, teacher_top_k=k))
   return ds.batch(batch_size, drop_remainder=drop_remainder)
 
