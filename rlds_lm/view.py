@@ -295,9 +295,10 @@ class TrainingView:
         raise ViewError(f"{path}: {'missing' if size is None else f'{size} bytes'}, "
                         f"expected {expected} (view of {self.meta['dataset']}, field "
                         f"{name!r})")
+      # Plain ndarray views of the maps: slicing an np.memmap costs more than the copy.
       self.arrays[name] = (np.memmap(path, np.dtype(spec["dtype"]), "r",
-                                     shape=tuple(spec["shape"])) if expected else
-                           np.zeros(spec["shape"], spec["dtype"]))
+                                     shape=tuple(spec["shape"])).view(np.ndarray)
+                           if expected else np.zeros(spec["shape"], spec["dtype"]))
     if verify:
       self._verify(meta_path)
     self.offsets = self.arrays[OFFSETS]
@@ -389,13 +390,17 @@ class ViewBatcher:
       column = arrays[key]
       out[key] = np.zeros((b, length) + column.shape[1:], column.dtype)
     out[S.SEQ_TOKENS].fill(self.pad_id)
+    # One gather per field: the source token of every filled cell, in row order.
     starts = self.view.offsets[indices]
-    ends = np.minimum(self.view.offsets[indices + 1], starts + length)
-    targets = [(out[key], arrays[key]) for key in out]
-    for row, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-      n = end - start
-      for target, column in targets:
-        target[row, :n] = column[start:end]
+    counts = np.minimum(self.view.offsets[indices + 1] - starts, length)
+    total = int(counts.sum())
+    first = np.cumsum(counts) - counts  # where each row's cells begin in the flat list
+    within = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
+    source = np.repeat(starts, counts) + within
+    target = np.repeat(np.arange(b, dtype=np.int64) * length, counts) + within
+    for key, array in out.items():
+      flat = array.reshape((b * length,) + array.shape[2:])
+      flat[target] = arrays[key][source]
     out[REWARD] = np.asarray(arrays[REWARD][indices], np.float32)
     if self.reward_names:
       out[REWARDS] = np.asarray(arrays[REWARDS][indices][:, self._columns], np.float32)

@@ -196,3 +196,22 @@ def test_the_view_records_its_lineage_and_pickles_small(dataset):
   invalid = [i for i in range(len(source)) if source[i][S.INVALID]]
   assert len(invalid) == 2
   assert [i for i, n in enumerate(view.lengths) if n < 0] == invalid
+
+
+def test_multiprocess_batches_equal_the_in_process_batches(dataset):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import loading  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
+    flags.FLAGS.mark_as_parsed()
+  ds = R.grain_batches(dataset, batch_size=3, max_length=24, seed=2, with_teacher=True,
+                       drop_remainder=False).repeat(3)  # 5 batches, the last of 2 rows
+  expected = list(ds)
+  with loading.multiprocess_batches(ds, workers=2, slots_per_worker=1) as it:
+    ring = it._ring.path
+    assert os.path.exists(ring)
+    got = list(it)
+  assert not os.path.exists(ring)  # the shared ring is removed with the iterator
+  assert [len(b[S.SEQ_TOKENS]) for b in got[:5]] == [3, 3, 3, 3, 2]
+  _same_batches(got, expected)
