@@ -408,6 +408,43 @@ class RawSequenceDecoder:
     return out
 
 
+class _BatchRecords:
+  """Batch ``j`` -> its record indices, as ``MapDataset.range(n)[shard::count]
+  .shuffle(seed).batch(batch_size)`` orders them (Grain's ``index_shuffle``, 4 rounds),
+  without a Grain element per record."""
+
+  def __init__(self, records: int, batch_size: int, shard_index: int, shard_count: int,
+               seed: int | None, drop_remainder: bool):
+    self.batch_size, self.shard_index, self.shard_count = batch_size, shard_index, shard_count
+    self.seed = seed
+    self.records = len(range(shard_index, records, shard_count))  # this shard's
+    self.batches = (self.records // batch_size if drop_remainder
+                    else -(-self.records // batch_size))
+
+  def __len__(self) -> int:
+    return self.batches
+
+  def __call__(self, j: int) -> np.ndarray:
+    positions = range(j * self.batch_size, min((j + 1) * self.batch_size, self.records))
+    if self.seed is not None:
+      from grain._src.python.experimental.index_shuffle.python import (  # pylint: disable=g-import-not-at-top
+          index_shuffle_module)
+      shuffle = index_shuffle_module.index_shuffle
+      positions = [shuffle(p, max_index=self.records - 1, seed=self.seed, rounds=4)
+                   for p in positions]
+    return self.shard_index + self.shard_count * np.asarray(positions, np.int64)
+
+
+class _ViewBatch:
+  """Batch ``j`` of :func:`grain_batches` from a training view."""
+
+  def __init__(self, order: _BatchRecords, batcher: V.ViewBatcher):
+    self.order, self.batcher = order, batcher
+
+  def __call__(self, j: int) -> dict[str, np.ndarray]:
+    return self.batcher(self.order(int(j)))
+
+
 def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_size: int,
                   max_length: int, seed: int = 0, shuffle: bool = True,
                   with_teacher: bool = False, pad_id: int = 0, shard_index: int = 0,
@@ -434,7 +471,7 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
     raise ValueError(f"{path}: with_teacher=True but the dataset stores no teacher top-k")
   view = V.open_view(builder, split) if training_view else None
   if view is not None:
-    ds = grain.MapDataset.range(len(view))
+    ds = grain.MapDataset.range(len(view))  # the records' order, as below
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -448,12 +485,16 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
     raise ValueError(f"{path}: {len(ds)} episodes (in shard {shard_index} of "
                      f"{shard_count}) make no full batch of {batch_size}; lower batch_size "
                      f"or pass drop_remainder=False")
-  if shuffle:
-    ds = ds.shuffle(seed=seed)  # the order depends only on the length and the seed
   if view is not None:
+    # One element per batch: its records computed in closed form (the order of the
+    # record-level pipeline below), gathered from the view's columns.
     keys = [field.key for field in sequence_fields(teacher_top_k=k)]
-    return ds.batch(batch_size, drop_remainder=drop_remainder).map(
-        V.ViewBatcher(view, max_length, pad_id=pad_id, keys=keys))
+    order = _BatchRecords(len(view), batch_size, shard_index, shard_count,
+                          seed if shuffle else None, drop_remainder)
+    return grain.MapDataset.range(len(order)).map(
+        _ViewBatch(order, V.ViewBatcher(view, max_length, pad_id=pad_id, keys=keys)))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
   ds = ds.map(RawSequenceDecoder(max_length, pad_id=pad_id, teacher_top_k=k))
   return ds.batch(batch_size, drop_remainder=drop_remainder)
 
