@@ -63,6 +63,7 @@ VOCAB_SIZE = 32_000
 TEACHER_TOP_K = 64
 GOAL_TOKENS_PER_S = 540_000  # one H100 training a 110M-parameter decoder, per host
 RLDS_LM_READERS = ("tf_python", "tf_graph", "grain_view", "grain_decoder",
+                   "pipeline_view", "pipeline_decoder",
                    "grain_view_mp1", "grain_view_mp2", "grain_decoder_mp1",
                    "grain_decoder_mp2", "grain_view_mp2_plain")  # through rlds_lm
 GOAL_VIEW_OVER_HF = 2.0  # issue 15: the view at least 2x HF datasets
@@ -201,6 +202,35 @@ def grain_reader(path: str, length: int, k: int, batch: int, *,
     if seed not in built:
       prepare(seed)
     yield from built.pop(seed)
+
+  epoch.prepare = prepare
+  return epoch
+
+
+def pipeline_reader(path: str, length: int, k: int, batch: int, *,
+                    view: bool = True) -> Callable:
+  """The trainers' input pipeline (``DataPipeline``, padding), its batches cut to the
+  fields the other readers yield."""
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+  from rlds_lm.trainers import data as D  # pylint: disable=g-import-not-at-top
+
+  keys = (R.SEQ_TOKENS, R.SEQ_LOSS_MASK, R.SEQ_LOGPROBS, R.SEQ_REWARD) + (
+      (R.SEQ_TOPK_IDS, R.SEQ_TOPK_LOGPROBS) if k else ())
+  built = {}
+
+  def prepare(seed: int) -> None:
+    built[seed] = D.DataPipeline(
+        path, D.DataConfig(batch_size=batch, max_length=length, seed=seed), optional=(),
+        require=(S.TEACHER_TOPK_IDS,) if k else (), training_view=view)
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    if seed not in built:
+      prepare(seed)
+    pipeline = built.pop(seed)
+    for step in range(pipeline.units_per_epoch(0)[0] // batch):
+      out = pipeline.batch(step)
+      yield {key: out[key] for key in keys}
 
   epoch.prepare = prepare
   return epoch
@@ -476,6 +506,10 @@ def run(args) -> dict[str, Any]:
            grain_reader(path, length, k, batch)),
           ("Grain grain_batches, decoder (training_view=False)", "grain_decoder",
            grain_reader(path, length, k, batch, view=False)),
+          ("trainers' DataPipeline, training view (default)", "pipeline_view",
+           pipeline_reader(path, length, k, batch)),
+          ("trainers' DataPipeline, decoder (training_view=False)", "pipeline_decoder",
+           pipeline_reader(path, length, k, batch, view=False)),
           ("numpy memmap (.npy)", "memmap", memmap_reader(memmap_dir, n, batch)),
           ("HF datasets (Arrow, numpy format)", "hf_datasets", hf_reader(hf_dir, batch)),
       ]
@@ -573,6 +607,15 @@ def run(args) -> dict[str, Any]:
           ratios["view_over_memmap"] = view_rate / memmap["tokens_per_s"]
         if "grain_decoder" in by_key:
           ratios["view_over_decoder"] = view_rate / by_key["grain_decoder"]["tokens_per_s"]
+      if "pipeline_view" in by_key and "pipeline_decoder" in by_key:
+        ratios["pipeline_view_over_decoder"] = (by_key["pipeline_view"]["tokens_per_s"]
+                                                / by_key["pipeline_decoder"]["tokens_per_s"])
+      if "pipeline_view" in by_key and hf:
+        ratios["pipeline_view_over_hf_datasets"] = (by_key["pipeline_view"]["tokens_per_s"]
+                                                    / hf["tokens_per_s"])
+      if "pipeline_view" in by_key and memmap:
+        ratios["pipeline_view_over_memmap"] = (by_key["pipeline_view"]["tokens_per_s"]
+                                               / memmap["tokens_per_s"])
       for kind in ("view", "decoder"):
         two, one = by_key.get(f"grain_{kind}_mp2"), by_key.get(f"grain_{kind}_mp1")
         alone = by_key.get(f"grain_{kind}")
@@ -636,6 +679,10 @@ def markdown(data: dict[str, Any]) -> str:
       "before. These rows run one iterator over all epochs, as a trainer does: the "
       "start-up column is the time to its first batch (spawning the workers), the rate "
       "is over the epochs after the first.",
+      "- trainers' DataPipeline: `rlds_lm.trainers.data.DataPipeline` (padding, its "
+      "own Philox epoch order), `batch(step)` for one epoch, with the training view "
+      "(default) and without; its extra keys (segment ids, positions, record indices) "
+      "dropped. Opened before the timed epoch, like the Grain readers.",
       "- numpy memmap: the padded arrays saved once as `.npy`, opened with "
       "`mmap_mode='r'`; a batch is a fancy-indexed copy of 32 random rows.",
       "- HF datasets: the padded arrays in Arrow (`Dataset.from_dict` with fixed-shape "
@@ -682,6 +729,9 @@ def markdown(data: dict[str, Any]) -> str:
       ("decoder_mp2_over_in_process", "decoder, 2 workers / in process", GOAL_MP2_OVER_ONE),
       ("view_plain_mp2_over_in_process", "view, Grain mp_prefetch(2) / in process", None),
       ("view_over_decoder", "training view / decoder (in process)", None),
+      ("pipeline_view_over_hf_datasets", "DataPipeline, view / HF datasets", None),
+      ("pipeline_view_over_memmap", "DataPipeline, view / numpy memmap", None),
+      ("pipeline_view_over_decoder", "DataPipeline, view / decoder", None),
   ]
   table = []
   for key, label, goal in goals:

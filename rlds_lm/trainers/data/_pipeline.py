@@ -313,6 +313,10 @@ class DataPipeline:
       if wanted and dataset.view is None:
         raws.update(((d, r), raw) for r, raw in zip(wanted, dataset.source.__getitems__(wanted)))
     per_token = [k for k in out if k in _PER_TOKEN_KEYS]
+    # Segments read from views, copied after the loop: (cell of their first token in the
+    # flattened [B * L], its token in the view, length, segment id) per dataset.
+    from_views: dict[int, list[tuple[int, int, int, int]]] = collections.defaultdict(list)
+    length = self.config.max_length
     for b, row in enumerate(rows):
       offset = 0
       for s, (d, record) in enumerate(row):
@@ -323,16 +327,14 @@ class DataPipeline:
           seq = self._decoder(raws[d, record])
           for key in per_token:
             out[key][b, offset:end] = seq[key][:n]
+          out[SEGMENT_IDS][b, offset:end] = s + 1
+          out[POSITIONS][b, offset:end] = np.arange(n, dtype=np.int32)
           reward = seq[REWARD]
           rewards = seq.get(REWARDS)
         else:
-          start = int(view.offsets[record])
-          for key in per_token:
-            out[key][b, offset:end] = view.arrays[key][start:start + n]
+          from_views[d].append((b * length + offset, int(view.offsets[record]), n, s + 1))
           reward = view.arrays[REWARD][record]
           rewards = view.arrays[REWARDS][record, self._reward_columns[d]]
-        out[SEGMENT_IDS][b, offset:end] = s + 1
-        out[POSITIONS][b, offset:end] = np.arange(n, dtype=np.int32)
         at = (b, s) if self.config.packing else (b,)
         out[REWARD][at] = reward
         out[DATASET][at] = d
@@ -340,7 +342,31 @@ class DataPipeline:
         if REWARDS in out:
           out[REWARDS][at] = rewards
         offset = end
+    for d, segments in from_views.items():
+      self._copy_from_view(out, per_token, self._datasets[d].view, segments)
     return out
+
+  @staticmethod
+  def _copy_from_view(out: dict[str, np.ndarray], per_token: Sequence[str], view,
+                      segments: Sequence[tuple[int, int, int, int]]) -> None:
+    """Copies segments ``(first cell, first view token, length, segment id)`` from a
+    training view: one gather per per-token scalar, one slice per segment for the wide
+    (teacher) fields."""
+    cells, starts, counts, ids = (np.asarray(c, np.int64) for c in zip(*segments))
+    first = np.cumsum(counts) - counts
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
+    target = np.repeat(cells, counts) + within
+    source = np.repeat(starts, counts) + within
+    for key in per_token:
+      array = out[key]
+      if array.ndim == 2:
+        array.reshape(-1)[target] = view.arrays[key][source]
+      else:
+        flat, column = array.reshape((-1,) + array.shape[2:]), view.arrays[key]
+        for cell, start, n in zip(cells.tolist(), starts.tolist(), counts.tolist()):
+          flat[cell:cell + n] = column[start:start + n]
+    out[SEGMENT_IDS].reshape(-1)[target] = np.repeat(ids, counts)
+    out[POSITIONS].reshape(-1)[target] = within
 
   def iterator(self, state: Mapping[str, Any] | None = None, *,
                prefetch: int = 1) -> DataIterator:
