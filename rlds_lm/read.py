@@ -6,7 +6,9 @@ TensorFlow. Opening a dataset reads JSON (``dataset_info.json``, ``features.json
 ``metadata.json``) and record files; nothing in the dataset directory is executed or
 unpickled.
 
-For tf.data and ``rlds.transformations`` see :mod:`rlds_lm.transforms`.
+For tf.data and ``rlds.transformations`` see :mod:`rlds_lm.transforms`. Training batches
+(:func:`grain_batches`) are gathered from the dataset's training view (:mod:`rlds_lm.view`)
+when it has one; :mod:`rlds_lm.loading` loads them in worker processes.
 """
 
 from __future__ import annotations
