@@ -82,6 +82,8 @@ def _grain(path, training_view, **kwargs):
     dict(batch_size=4, max_length=24, seed=3, with_teacher=True),
     dict(batch_size=3, max_length=7, seed=1, drop_remainder=False, pad_id=5),
     dict(batch_size=2, max_length=40, shuffle=False, shard_index=1, shard_count=3),
+    dict(batch_size=2, max_length=16, seed=9, shard_index=1, shard_count=2,
+         with_teacher=True),
 ])
 def test_grain_batches_with_and_without_the_view_are_equal(dataset, kwargs):
   with_view = _grain(dataset, True, **kwargs)
