@@ -14,9 +14,19 @@ in-memory episodes. Every reader yields batches of the same fields (``tokens``,
 * ``tf.data graph``: the same dataset flattened in-graph (``ragged_batch`` of the steps,
   concat, pad, scatter of the teacher rows), ``map(num_parallel_calls=AUTOTUNE)``,
   ``batch``, ``prefetch``.
-* ``Grain``: ``rlds_lm.read.grain_batches`` (array_record, no TensorFlow), iterated as
-  is (Grain's default ``ReadOptions``: 16 threads), and with ``mp_prefetch`` over 2
-  worker processes.
+* ``Grain, training view``: ``rlds_lm.read.grain_batches`` as trainers use it by default:
+  batches gathered from the dataset's training view (``rlds_lm.view``: memory-mapped
+  columns, built once before the timed runs; its build time is reported), iterated as is
+  (Grain's default ``ReadOptions``: 16 threads).
+* ``Grain, decoder``: ``grain_batches(training_view=False)``: each record's
+  ``tf.train.Example`` parsed by ``rlds_lm.read.RawSequenceDecoder``.
+* Worker processes: each of the two above through
+  ``rlds_lm.loading.multiprocess_batches`` with 1 and 2 workers (batches handed over in a
+  ring of reused shared-memory slots), and the view through Grain's own
+  ``.to_iter_dataset().mp_prefetch(2 workers)`` (fresh shared memory per array per
+  batch), the way this benchmark measured Grain's workers before. Worker rows run one
+  iterator over ``repeats + 1`` epochs (as a trainer would), report its start-up (to the
+  first batch) separately and time the epochs after the first.
 * ``numpy memmap``: the reference arrays saved once as ``.npy`` and opened with
   ``mmap_mode="r"``; a batch is a fancy-indexed copy of 32 random rows.
 * ``HF datasets``: the reference arrays in Arrow (``Dataset.from_dict(...).save_to_disk``
@@ -52,7 +62,13 @@ NAME = "read_throughput"
 VOCAB_SIZE = 32_000
 TEACHER_TOP_K = 64
 GOAL_TOKENS_PER_S = 540_000  # one H100 training a 110M-parameter decoder, per host
-RLDS_LM_READERS = ("tf_python", "tf_graph", "grain", "grain_mp2")  # through rlds_lm
+RLDS_LM_READERS = ("tf_python", "tf_graph", "grain_view", "grain_decoder",
+                   "pipeline_view", "pipeline_decoder",
+                   "grain_view_mp1", "grain_view_mp2", "grain_decoder_mp1",
+                   "grain_decoder_mp2", "grain_view_mp2_plain")  # through rlds_lm
+GOAL_VIEW_OVER_HF = 2.0  # issue 15: the view at least 2x HF datasets
+GOAL_VIEW_OVER_MEMMAP = 0.3  # ... and at least 0.3x numpy memmap
+GOAL_MP2_OVER_ONE = 1.5  # 2 worker processes at least 1.5x one process
 TF_SHUFFLE_BUFFER = 256  # episodes; the other readers shuffle globally
 TF_MAX_STEPS = 16  # ragged_batch width for an episode's steps (these have 2)
 TF_PYTHON_MAX_BATCHES = 4  # the tf.data + Python reader is timed on this many batches
@@ -171,28 +187,72 @@ def tf_graph_reader(path: str, length: int, k: int, batch: int) -> Callable:
   return epoch
 
 
-def grain_reader(path: str, length: int, k: int, batch: int,
-                 workers: int = 0) -> Callable:
-  import grain  # pylint: disable=g-import-not-at-top
-
+def grain_reader(path: str, length: int, k: int, batch: int, *,
+                 view: bool = True) -> Callable:
   from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
 
-  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
-    ds = R.grain_batches(path, batch_size=batch, max_length=length, seed=seed,
-                         with_teacher=bool(k))
-    if not workers:
-      yield from ds
-      return
-    it = iter(ds.to_iter_dataset().mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=workers)))
-    try:
-      yield from it
-    finally:
-      close = getattr(it, "close", None)
-      if close is not None:
-        close()
+  built = {}
 
+  def prepare(seed: int) -> None:
+    """Opens the dataset for epoch ``seed`` (untimed: a trainer opens it once)."""
+    built[seed] = R.grain_batches(path, batch_size=batch, max_length=length, seed=seed,
+                                  with_teacher=bool(k), training_view=view)
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    if seed not in built:
+      prepare(seed)
+    yield from built.pop(seed)
+
+  epoch.prepare = prepare
   return epoch
+
+
+def pipeline_reader(path: str, length: int, k: int, batch: int, *,
+                    view: bool = True) -> Callable:
+  """The trainers' input pipeline (``DataPipeline``, padding), its batches cut to the
+  fields the other readers yield."""
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+  from rlds_lm.trainers import data as D  # pylint: disable=g-import-not-at-top
+
+  keys = (R.SEQ_TOKENS, R.SEQ_LOSS_MASK, R.SEQ_LOGPROBS, R.SEQ_REWARD) + (
+      (R.SEQ_TOPK_IDS, R.SEQ_TOPK_LOGPROBS) if k else ())
+  built = {}
+
+  def prepare(seed: int) -> None:
+    built[seed] = D.DataPipeline(
+        path, D.DataConfig(batch_size=batch, max_length=length, seed=seed), optional=(),
+        require=(S.TEACHER_TOPK_IDS,) if k else (), training_view=view)
+
+  def epoch(seed: int) -> Iterator[dict[str, np.ndarray]]:
+    if seed not in built:
+      prepare(seed)
+    pipeline = built.pop(seed)
+    for step in range(pipeline.units_per_epoch(0)[0] // batch):
+      out = pipeline.batch(step)
+      yield {key: out[key] for key in keys}
+
+  epoch.prepare = prepare
+  return epoch
+
+
+def grain_workers_stream(path: str, length: int, k: int, batch: int, *, view: bool,
+                         workers: int, plain: bool = False) -> Callable:
+  """stream(epochs) -> one iterator over ``epochs`` epochs in worker processes."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import loading  # pylint: disable=g-import-not-at-top
+  from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
+
+  def stream(epochs: int):
+    ds = R.grain_batches(path, batch_size=batch, max_length=length, seed=0,
+                         with_teacher=bool(k), training_view=view).repeat(epochs)
+    if plain:
+      return iter(ds.to_iter_dataset().mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=workers)))
+    return loading.multiprocess_batches(ds, workers=workers)
+
+  return stream
 
 
 def memmap_reader(directory: str, n: int, batch: int) -> Callable:
@@ -294,6 +354,37 @@ class Verifier:
           raise AssertionError(f"row {j} (reference episode {i}): field {key} differs")
 
 
+def run_stream(stream: Callable, epochs: int, per_epoch: int,
+               verifier: Verifier) -> dict[str, Any]:
+  """One iterator over ``epochs`` epochs: the first checked (its first batches row by
+  row, its sums), the others timed one by one; start-up = time to the first batch."""
+  start = time.perf_counter()
+  iterator = stream(epochs)
+  marks, real, sums, batches = [], 0, {}, 0
+  try:
+    for batch in iterator:
+      if batches == 0:
+        startup = time.perf_counter() - start
+      batches += 1
+      if batches <= per_epoch:
+        if batches <= VERIFY_BATCHES:
+          verifier.check_batch(batch)
+        for key, value in checksums(batch).items():
+          sums[key] = sums.get(key, 0) + value
+      else:
+        real += int(np.count_nonzero(batch["loss_mask"]))
+      if batches % per_epoch == 0:
+        marks.append(time.perf_counter())
+  finally:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
+  if batches != epochs * per_epoch:
+    raise AssertionError(f"{batches} batches, expected {epochs} x {per_epoch}")
+  return {"startup_s": startup, "seconds": list(np.diff(marks)), "sums": sums,
+          "real_tokens": real // max(1, epochs - 1)}
+
+
 def run_epoch(epoch: Callable, seed: int, *, max_batches: int | None = None,
               verifier: Verifier | None = None) -> dict[str, Any]:
   """Pulls one epoch (or ``max_batches``) of batches; checks them if given a verifier."""
@@ -382,7 +473,13 @@ def run(args) -> dict[str, Any]:
           features=hf_features(length, k)).save_to_disk(hf_dir)
       hf_build_s = time.perf_counter() - t0
 
+      t0 = time.perf_counter()
+      view = R.open_training_view(R.open_builder(path), "train")
+      view_build_s = time.perf_counter() - t0
+      if view is None:
+        raise RuntimeError(f"{path}: no training view could be built")
       sizes = {
+          "training_view": C.disk_usage(view.directory)["du_bytes"],
           "tfds_tfrecord": C.disk_usage_by_format(path).get("tfrecord", 0),
           "tfds_array_record": C.disk_usage_by_format(path).get("array_record", 0),
           "memmap_npy": C.disk_usage(memmap_dir)["du_bytes"],
@@ -391,10 +488,11 @@ def run(args) -> dict[str, Any]:
       datasets_info.append({
           "teacher_top_k": k, "episodes": n, "real_tokens": ref_sums["real_tokens"],
           "build_s": build_s, "publish_s": publish_s, "hf_build_s": hf_build_s,
+          "view_build_s": view_build_s,
           "bytes": sizes, "reference_sums": ref_sums,
       })
       print(f"[top-k {k}] {n} episodes, {ref_sums['real_tokens']} action tokens; "
-            f"published in {publish_s:.1f} s; sizes "
+            f"published in {publish_s:.1f} s; view built in {view_build_s:.2f} s; sizes "
             + ", ".join(f"{key} {v / 2**20:.1f} MiB" for key, v in sizes.items()),
             flush=True)
 
@@ -404,13 +502,52 @@ def run(args) -> dict[str, Any]:
            tf_python_reader(path, length, k, batch)),
           ("tf.data graph (map+batch+prefetch)", "tf_graph",
            tf_graph_reader(path, length, k, batch)),
-          ("Grain grain_batches (default ReadOptions)", "grain",
+          ("Grain grain_batches, training view (default)", "grain_view",
            grain_reader(path, length, k, batch)),
-          ("Grain grain_batches + mp_prefetch(2 workers)", "grain_mp2",
-           grain_reader(path, length, k, batch, workers=2)),
+          ("Grain grain_batches, decoder (training_view=False)", "grain_decoder",
+           grain_reader(path, length, k, batch, view=False)),
+          ("trainers' DataPipeline, training view (default)", "pipeline_view",
+           pipeline_reader(path, length, k, batch)),
+          ("trainers' DataPipeline, decoder (training_view=False)", "pipeline_decoder",
+           pipeline_reader(path, length, k, batch, view=False)),
           ("numpy memmap (.npy)", "memmap", memmap_reader(memmap_dir, n, batch)),
           ("HF datasets (Arrow, numpy format)", "hf_datasets", hf_reader(hf_dir, batch)),
       ]
+      streams = [
+          (f"training view, multiprocess_batches({w} worker{'s' * (w > 1)})",
+           f"grain_view_mp{w}", grain_workers_stream(path, length, k, batch, view=True,
+                                                     workers=w)) for w in (1, 2)
+      ] + [
+          (f"decoder, multiprocess_batches({w} worker{'s' * (w > 1)})",
+           f"grain_decoder_mp{w}", grain_workers_stream(path, length, k, batch, view=False,
+                                                        workers=w)) for w in (1, 2)
+      ] + [
+          ("training view, Grain mp_prefetch(2 workers) as before", "grain_view_mp2_plain",
+           grain_workers_stream(path, length, k, batch, view=True, workers=2, plain=True)),
+      ]
+      only = set(args.only.split(",")) if args.only else None
+      readers = [r for r in readers if only is None or r[1] in only]
+      streams = [r for r in streams if only is None or r[1] in only]
+      for label, key, stream in streams:
+        try:
+          res = run_stream(stream, repeats + 1, full, verifier)
+          if not _same_sums(res["sums"], ref_sums):
+            raise AssertionError(f"epoch sums {res['sums']} != reference {ref_sums}")
+          median = float(np.median(res["seconds"]))
+          row = {
+              "teacher_top_k": k, "reader": label, "key": key, "seconds": res["seconds"],
+              "median_s": median, "batches_per_run": full, "full_epoch": True,
+              "startup_s": res["startup_s"], "tokens_per_s": full * batch * length / median,
+              "real_tokens_per_s": res["real_tokens"] / median,
+              "batches_per_s": full / median, "verified": True,
+          }
+          print(f"  {label}: {C.fmt_rate(row['tokens_per_s'])} tok/s "
+                f"(start-up {res['startup_s']:.1f} s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - a failing reader is a result too
+          row = {"teacher_top_k": k, "reader": label, "key": key,
+                 "error": f"{type(e).__name__}: {e}"[:500]}
+          print(f"  {label}: FAILED {row['error']}", flush=True)
+        rows.append(row)
       for label, key, epoch in readers:
         max_batches = min(full, TF_PYTHON_MAX_BATCHES) if key == "tf_python" else full
         try:
@@ -419,8 +556,12 @@ def run(args) -> dict[str, Any]:
             raise AssertionError(f"{warm['batches']} batches, expected {max_batches}")
           if max_batches == full and not _same_sums(warm["sums"], ref_sums):
             raise AssertionError(f"epoch sums {warm['sums']} != reference {ref_sums}")
-          seconds = []
+          seconds, open_s = [], []
           for rep in range(repeats):
+            if hasattr(epoch, "prepare"):
+              start = time.perf_counter()
+              epoch.prepare(rep + 1)
+              open_s.append(time.perf_counter() - start)
             start = time.perf_counter()
             res = run_epoch(epoch, rep + 1, max_batches=max_batches)
             seconds.append(time.perf_counter() - start)
@@ -434,6 +575,8 @@ def run(args) -> dict[str, Any]:
               "real_tokens_per_s": res["real_tokens"] / median,
               "batches_per_s": res["batches"] / median, "verified": True,
           }
+          if open_s:  # opening the dataset, not timed (once per run for a trainer)
+            row["open_s"] = float(np.median(open_s))
           print(f"  {label}: {C.fmt_rate(row['tokens_per_s'])} tok/s "
                 f"({C.fmt_rate(row['real_tokens_per_s'])} real)", flush=True)
         except Exception as e:  # noqa: BLE001 - a failing reader is a result too
@@ -454,6 +597,39 @@ def run(args) -> dict[str, Any]:
             else None
         row["beats_hf_datasets"] = row["tokens_per_s"] > hf["tokens_per_s"] if hf else None
         row["meets_goal"] = row["tokens_per_s"] >= GOAL_TOKENS_PER_S
+      by_key = {r["key"]: r for r in rows if r["teacher_top_k"] == k and "error" not in r}
+      ratios = {}
+      if "grain_view" in by_key:
+        view_rate = by_key["grain_view"]["tokens_per_s"]
+        if hf:
+          ratios["view_over_hf_datasets"] = view_rate / hf["tokens_per_s"]
+        if memmap:
+          ratios["view_over_memmap"] = view_rate / memmap["tokens_per_s"]
+        if "grain_decoder" in by_key:
+          ratios["view_over_decoder"] = view_rate / by_key["grain_decoder"]["tokens_per_s"]
+      if "pipeline_view" in by_key and "pipeline_decoder" in by_key:
+        ratios["pipeline_view_over_decoder"] = (by_key["pipeline_view"]["tokens_per_s"]
+                                                / by_key["pipeline_decoder"]["tokens_per_s"])
+      if "pipeline_view" in by_key and hf:
+        ratios["pipeline_view_over_hf_datasets"] = (by_key["pipeline_view"]["tokens_per_s"]
+                                                    / hf["tokens_per_s"])
+      if "pipeline_view" in by_key and memmap:
+        ratios["pipeline_view_over_memmap"] = (by_key["pipeline_view"]["tokens_per_s"]
+                                               / memmap["tokens_per_s"])
+      for kind in ("view", "decoder"):
+        two, one = by_key.get(f"grain_{kind}_mp2"), by_key.get(f"grain_{kind}_mp1")
+        alone = by_key.get(f"grain_{kind}")
+        if two and one:
+          ratios[f"{kind}_mp2_over_mp1"] = two["tokens_per_s"] / one["tokens_per_s"]
+        if two and alone:
+          ratios[f"{kind}_mp2_over_in_process"] = two["tokens_per_s"] / alone["tokens_per_s"]
+      plain = by_key.get("grain_view_mp2_plain")
+      if plain and "grain_view" in by_key:
+        ratios["view_plain_mp2_over_in_process"] = (plain["tokens_per_s"]
+                                                    / by_key["grain_view"]["tokens_per_s"])
+      datasets_info[-1]["ratios"] = ratios
+      print("  ratios: " + ", ".join(f"{key} {v:.2f}" for key, v in ratios.items()),
+            flush=True)
   finally:
     if not args.keep and not args.workdir:
       shutil.rmtree(scratch, ignore_errors=True)
@@ -489,10 +665,24 @@ def markdown(data: dict[str, Any]) -> str:
       "- tf.data graph: the same dataset flattened in-graph (`ragged_batch` of the "
       "steps, concat, pad, scatter of the teacher rows) in "
       "`map(num_parallel_calls=AUTOTUNE)`, then `batch`, `prefetch`.",
-      "- Grain: `rlds_lm.read.grain_batches` as of the commit below (array_record "
-      "through `as_data_source`, no TensorFlow), iterated as is (Grain's default "
-      "`ReadOptions`: 16 threads), and with `.to_iter_dataset().mp_prefetch(2 workers)` "
-      "(batches pickled back from 2 worker processes).",
+      "- Grain, training view: `rlds_lm.read.grain_batches` as of the commit below, "
+      "its default: batches gathered from the dataset's training view "
+      "(`rlds_lm.view`, memory-mapped columns; built once before the timed runs, see "
+      "the build time below), one Grain element per batch, iterated as is (Grain's "
+      "default `ReadOptions`: 16 threads). No TensorFlow.",
+      "- Grain, decoder: `grain_batches(training_view=False)`: array_record through "
+      "`as_data_source`, each record parsed by `RawSequenceDecoder`.",
+      "- Worker processes: each of those through `rlds_lm.loading.multiprocess_batches` "
+      "(1 and 2 workers; batches handed over in a ring of reused shared-memory slots), "
+      "and the view through Grain's own `.to_iter_dataset().mp_prefetch(2 workers)` "
+      "(fresh shared memory per array per batch) as this benchmark measured workers "
+      "before. These rows run one iterator over all epochs, as a trainer does: the "
+      "start-up column is the time to its first batch (spawning the workers), the rate "
+      "is over the epochs after the first.",
+      "- trainers' DataPipeline: `rlds_lm.trainers.data.DataPipeline` (padding, its "
+      "own Philox epoch order), `batch(step)` for one epoch, with the training view "
+      "(default) and without; its extra keys (segment ids, positions, record indices) "
+      "dropped. Opened before the timed epoch, like the Grain readers.",
       "- numpy memmap: the padded arrays saved once as `.npy`, opened with "
       "`mmap_mode='r'`; a batch is a fancy-indexed copy of 32 random rows.",
       "- HF datasets: the padded arrays in Arrow (`Dataset.from_dict` with fixed-shape "
@@ -509,7 +699,7 @@ def markdown(data: dict[str, Any]) -> str:
     teacher = f"top-{r['teacher_top_k']}" if r["teacher_top_k"] else "none"
     if "error" in r:
       table.append([teacher, r["reader"], "failed", "—", "—", "—", "—",
-                    r["error"][:80].replace("|", "/"), "—"])
+                    r["error"][:80].replace("|", "/"), "—", "—"])
       continue
     reader = r["reader"] + ("" if r["full_epoch"] else
                             f" ({r['batches_per_run']} batches per run)")
@@ -521,11 +711,41 @@ def markdown(data: dict[str, Any]) -> str:
                                                   else "no"),
         "yes" if r["meets_goal"] else f"no ({r['tokens_per_s'] / s['goal_tokens_per_s']:.2f}x)",
         C.spread(r["seconds"]),
+        f"{r['startup_s']:.1f} s" if "startup_s" in r else (
+            f"{r['open_s'] * 1000:.0f} ms open" if "open_s" in r else "—"),
     ])
   lines.append(C.markdown_table(
       ["teacher", "reader", "tokens/s", "real tokens/s", "batches/s", "ratio to memmap",
-       "beats HF datasets", f"meets {s['goal_tokens_per_s'] // 1000}k tok/s", "spread"],
-      table, ["l", "l", "r", "r", "r", "r", "l", "l", "r"]))
+       "beats HF datasets", f"meets {s['goal_tokens_per_s'] // 1000}k tok/s", "spread",
+       "start-up"],
+      table, ["l", "l", "r", "r", "r", "r", "l", "l", "r", "r"]))
+  lines += ["", "Issue 15's goals, as ratios measured in this run:", ""]
+  goals = [
+      ("view_over_hf_datasets", "grain_batches, view / HF datasets", GOAL_VIEW_OVER_HF),
+      ("view_over_memmap", "grain_batches, view / numpy memmap", GOAL_VIEW_OVER_MEMMAP),
+      ("view_mp2_over_mp1", "view, 2 workers / 1 worker", GOAL_MP2_OVER_ONE),
+      ("view_mp2_over_in_process", "view, 2 workers / in process", GOAL_MP2_OVER_ONE),
+      ("decoder_mp2_over_mp1", "decoder, 2 workers / 1 worker", GOAL_MP2_OVER_ONE),
+      ("decoder_mp2_over_in_process", "decoder, 2 workers / in process", GOAL_MP2_OVER_ONE),
+      ("view_plain_mp2_over_in_process", "view, Grain mp_prefetch(2) / in process", None),
+      ("view_over_decoder", "grain_batches, view / decoder (in process)", None),
+      ("pipeline_view_over_hf_datasets", "DataPipeline, view / HF datasets",
+       GOAL_VIEW_OVER_HF),
+      ("pipeline_view_over_memmap", "DataPipeline, view / numpy memmap",
+       GOAL_VIEW_OVER_MEMMAP),
+      ("pipeline_view_over_decoder", "DataPipeline, view / decoder", None),
+  ]
+  table = []
+  for key, label, goal in goals:
+    cells = [label]
+    for d in data["datasets"]:
+      value = d.get("ratios", {}).get(key)
+      cells.append("—" if value is None else f"{value:.2f}x")
+    cells.append("—" if goal is None else f">= {goal}x")
+    table.append(cells)
+  lines.append(C.markdown_table(
+      ["ratio"] + [f"top-{d['teacher_top_k']}" if d["teacher_top_k"] else "no teacher"
+                   for d in data["datasets"]] + ["goal"], table))
   lines += [""]
   for k in sorted({r["teacher_top_k"] for r in data["rows"]}):
     ok = [r for r in data["rows"] if r["teacher_top_k"] == k and "error" not in r]
@@ -551,13 +771,14 @@ def markdown(data: dict[str, Any]) -> str:
     b = d["bytes"]
     table.append([
         f"top-{d['teacher_top_k']}" if d["teacher_top_k"] else "none",
-        f"{d['publish_s']:.1f}", f"{b['tfds_tfrecord'] / 2**20:.1f}",
-        f"{b['tfds_array_record'] / 2**20:.1f}", f"{b['memmap_npy'] / 2**20:.1f}",
+        f"{d['publish_s']:.1f}", f"{d['view_build_s']:.2f}",
+        f"{b['tfds_tfrecord'] / 2**20:.1f}", f"{b['tfds_array_record'] / 2**20:.1f}",
+        f"{b['training_view'] / 2**20:.1f}", f"{b['memmap_npy'] / 2**20:.1f}",
         f"{b['hf_arrow'] / 2**20:.1f}",
     ])
   lines.append(C.markdown_table(
-      ["teacher", "publish s (tfrecord + array_record)", "tfrecord MiB",
-       "array_record MiB", "memmap .npy MiB", "HF Arrow MiB"], table))
+      ["teacher", "publish s (tfrecord + array_record)", "view build s", "tfrecord MiB",
+       "array_record MiB", "training view MiB", "memmap .npy MiB", "HF Arrow MiB"], table))
   lines += C.run_footer(data)
   return "\n".join(lines) + "\n"
 
@@ -567,6 +788,8 @@ def main(argv=None) -> int:
   parser.add_argument("--episodes", type=int, default=2048)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--length", type=int, default=192)
+  parser.add_argument("--only", default=None,
+                      help="comma-separated reader keys to run (e.g. grain_view,memmap)")
   args = parser.parse_args(argv)
   return C.run_benchmark(NAME, args, run, markdown)
 

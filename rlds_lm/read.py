@@ -6,7 +6,9 @@ TensorFlow. Opening a dataset reads JSON (``dataset_info.json``, ``features.json
 ``metadata.json``) and record files; nothing in the dataset directory is executed or
 unpickled.
 
-For tf.data and ``rlds.transformations`` see :mod:`rlds_lm.transforms`.
+For tf.data and ``rlds.transformations`` see :mod:`rlds_lm.transforms`. Training batches
+(:func:`grain_batches`) are gathered from the dataset's training view (:mod:`rlds_lm.view`)
+when it has one; :mod:`rlds_lm.loading` loads them in worker processes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import numpy as np
 from rlds_lm import integrity
 from rlds_lm import publish as P
 from rlds_lm import schema as S
+from rlds_lm import view as V
+
+# The columnar training view (rlds_lm.view) that grain_batches and the trainers read.
+open_training_view = V.open_view
+TrainingView = V.TrainingView
 
 
 def open_builder(path: str | os.PathLike[str], *, check: bool = True):
@@ -407,14 +414,59 @@ class RawSequenceDecoder:
     return out
 
 
+class _BatchRecords:
+  """Batch ``j`` -> its record indices, as ``MapDataset.range(n)[shard::count]
+  .shuffle(seed).batch(batch_size)`` orders them (Grain's ``index_shuffle``, 4 rounds),
+  without a Grain element per record."""
+
+  def __init__(self, records: int, batch_size: int, shard_index: int, shard_count: int,
+               seed: int | None, drop_remainder: bool):
+    self.batch_size, self.shard_index, self.shard_count = batch_size, shard_index, shard_count
+    self.seed = seed
+    self.records = len(range(shard_index, records, shard_count))  # this shard's
+    self.batches = (self.records // batch_size if drop_remainder
+                    else -(-self.records // batch_size))
+
+  def __len__(self) -> int:
+    return self.batches
+
+  def __call__(self, j: int) -> np.ndarray:
+    positions = range(j * self.batch_size, min((j + 1) * self.batch_size, self.records))
+    if self.seed is not None:
+      from grain._src.python.experimental.index_shuffle.python import (  # pylint: disable=g-import-not-at-top
+          index_shuffle_module)
+      shuffle = index_shuffle_module.index_shuffle
+      positions = [shuffle(p, max_index=self.records - 1, seed=self.seed, rounds=4)
+                   for p in positions]
+    return self.shard_index + self.shard_count * np.asarray(positions, np.int64)
+
+
+class _ViewBatch:
+  """Batch ``j`` of :func:`grain_batches` from a training view."""
+
+  def __init__(self, order: _BatchRecords, batcher: V.ViewBatcher):
+    self.order, self.batcher = order, batcher
+
+  def __call__(self, j: int) -> dict[str, np.ndarray]:
+    return self.batcher(self.order(int(j)))
+
+
 def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_size: int,
                   max_length: int, seed: int = 0, shuffle: bool = True,
                   with_teacher: bool = False, pad_id: int = 0, shard_index: int = 0,
-                  shard_count: int = 1, drop_remainder: bool = True):
+                  shard_count: int = 1, drop_remainder: bool = True,
+                  training_view: bool = True):
   """A Grain ``MapDataset`` of padded ``[batch, max_length]`` batches (no TensorFlow).
 
   Deterministic: the same dataset, arguments and seed give the same batches. With
   ``shard_count > 1`` each JAX process reads its own interleaved slice of episodes.
+
+  With ``training_view`` (the default) the batches are gathered from the dataset's
+  training view (:mod:`rlds_lm.view`, built on first use, rebuilt when stale): each
+  element of the returned dataset is a whole batch, gathered from memory-mapped columns,
+  so Grain worker processes (``mp_prefetch``) hand back one cheap element per batch.
+  Without a view (``training_view=False``, or none can be written) each record is decoded
+  by :class:`RawSequenceDecoder`. The batches are the same either way, bit for bit.
   """
   import grain  # pylint: disable=g-import-not-at-top
 
@@ -423,18 +475,30 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
   k = config.teacher_top_k if with_teacher else 0
   if with_teacher and not k:
     raise ValueError(f"{path}: with_teacher=True but the dataset stores no teacher top-k")
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  view = V.open_view(builder, split) if training_view else None
+  if view is not None:
+    ds = grain.MapDataset.range(len(view))  # the records' order, as below
+  else:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  source = builder.as_data_source(
-      split, file_format=P.ARRAY_RECORD,
-      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  ds = grain.MapDataset.source(source)
+    source = builder.as_data_source(
+        split, file_format=P.ARRAY_RECORD,
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    ds = grain.MapDataset.source(source)
   if shard_count > 1:
     ds = ds[shard_index::shard_count]
   if drop_remainder and len(ds) < batch_size:
     raise ValueError(f"{path}: {len(ds)} episodes (in shard {shard_index} of "
                      f"{shard_count}) make no full batch of {batch_size}; lower batch_size "
                      f"or pass drop_remainder=False")
+  if view is not None:
+    # One element per batch: its records computed in closed form (the order of the
+    # record-level pipeline below), gathered from the view's columns.
+    keys = [field.key for field in sequence_fields(teacher_top_k=k)]
+    order = _BatchRecords(len(view), batch_size, shard_index, shard_count,
+                          seed if shuffle else None, drop_remainder)
+    return grain.MapDataset.range(len(order)).map(
+        _ViewBatch(order, V.ViewBatcher(view, max_length, pad_id=pad_id, keys=keys)))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.map(RawSequenceDecoder(max_length, pad_id=pad_id, teacher_top_k=k))

@@ -1,8 +1,11 @@
 """The trainers' input pipeline: published datasets -> fixed-shape ``[batch, length]`` batches.
 
-No TensorFlow, no Grain: records come from the datasets' ``array_record`` files through
-``tfds.builder_from_directory(...).as_data_source`` (raw bytes) and are decoded with
-:class:`rlds_lm.read.RawSequenceDecoder`, so this runs on GPU / TPU hosts with JAX alone.
+No TensorFlow, no Grain: each dataset's per-token arrays come from its training view
+(:mod:`rlds_lm.view`: memory-mapped columns next to the dataset, built once from its
+``array_record`` files and rebuilt when stale; docs/training_view.md), or, without one,
+from the records themselves through ``tfds.builder_from_directory(...).as_data_source``
+(raw bytes) decoded with :class:`rlds_lm.read.RawSequenceDecoder`; the batches are the
+same either way. So this runs on GPU / TPU hosts with JAX alone.
 
 **Batch ``i`` is a pure function of (datasets, config, seed, ``i``).** Nothing depends on
 what was read before, on worker or thread counts, or on the number of processes:

@@ -52,8 +52,10 @@ _INDEX_CACHE: dict[tuple[str, str, str], np.ndarray] = {}
 _INDEX_LOCK = threading.Lock()
 
 
-def _index(path: str, split: str, identity: str, source, cache_dir: str | None) -> np.ndarray:
-  """:func:`_scan`, cached in memory and, given ``cache_dir``, on disk by identity."""
+def _index(path: str, split: str, identity: str, source, cache_dir: str | None, *,
+           known: np.ndarray | None = None) -> np.ndarray:
+  """:func:`_scan` (or the ``known`` lengths, from a training view), cached in memory
+  and, given ``cache_dir``, on disk by identity."""
   key = (os.path.realpath(path), split, identity)
   file = os.path.join(cache_dir, f"{identity}.npy") if cache_dir else None
   with _INDEX_LOCK:
@@ -64,7 +66,7 @@ def _index(path: str, split: str, identity: str, source, cache_dir: str | None) 
       raise ValueError(f"{path}: index {file} holds {lengths.shape[0]} records, the split "
                        f"has {len(source)}; delete the stale file")
   if lengths is None:
-    lengths = _scan(source)
+    lengths = _scan(source) if known is None else np.array(known, np.int64)
   if file and not os.path.exists(file):
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{file}.{os.getpid()}.tmp"
@@ -79,7 +81,7 @@ def _index(path: str, split: str, identity: str, source, cache_dir: str | None) 
 class _Dataset:
   """A published dataset opened for training: schema, raw records, trainable episodes."""
 
-  def __init__(self, path: str, split: str):
+  def __init__(self, path: str, split: str, *, training_view: bool = True):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     self.path = path
@@ -112,6 +114,9 @@ class _Dataset:
         "name": self.name, "split": split, "records": len(self.source),
         "bytes": int(split_info.num_bytes), "schema": self.schema.to_json(),
         "ends": [hashlib.sha256(b).hexdigest() for b in ends]}, prefix="ds-")
+    # The columnar copy of the split (None: decode the records); not part of the
+    # identity: the batches are the same either way.
+    self.view = R.open_training_view(builder, split) if training_view else None
 
   def __repr__(self) -> str:
     return f"{self.path} ({self.name})"

@@ -88,7 +88,12 @@ class DataPipeline:
       ``batch_size``.
     index_cache_dir: optional directory keeping each dataset's index of trainable
       episodes (one ``.npy`` per dataset, named by its content identity), so that later
-      runs skip the indexing pass.
+      runs skip the indexing pass (not needed for a dataset with a training view: the
+      view holds the index).
+    training_view: read each dataset through its training view (:mod:`rlds_lm.view`,
+      built on first use next to the dataset or in a cache, rebuilt when stale) instead
+      of decoding its records. The batches are the same, bit for bit; a dataset without
+      a view (read-only and no cache, a sliced split) is decoded.
 
   Raises:
     DataMismatchError: a dataset lacks a required field, has another vocabulary or
@@ -109,7 +114,8 @@ class DataPipeline:
   def __init__(self, datasets: Datasets, config: DataConfig, *, require: Sequence[str] = (),
                optional: Sequence[str] | None = None, vocab_size: int | None = None,
                tokenizer: Any = None, shard_index: int = 0, shard_count: int = 1,
-               index_cache_dir: str | os.PathLike[str] | None = None):
+               index_cache_dir: str | os.PathLike[str] | None = None,
+               training_view: bool = True):
     if shard_count < 1 or not 0 <= shard_index < shard_count:
       raise ValueError(f"DataPipeline: shard_index must be in [0, shard_count); found "
                        f"shard_index={shard_index}, shard_count={shard_count}")
@@ -122,7 +128,8 @@ class DataPipeline:
     self.config = config
     self.shard_index, self.shard_count = shard_index, shard_count
     entries = _normalise_datasets(datasets)
-    self._datasets = [_Dataset(path, config.split) for path, _ in entries]
+    self._datasets = [_Dataset(path, config.split, training_view=training_view)
+                      for path, _ in entries]
     self._check_model(vocab_size, tokenizer)
     self._outputs = self._choose_outputs(require, optional)
     parts = _weight_parts([w for _, w in entries])
@@ -134,7 +141,8 @@ class DataPipeline:
     cache_dir = os.fspath(index_cache_dir) if index_cache_dir is not None else None
     self._streams = []
     for dataset in self._datasets:
-      lengths = _index(dataset.path, config.split, dataset.identity, dataset.source, cache_dir)
+      lengths = _index(dataset.path, config.split, dataset.identity, dataset.source,
+                       cache_dir, known=None if dataset.view is None else dataset.view.lengths)
       stream = _Stream(dataset, lengths, config)
       if not stream.eligible.size:
         raise DataMismatchError(
@@ -148,6 +156,10 @@ class DataPipeline:
     self._decoder = R.RawSequenceDecoder(
         config.max_length, pad_id=config.pad_id, fields=self._fields,
         reward_names=self.reward_names if REWARDS in self._outputs else ())
+    # Per dataset with a view: its named-reward columns in this pipeline's order.
+    self._reward_columns = [
+        [d.view.reward_names.index(n) for n in self.reward_names] if d.view is not None
+        else None for d in self._datasets]
 
   # -- validation ----------------------------------------------------------------------
 
@@ -292,30 +304,69 @@ class DataPipeline:
     out[DATASET].fill(-1)
     out[RECORD_INDEX].fill(-1)
     # One read per dataset for the whole batch; each record decoded once.
+    # Datasets with a training view: slices of its memory-mapped columns (the decoder's
+    # arrays before the cut). Without: one read per dataset for the whole batch, each
+    # record decoded once.
     raws = {}
     for d, dataset in enumerate(self._datasets):
       wanted = sorted({r for row in rows for dd, r in row if dd == d})
-      if wanted:
+      if wanted and dataset.view is None:
         raws.update(((d, r), raw) for r, raw in zip(wanted, dataset.source.__getitems__(wanted)))
     per_token = [k for k in out if k in _PER_TOKEN_KEYS]
+    # Segments read from views, copied after the loop: (cell of their first token in the
+    # flattened [B * L], its token in the view, length, segment id) per dataset.
+    from_views: dict[int, list[tuple[int, int, int, int]]] = collections.defaultdict(list)
+    length = self.config.max_length
     for b, row in enumerate(rows):
       offset = 0
       for s, (d, record) in enumerate(row):
         n = int(self._streams[d].lengths[record])
-        seq = self._decoder(raws[d, record])
         end = offset + n
-        for key in per_token:
-          out[key][b, offset:end] = seq[key][:n]
-        out[SEGMENT_IDS][b, offset:end] = s + 1
-        out[POSITIONS][b, offset:end] = np.arange(n, dtype=np.int32)
+        view = self._datasets[d].view
+        if view is None:
+          seq = self._decoder(raws[d, record])
+          for key in per_token:
+            out[key][b, offset:end] = seq[key][:n]
+          out[SEGMENT_IDS][b, offset:end] = s + 1
+          out[POSITIONS][b, offset:end] = np.arange(n, dtype=np.int32)
+          reward = seq[REWARD]
+          rewards = seq.get(REWARDS)
+        else:
+          from_views[d].append((b * length + offset, int(view.offsets[record]), n, s + 1))
+          reward = view.arrays[REWARD][record]
+          rewards = view.arrays[REWARDS][record, self._reward_columns[d]]
         at = (b, s) if self.config.packing else (b,)
-        out[REWARD][at] = seq[REWARD]
+        out[REWARD][at] = reward
         out[DATASET][at] = d
         out[RECORD_INDEX][at] = record
         if REWARDS in out:
-          out[REWARDS][at] = seq[REWARDS]
+          out[REWARDS][at] = rewards
         offset = end
+    for d, segments in from_views.items():
+      self._copy_from_view(out, per_token, self._datasets[d].view, segments)
     return out
+
+  @staticmethod
+  def _copy_from_view(out: dict[str, np.ndarray], per_token: Sequence[str], view,
+                      segments: Sequence[tuple[int, int, int, int]]) -> None:
+    """Copies segments ``(first cell, first view token, length, segment id)`` from a
+    training view: one gather per per-token scalar, one slice per segment for the wide
+    (teacher) fields."""
+    cells, starts, counts, ids = (np.asarray(c, np.int64) for c in zip(*segments))
+    first = np.cumsum(counts) - counts
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
+    target = np.repeat(cells, counts) + within
+    source = np.repeat(starts, counts) + within
+    for key in per_token:
+      array = out[key]
+      if array.ndim == 2:
+        array.reshape(-1)[target] = view.arrays[key][source]
+      else:
+        flat, column = array.reshape((-1,) + array.shape[2:]), view.arrays[key]
+        for cell, start, n in zip(cells.tolist(), starts.tolist(), counts.tolist()):
+          flat[cell:cell + n] = column[start:start + n]
+    out[SEGMENT_IDS].reshape(-1)[target] = np.repeat(ids, counts)
+    out[POSITIONS].reshape(-1)[target] = within
 
   def iterator(self, state: Mapping[str, Any] | None = None, *,
                prefetch: int = 1) -> DataIterator:

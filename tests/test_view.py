@@ -1,0 +1,219 @@
+"""The training view: same batches as the decoder, rebuilt when stale, damage detected."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROLLOUT
+from rlds_lm import publish as P
+from rlds_lm import read as R
+from rlds_lm import schema as S
+from rlds_lm import testing as T
+from rlds_lm import validate as V
+from rlds_lm import view as VW
+from rlds_lm.trainers import data as D
+
+
+def _rollout(seed: int, invalid: bool = False):
+  # Varied shapes: 1-3 turns, prompts of 0-3 tokens, actions of 3-7 tokens.
+  episode = T.fake_rollout(ROLLOUT, seed=seed, turns=1 + seed % 3, prompt_len=seed % 4,
+                           action_len=3 + seed % 5, thinking=seed % 2 == 0)
+  episode[S.INVALID] = invalid
+  return V.validate_episode(episode, ROLLOUT)
+
+
+def _publish(root, name: str, seeds, invalid=()) -> str:
+  episodes = [_rollout(s, invalid=s in invalid) for s in seeds]
+  return P.publish({"train": episodes}, data_dir=root, name=name, config=ROLLOUT)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+  return _publish(tmp_path / "data", "view_a", range(14), invalid=(3, 8))
+
+
+class _Warnings(logging.Handler):
+  """The training view's warnings (pytest's caplog is off with -p no:logging)."""
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.lines: list[str] = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+  @property
+  def text(self) -> str:
+    return "\n".join(self.lines)
+
+  def clear(self):
+    self.lines.clear()
+
+
+@pytest.fixture
+def warnings_():
+  handler = _Warnings()
+  VW.log.addHandler(handler)
+  yield handler
+  VW.log.removeHandler(handler)
+
+
+def _same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert list(x) == list(y)
+    for key in x:
+      assert x[key].dtype == y[key].dtype, key
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def _grain(path, training_view, **kwargs):
+  return list(R.grain_batches(path, training_view=training_view, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(batch_size=4, max_length=24, seed=3, with_teacher=True),
+    dict(batch_size=3, max_length=7, seed=1, drop_remainder=False, pad_id=5),
+    dict(batch_size=2, max_length=40, shuffle=False, shard_index=1, shard_count=3),
+    dict(batch_size=2, max_length=16, seed=9, shard_index=1, shard_count=2,
+         with_teacher=True),
+])
+def test_grain_batches_with_and_without_the_view_are_equal(dataset, kwargs):
+  with_view = _grain(dataset, True, **kwargs)
+  assert os.path.exists(os.path.join(dataset, VW.VIEW_DIR, "train", VW.VIEW_JSON))
+  _same_batches(with_view, _grain(dataset, False, **kwargs))
+
+
+@pytest.mark.parametrize("config", [
+    D.DataConfig(batch_size=4, max_length=20, seed=2),
+    D.DataConfig(batch_size=4, max_length=12, seed=5, packing=True, max_segments=3),
+])
+def test_trainer_batches_with_and_without_the_view_are_equal(tmp_path, config):
+  a = _publish(tmp_path / "data", "mix_a", range(14), invalid=(3, 8))
+  b = _publish(tmp_path / "data", "mix_b", range(100, 109))
+  datasets = {a: 0.6, b: 0.4}
+  with_view = D.DataPipeline(datasets, config, require=("rewards/entailment",))
+  without = D.DataPipeline(datasets, config, require=("rewards/entailment",),
+                           training_view=False)
+  # The view changes how batches are read, never which: same fingerprint, same arrays.
+  assert with_view.fingerprint == without.fingerprint
+  assert [d.view is not None for d in with_view._datasets] == [True, True]
+  assert D.TEACHER_TOPK_IDS in with_view.batch_spec and D.REWARDS in with_view.batch_spec
+  _same_batches([with_view.batch(i) for i in range(6)], [without.batch(i) for i in range(6)])
+
+
+def test_a_stale_view_is_rebuilt(tmp_path, warnings_):
+  a = _publish(tmp_path / "a", "stale", range(6))
+  b = _publish(tmp_path / "b", "stale", range(50, 62))
+  for path in (a, b):
+    R.grain_batches(path, batch_size=2, max_length=8)
+  # A's view replaced by one built from other records (say, an older version of the
+  # dataset): its lineage names another source digest.
+  shutil.rmtree(os.path.join(a, VW.VIEW_DIR))
+  shutil.copytree(os.path.join(b, VW.VIEW_DIR), os.path.join(a, VW.VIEW_DIR))
+  stale = VW.TrainingView(VW.view_dir(a, "train"))
+  assert stale.source_digest == VW.source_digest(R.open_builder(b), "train")
+  batches = _grain(a, True, batch_size=2, max_length=30, seed=4)
+  assert "is stale" in warnings_.text
+  view = VW.TrainingView(VW.view_dir(a, "train"))
+  assert view.source_digest == VW.source_digest(R.open_builder(a), "train") != (
+      stale.source_digest)
+  assert len(view) == 6
+  _same_batches(batches, _grain(a, False, batch_size=2, max_length=30, seed=4))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "remove"])
+def test_a_damaged_view_is_detected_and_rebuilt(dataset, damage, warnings_):
+  R.grain_batches(dataset, batch_size=2, max_length=8)
+  directory = VW.view_dir(dataset, "train")
+  file = os.path.join(directory, f"{S.SEQ_TEACHER_TOPK_LOGPROBS}.bin")
+  if damage == "remove":
+    os.remove(file)
+  else:
+    with open(file, "r+b") as f:
+      if damage == "flip":
+        f.seek(37)
+        byte = f.read(1)[0]
+        f.seek(37)
+        f.write(bytes([byte ^ 0x04]))
+      else:
+        f.truncate(os.path.getsize(file) - 8)
+  expected = {"flip": "CRC-32 .* damaged", "truncate": r"\d+ bytes, expected",
+              "remove": "missing"}[damage]
+  with pytest.raises(VW.ViewError, match=f"{S.SEQ_TEACHER_TOPK_LOGPROBS}.bin: {expected}"):
+    VW.TrainingView(directory)
+  batches = _grain(dataset, True, batch_size=4, max_length=24, with_teacher=True)
+  assert "is damaged" in warnings_.text
+  VW.TrainingView(directory)  # rebuilt, intact
+  _same_batches(batches, _grain(dataset, False, batch_size=4, max_length=24,
+                                with_teacher=True))
+
+
+def test_a_read_only_dataset_gets_its_view_in_the_cache(dataset, tmp_path, monkeypatch,
+                                                        warnings_):
+  build = VW._build_into
+
+  def read_only(builder, split, directory, digest):
+    if directory.startswith(os.fspath(dataset)):
+      raise PermissionError(13, "Permission denied", directory)
+    return build(builder, split, directory, digest)
+
+  monkeypatch.setattr(VW, "_build_into", read_only)
+  monkeypatch.setenv(VW.CACHE_ENV, os.fspath(tmp_path / "cache"))
+  batches = _grain(dataset, True, batch_size=4, max_length=16)
+  assert "written to the cache" in warnings_.text
+  assert not os.path.exists(os.path.join(dataset, VW.VIEW_DIR, "train"))
+  digest = VW.source_digest(R.open_builder(dataset), "train")
+  assert os.path.exists(os.path.join(tmp_path, "cache", digest, "train", VW.VIEW_JSON))
+  _same_batches(batches, _grain(dataset, False, batch_size=4, max_length=16))
+  # Nowhere to write: the decoder, saying so.
+  monkeypatch.setenv(VW.CACHE_ENV, os.fspath(tmp_path / "cache2"))
+  monkeypatch.setattr(VW, "_build_into", lambda *a: (_ for _ in ()).throw(
+      PermissionError(13, "Permission denied")))
+  warnings_.clear()
+  assert VW.open_view(R.open_builder(dataset), "train") is None
+  assert "decoding records instead" in warnings_.text
+
+
+def test_the_view_records_its_lineage_and_pickles_small(dataset):
+  list(R.grain_batches(dataset, batch_size=2, max_length=8))
+  directory = VW.view_dir(dataset, "train")
+  with open(os.path.join(directory, VW.VIEW_JSON)) as f:
+    meta = json.load(f)
+  assert meta["format"] == VW.FORMAT and meta["records"] == 14
+  assert meta["source_digest"] == VW.source_digest(R.open_builder(dataset), "train")
+  assert S.SchemaConfig.from_json(meta["schema"]) == ROLLOUT
+  assert set(meta["fields"]) == set(S.token_fields(ROLLOUT))
+  view = VW.TrainingView(directory)
+  assert len(pickle.dumps(view)) < 1000  # workers reopen the files, nothing is copied
+  # The index the trainers use: -1 for invalid episodes.
+  source = R.data_source(dataset)
+  invalid = [i for i in range(len(source)) if source[i][S.INVALID]]
+  assert len(invalid) == 2
+  assert [i for i, n in enumerate(view.lengths) if n < 0] == invalid
+
+
+def test_multiprocess_batches_equal_the_in_process_batches(dataset):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import loading  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
+    flags.FLAGS.mark_as_parsed()
+  ds = R.grain_batches(dataset, batch_size=3, max_length=24, seed=2, with_teacher=True,
+                       drop_remainder=False).repeat(3)  # 5 batches, the last of 2 rows
+  expected = list(ds)
+  with loading.multiprocess_batches(ds, workers=2, slots_per_worker=1) as it:
+    ring = it._ring.path
+    assert os.path.exists(ring)
+    got = list(it)
+  assert not os.path.exists(ring)  # the shared ring is removed with the iterator
+  assert [len(b[S.SEQ_TOKENS]) for b in got[:5]] == [3, 3, 3, 3, 2]
+  _same_batches(got, expected)
