@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -181,6 +183,39 @@ def test_stage_runs_on_the_portable_runner_path(runs, prompts, assets, stage, tm
   path = result["preferences"].path if stage == "prefs" else result.path
   assert _files(path) == _files(runs[0][stage])
   assert _dead(path) == _dead(runs[0][stage])
+
+
+def test_a_cluster_from_the_dask_command_lines_runs_a_stage(runs, tmp_path):
+  """docs/pipelines.md's other way: `dask scheduler` and `dask worker` processes."""
+  import distributed  # pylint: disable=g-import-not-at-top
+  dask = os.path.join(os.path.dirname(sys.executable), "dask")
+  address = f"tcp://127.0.0.1:{_free_port()}"
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=repo)
+  started = []
+  try:
+    started.append(subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+         "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True))
+    started.append(subprocess.Popen(
+        [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True))
+    with distributed.Client(address, timeout=60, set_as_default=False) as client:
+      client.wait_for_workers(2, timeout=120)
+    out = os.fspath(tmp_path / "scored")
+    score.run([f"--rollouts={runs[0]['teacher']}", "--scorers=arithmetic",
+               f"--output={out}", *COMMON, *dask_cluster.dask_flags(address)])
+    assert _files(out) == _files(runs[0]["scored"])
+  finally:
+    for process in reversed(started):
+      try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+      except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def _free_port() -> int:
