@@ -94,7 +94,14 @@ def pipeline_options(beam_args: Sequence[str], workers: int = 2
       flags += ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
   options = beam_options.PipelineOptions(flags, save_main_session=False)
   if is_dask(options):
-    check_dask_scheduler(options)
+    threads = check_dask_scheduler(options)
+    # The DaskRunner puts up to 128 elements of a Create in one bag partition, one task:
+    # a stage that reads 4 shard files would run on one worker. One partition per
+    # worker thread instead (a stage's input parallelism is still its shard files).
+    if threads and not any(f.startswith(("--dask_npartitions", "--dask_partition_size"))
+                           for f in flags):
+      options = beam_options.PipelineOptions([*flags, f"--dask_npartitions={threads}"],
+                                             save_main_session=False)
   return options
 
 
@@ -105,8 +112,10 @@ def is_dask(options: beam_options.PipelineOptions) -> bool:
 
 
 def check_dask_scheduler(options: beam_options.PipelineOptions,
-                         timeout: float = DASK_CONNECT_TIMEOUT) -> None:
+                         timeout: float = DASK_CONNECT_TIMEOUT) -> int:
   """Fails fast, before anything is written, when the Dask scheduler does not answer.
+
+  Returns the number of worker threads on the cluster.
 
   Beam's DaskRunner connects only when the pipeline runs, and ``distributed`` keeps
   retrying an unreachable address for its connect timeout (30 s by default).
@@ -138,11 +147,12 @@ def check_dask_scheduler(options: beam_options.PipelineOptions,
                         f"(`python -m pipelines.dask_cluster --workers N` prints the "
                         f"address of a local one)") from e
   try:
-    workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
   finally:
     client.close()
   if not workers:
     raise PipelineError(f"the Dask scheduler at {address} has no workers")
+  return sum(int(w.get("nthreads", 1)) for w in workers.values())
 
 
 def code_version() -> str:

@@ -18,15 +18,22 @@ def test_beam_itself_does_not_know_the_short_name():
 
 
 def test_the_stages_resolve_the_short_name_and_check_the_scheduler(monkeypatch):
+  from apache_beam.runners.dask import dask_runner  # pylint: disable=g-import-not-at-top,unused-import  (the --dask_* flags)
   checked = []
-  monkeypatch.setattr(scaffold, "check_dask_scheduler", checked.append)
+  monkeypatch.setattr(scaffold, "check_dask_scheduler",
+                      lambda options: checked.append(options) or 3)  # 3 worker threads
   options = scaffold.pipeline_options(["--runner=DaskRunner",
                                        "--dask_client_address=tcp://127.0.0.1:1"])
   assert options.view_as(beam_options.StandardOptions).runner == scaffold.DASK_RUNNER
-  assert checked == [options]
+  assert len(checked) == 1
+  # One bag partition per worker thread (the DaskRunner's default is 128 elements each).
+  assert options.get_all_options(drop_default=True)["npartitions"] == 3
+  given = scaffold.pipeline_options(["--runner=DaskRunner", "--dask_partition_size=5",
+                                     "--dask_client_address=tcp://127.0.0.1:1"])
+  assert "npartitions" not in given.get_all_options(drop_default=True)
   local = scaffold.pipeline_options([], workers=2)
   assert local.view_as(beam_options.StandardOptions).runner == "FnApiRunner"
-  assert not scaffold.is_dask(local) and len(checked) == 1
+  assert not scaffold.is_dask(local) and len(checked) == 2
 
 
 def test_a_dask_runner_needs_an_address():

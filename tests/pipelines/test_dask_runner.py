@@ -258,7 +258,7 @@ def test_a_worker_killed_mid_stage_then_a_rerun_gives_the_whole_output(
   # Fresh worker processes: the stage then loads and compiles its model again (seconds),
   # which leaves time to kill a worker in the middle of it.
   with distributed.Client(cluster.address, timeout=30, set_as_default=False) as client:
-    client.restart()
+    client.restart_workers(list(client.scheduler_info(n_workers=-1)["workers"]))
   cluster.wait_for_workers()
   pids = cluster.worker_pids()  # worker address -> process id
   killed = threading.Event()
