@@ -133,8 +133,10 @@ class _DecodeShard(beam.DoFn):
 
   def process(self, element):
     from rlds_lm import read as R  # pylint: disable=g-import-not-at-top
-    split, path = element
-    for raw in R.tfrecord_records(path):
+    split, path, piece, pieces = element
+    for i, raw in enumerate(R.tfrecord_records(path)):
+      if i % pieces != piece:  # another reader's record of this shard
+        continue
       record = self._features.deserialize_example_np(raw)
       yield split, (R.materialize(record) if self._episodes else R.plain_record(record))
 
@@ -152,11 +154,32 @@ class ReadRecords(beam.PTransform):
     self._episodes = episodes
 
   def expand(self, pbegin):
+    pieces = _readers_per_file(pbegin.pipeline.options, len(self._dataset.files))
     return (pbegin
-            | "ShardFiles" >> beam.Create(list(self._dataset.files))
+            | "ShardFiles" >> beam.Create([(split, path, piece, pieces)
+                                           for split, path in self._dataset.files
+                                           for piece in range(pieces)])
             | "Reshuffle" >> beam.Reshuffle()
             | "Decode" >> beam.ParDo(_DecodeShard(self._dataset.features_json,
                                                   self._episodes)))
+
+
+def _readers_per_file(options, num_files: int) -> int:
+  """How many readers share each shard file: 1, except on Beam's DaskRunner.
+
+  There every element of a ``Create`` stays in its bag partition, and ``Reshuffle``
+  moves nothing, so the records of one shard file are all processed by the worker that
+  read it. With ``--dask_npartitions=N`` and fewer than N files, each file is read by
+  ``ceil(N / files)`` readers, each decoding every k-th record.
+  """
+  if options is None or num_files < 1:
+    return 1
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  runner = options.view_as(pipeline_options.StandardOptions).runner
+  if not isinstance(runner, str) or runner.rsplit(".", 1)[-1] != "DaskRunner":
+    return 1
+  npartitions = options.get_all_options(drop_default=True).get("npartitions") or 1
+  return max(1, -(-int(npartitions) // num_files))
 
 
 def read_jsonl(pipeline, path: str, split: str = TRAIN):

@@ -233,10 +233,10 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   started = time.perf_counter()
   setup = build_config(args)
   policy_info = setup.policy_info
+  options = scaffold.pipeline_options(beam_args, args.workers)  # checks the runner first
   out = scaffold.prepare_output(args.output, args.overwrite)
   splits = [s for s in args.splits.split(",") if s] or None
 
-  options = scaffold.pipeline_options(beam_args, args.workers)
   pipeline = beam.Pipeline(options=options)
   prompts, dead, source, chosen, total = read_prompts(pipeline, args.prompts, splits,
                                                       args.task)

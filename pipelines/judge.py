@@ -421,6 +421,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, scaffold.StageResult]:
                                  [s for s in args.splits.split(",") if s] or None)
   setup = build_config(args, source.schema)
   config, reward = setup.config, setup.reward
+  options = scaffold.pipeline_options(beam_args, args.workers)  # checks the runner first
   out = scaffold.prepare_output(args.output, args.overwrite)
   bon_out = (scaffold.prepare_output(args.bon_output, args.overwrite) if args.bon_output
              else "")
@@ -428,7 +429,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, scaffold.StageResult]:
   scaffold.progress(STAGE, f"{total} rollouts from {source.path}; judge "
                            f"{config.judge_name} ({config.judge_kind}), {args.mode}")
 
-  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
+  pipeline = beam.Pipeline(options=options)
   rollouts = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
   preferences, dead = rollouts | "Judge" >> Judge(setup)
   infos, dead_write = preferences | "Write" >> dataset_io.WriteEpisodes(

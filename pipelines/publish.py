@@ -247,6 +247,7 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
                                  [s for s in args.splits.split(",") if s] or None)
   schema = source.schema
   out = setup.out_dir
+  options = scaffold.pipeline_options(beam_args, args.workers)  # checks the runner first
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   marker = os.path.join(out, IN_PROGRESS_FILE)
   if (tf.io.gfile.exists(os.path.join(out, "dataset_info.json"))
@@ -260,7 +261,7 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   total = sum(source.num_examples[s] for s in source.splits)
   scaffold.progress(STAGE, f"{total} episodes from {source.path} -> {out}")
 
-  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
+  pipeline = beam.Pipeline(options=options)
   episodes = pipeline | "Read" >> dataset_io.ReadRecords(source)
   infos, dead, stats = episodes | "Publish" >> PublishEpisodes(setup, schema, source.splits,
                                                                args.num_shards)

@@ -10,6 +10,9 @@ the ``python -m pipelines.<stage>`` entry point.
 
 Runner: ``--runner=DirectRunner --direct_running_mode=multi_processing`` unless the
 caller passes other Beam flags (see :func:`pipeline_options` and docs/pipelines.md).
+On Beam's DaskRunner (``--runner=DaskRunner`` is accepted here as a short name) the
+scheduler is checked before anything is written, :func:`run_pipeline` waits for the
+cluster and releases it, and the counters come from the written files.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from rlds_lm import schema as S
 STAGE_FILE = "rlds_lm_stage.json"  # what produced the dataset (stage, args, counts)
 DEFAULT_NUM_SHARDS = 4
 DEFAULT_MAX_DROPPED_FRACTION = 0.5
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # not a Beam short name
+DASK_CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler before a stage fails
 
 
 # --------------------------------------------------------------------------------------
@@ -77,7 +82,8 @@ def pipeline_options(beam_args: Sequence[str], workers: int = 2
   at run time, and only falls back to FnApiRunner when that fails. With ``--runner``
   given, the flags are used as they are.
   """
-  flags = list(beam_args)
+  flags = [f"--runner={DASK_RUNNER}" if f in ("--runner=DaskRunner", "--runner=dask")
+           else f for f in beam_args]
   if not any(f.startswith("--runner") for f in flags):
     flags += ["--runner=FnApiRunner"]
     if not any(f.startswith("--default_sdk_harness_log_level") for f in flags):
@@ -86,7 +92,67 @@ def pipeline_options(beam_args: Sequence[str], workers: int = 2
       flags += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     else:
       flags += ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-  return beam_options.PipelineOptions(flags, save_main_session=False)
+  options = beam_options.PipelineOptions(flags, save_main_session=False)
+  if is_dask(options):
+    threads = check_dask_scheduler(options)
+    # The DaskRunner puts up to 128 elements of a Create in one bag partition, one task:
+    # a stage that reads 4 shard files would run on one worker. One partition per
+    # worker thread instead (a stage's input parallelism is still its shard files).
+    if threads and not any(f.startswith(("--dask_npartitions", "--dask_partition_size"))
+                           for f in flags):
+      options = beam_options.PipelineOptions([*flags, f"--dask_npartitions={threads}"],
+                                             save_main_session=False)
+  return options
+
+
+def is_dask(options: beam_options.PipelineOptions) -> bool:
+  """Whether ``options`` run the pipeline on Beam's DaskRunner."""
+  runner = options.view_as(beam_options.StandardOptions).runner
+  return isinstance(runner, str) and runner.rsplit(".", 1)[-1] == "DaskRunner"
+
+
+def check_dask_scheduler(options: beam_options.PipelineOptions,
+                         timeout: float = DASK_CONNECT_TIMEOUT) -> int:
+  """Fails fast, before anything is written, when the Dask scheduler does not answer.
+
+  Returns the number of worker threads on the cluster.
+
+  Beam's DaskRunner connects only when the pipeline runs, and ``distributed`` keeps
+  retrying an unreachable address for its connect timeout (30 s by default).
+
+  Raises:
+    PipelineError: ``distributed`` is not installed, no ``--dask_client_address`` /
+      ``--dask_scheduler_file`` was given, or the scheduler does not answer.
+  """
+  try:
+    import distributed  # pylint: disable=g-import-not-at-top
+    # Registers the --dask_* flags (DaskOptions) with Beam's option parser.
+    from apache_beam.runners.dask import dask_runner  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise PipelineError("--runner=DaskRunner needs dask and distributed (pip install "
+                        "'rlds_lm[dask]')") from e
+  flags = options.get_all_options(drop_default=True)
+  address = flags.get("address") or flags.get("scheduler_file")
+  if not address:
+    raise PipelineError("--runner=DaskRunner needs --dask_client_address=tcp://HOST:PORT "
+                        "(start a local cluster with `python -m pipelines.dask_cluster`); "
+                        "without it Beam would start a throwaway cluster in this process")
+  kwargs = ({"address": flags["address"]} if flags.get("address")
+            else {"scheduler_file": flags["scheduler_file"]})
+  try:
+    client = distributed.Client(**kwargs, timeout=timeout, set_as_default=False)
+  except (OSError, TimeoutError, ValueError) as e:
+    raise PipelineError(f"the Dask scheduler at {address} did not answer within "
+                        f"{timeout:.0f}s ({type(e).__name__}: {e}); is it running? "
+                        f"(`python -m pipelines.dask_cluster --workers N` prints the "
+                        f"address of a local one)") from e
+  try:
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+  finally:
+    client.close()
+  if not workers:
+    raise PipelineError(f"the Dask scheduler at {address} has no workers")
+  return sum(int(w.get("nthreads", 1)) for w in workers.values())
 
 
 def code_version() -> str:
@@ -147,7 +213,48 @@ def run_pipeline(pipeline, written: Sequence[Any]):
   the pipeline's last transform depends on, and would skip the other writes.
   """
   _ = tuple(written) | "AllWritten" >> beam.Flatten()
-  return pipeline.run()
+  result = pipeline.run()
+  if not hasattr(result, "client"):  # not the DaskRunner: finalize waits
+    return result
+  return _finish_dask(result)
+
+
+class FinishedResult:
+  """A DaskRunner result that has finished and released its client.
+
+  ``finalize`` (called once per output) waits on it; the DaskRunner reports no
+  metrics, so :meth:`metrics` raises as the DaskRunner's own result does.
+  """
+
+  def __init__(self, state):
+    self.state = state
+
+  def wait_until_finish(self, duration=None):
+    del duration
+    return self.state
+
+  def metrics(self):
+    raise NotImplementedError("the DaskRunner reports no metrics (Beam 2.77)")
+
+
+def _finish_dask(result) -> FinishedResult:
+  """Waits for a DaskRunner pipeline, closes its client, names a lost worker."""
+  try:
+    state = result.wait_until_finish()
+  except Exception as e:  # pylint: disable=broad-except
+    import distributed  # pylint: disable=g-import-not-at-top
+    if isinstance(e, distributed.KilledWorker):
+      raise PipelineError(
+          f"a Dask worker died while running the pipeline and the task failed on every "
+          f"retry ({e}); nothing was published: rerun the stage with --overwrite") from e
+    if isinstance(e, (distributed.comm.CommClosedError, OSError, TimeoutError)):
+      raise PipelineError(f"lost the Dask scheduler while running the pipeline "
+                          f"({type(e).__name__}: {e}); nothing was published: rerun the "
+                          f"stage with --overwrite") from e
+    raise
+  finally:
+    result.client.close()
+  return FinishedResult(state)
 
 
 def lineage(stage: str, config: Mapping[str, Any], **sources: Any) -> dict[str, Any]:
@@ -182,13 +289,14 @@ class StageResult:
     return sum(self.dropped.values())
 
 
-def _metrics(result) -> dict[str, int]:
+def _metrics(result) -> dict[str, int] | None:
+  """The stage's Beam counters; None when the runner reports none (DaskRunner)."""
   from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=g-import-not-at-top
   out: dict[str, int] = collections.Counter()
   try:
     query = result.metrics().query(MetricsFilter())
   except Exception:  # pylint: disable=broad-except  (some runners report no metrics)
-    return {}
+    return None
   for c in query["counters"]:
     namespace = c.key.metric.namespace
     if not namespace.startswith(COUNTER_NAMESPACE):
@@ -249,6 +357,14 @@ def finalize(*, result, out_dir: str, name: str, config: S.SchemaConfig,
 
   dropped = dict(collections.Counter(d["reason"] for d in dead))
   counters = _metrics(result)
+  if counters is None:  # the runner reports no counters: the ones the files give
+    own = [d for d in dead if d["stage"] == stage]
+    counters = {f"{stage}/written": sum(num_examples.values())}
+    if own:
+      counters[f"{stage}/dropped"] = len(own)
+      for reason, n in collections.Counter(d["reason"] for d in own).items():
+        counters[f"{stage}/dead_letter.{reason}"] = n
+    counters = dict(sorted(counters.items()))
   seconds = time.perf_counter() - started
   summary = {"stages": [], "total_dropped": 0}
   for source in upstream:

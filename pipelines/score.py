@@ -217,13 +217,14 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
                                  [s for s in args.splits.split(",") if s] or None)
   setup = build_config(args, source.schema)
   prompt_path = _prompt_source(args, source)
+  options = scaffold.pipeline_options(beam_args, args.workers)  # checks the runner first
   out = scaffold.prepare_output(args.output, args.overwrite)
   total = sum(source.num_examples[s] for s in source.splits)
   scaffold.progress(STAGE, f"{total} rollouts from {source.path}; scorers "
                            f"{list(setup.spec.names)} (primary {setup.primary}); prompts "
                            f"from {prompt_path}")
 
-  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
+  pipeline = beam.Pipeline(options=options)
   prompts, dead_prompts, prompt_input, _, _ = generate.read_prompts(
       pipeline, prompt_path, None, None)
   rollouts = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)

@@ -230,13 +230,14 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
                                  [s for s in args.splits.split(",") if s] or None)
   setup = build_config(args, source.schema)
   info = setup.teacher_info
+  options = scaffold.pipeline_options(beam_args, args.workers)  # checks the runner first
   out = scaffold.prepare_output(args.output, args.overwrite)
   total = sum(source.num_examples[s] for s in source.splits)
   scaffold.progress(STAGE, f"{total} rollouts from {source.path}; teacher {info['name']} "
                            f"{info['digest']}, top-k {args.top_k}, sampled-k "
                            f"{args.sampled_k}")
 
-  pipeline = beam.Pipeline(options=scaffold.pipeline_options(beam_args, args.workers))
+  pipeline = beam.Pipeline(options=options)
   episodes = pipeline | "ReadRollouts" >> dataset_io.ReadRecords(source)
   annotated, dead = episodes | "Annotate" >> Annotate(setup)
   infos, dead_write = annotated | "Write" >> dataset_io.WriteEpisodes(

@@ -41,6 +41,12 @@ COMMAND_BLOCKS = {
         "not run: needs a Google Cloud project, bucket and Dataflow",
     ("pipelines.md", "python -m pipelines.score --rollouts=gs://"):
         "not run: needs a Google Cloud project, bucket and Dataflow",
+    ("pipelines.md", "python -m pipelines.dask_cluster --workers 2"):
+        "tests/pipelines/test_dask_runner.py (LocalDaskCluster runs it; a stage with "
+        "--runner=DaskRunner --dask_client_address on it)",
+    ("pipelines.md", "dask scheduler --port 8786 &"):
+        "tests/pipelines/test_dask_runner.py::"
+        "test_a_cluster_from_the_dask_command_lines_runs_a_stage (on a free port)",
     ("trainers.md", "# After the full run"): "test_pipelines_doc_full_run_works",
     ("schema.md", "python docs/gen_schema_examples.py"): "test_schema_doc_commands_run",
     ("benchmarks.md", "python -m benchmarks.record_throughput"):

@@ -114,6 +114,28 @@ def common_schema(log_dirs: Sequence[str]) -> S.SchemaConfig:
   return schema
 
 
+def _refuse_dask(download_config: tfds.download.DownloadConfig) -> None:
+  """Raises ValueError for Beam's DaskRunner, before anything is written.
+
+  TFDS's Beam writer sizes and assigns shards from side inputs built by global combines
+  (``Top.Largest``, ``CombineGlobally``); Beam 2.77's DaskRunner hands them to the
+  shard assignment empty (``IndexError`` in ``writer._assign_shard``), and its
+  file sinks (the writer without shuffling) leave empty files.
+  """
+  runner = download_config.beam_runner
+  if download_config.beam_options is not None:
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+    runner = runner or download_config.beam_options.view_as(
+        pipeline_options.StandardOptions).runner
+  name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
+  if name.rsplit(".", 1)[-1] == "DaskRunner":
+    raise ValueError(
+        "lm_logs: TFDS's Beam writer does not run on Beam's DaskRunner (its shard "
+        "assignment reads side inputs that the DaskRunner leaves empty, Beam 2.77); "
+        "build with the local runner (--beam_pipeline_options=runner=DirectRunner), or "
+        "Dataflow/Flink/Spark")
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """Recorder Riegeli logs as RLDS episodes, built with Apache Beam."""
 
@@ -176,6 +198,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """
     if download_config is None:
       download_config = tfds.download.DownloadConfig()
+    _refuse_dask(download_config)
     if download_config.beam_options is None and download_config.beam_runner is None:
       from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
 
