@@ -64,29 +64,29 @@ def sample_seed(prompt_id: str, sample_index: int, policy_digest: str,
   return S.content_seed(prompt_id, sample_index, policy_digest, sampling_digest)
 
 
-def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,
-                        schema: S.SchemaConfig, policy_info: dict[str, Any],
-                        lineage: dict[str, Any]) -> Iterator[dict[str, Any]]:
-  """The ``num_samples`` rollout episodes of one prompt (runs on a worker)."""
+def sample_request(tok, max_seq_len: int, prompt: tasks.Prompt, *, config: GenerateConfig,
+                   policy_info: dict[str, Any]):
+  """What the policy is asked for one prompt: ``(tokens, seeds, sampler)``."""
   from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
-  policy, tok = state
   tokens = tok.encode(prompt.text, add_bos=True)
-  budget = policy.config.max_seq_len - config.max_new_tokens
+  budget = max_seq_len - config.max_new_tokens
   if len(tokens) > budget:
     raise RecordError(
         "prompt_too_long", f"prompt has {len(tokens)} tokens; the policy's context "
-                           f"({policy.config.max_seq_len}) leaves {budget} after "
+                           f"({max_seq_len}) leaves {budget} after "
                            f"max_new_tokens={config.max_new_tokens}")
   sampler = sampling.SamplerConfig(temperature=config.temperature, top_k=config.top_k,
                                    top_p=config.top_p)
   digest = scaffold.config_digest(config.sampling())
   seeds = [sample_seed(prompt.prompt_id, i, policy_info["digest"], digest)
            for i in range(config.num_samples)]
-  try:
-    completions = policy.sample([tokens] * config.num_samples, seeds, sampler,
-                                config.max_new_tokens)
-  except BackendError as e:  # a served policy that still fails after its retries
-    raise RecordError("backend_error", str(e)) from e
+  return tokens, seeds, sampler
+
+
+def episodes_for_prompt(tok, prompt: tasks.Prompt, tokens, seeds, sampler, completions, *,
+                        schema: S.SchemaConfig, policy_info: dict[str, Any],
+                        lineage: dict[str, Any]) -> Iterator[dict[str, Any]]:
+  """The rollout episodes of one prompt's completions."""
   for i, (seed, completion) in enumerate(zip(seeds, completions)):
     turn = S.Turn(observation=S.observation(schema, tokens, prompt.text, "prompt"),
                   action_tokens=completion.tokens,
@@ -99,6 +99,22 @@ def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,
         schema, [turn], prompt_id=prompt.prompt_id, task=prompt.task, sample_index=i,
         policy_name=policy_info["name"], policy_digest=policy_info["digest"],
         seed=seed, lineage=episode_lineage, **sampler.to_dict())
+
+
+def rollouts_for_prompt(state, prompt: tasks.Prompt, *, config: GenerateConfig,
+                        schema: S.SchemaConfig, policy_info: dict[str, Any],
+                        lineage: dict[str, Any]) -> Iterator[dict[str, Any]]:
+  """The ``num_samples`` rollout episodes of one prompt (runs on a worker)."""
+  policy, tok = state
+  tokens, seeds, sampler = sample_request(tok, policy.config.max_seq_len, prompt,
+                                          config=config, policy_info=policy_info)
+  try:
+    completions = policy.sample([tokens] * config.num_samples, seeds, sampler,
+                                config.max_new_tokens)
+  except BackendError as e:  # a served policy that still fails after its retries
+    raise RecordError("backend_error", str(e)) from e
+  yield from episodes_for_prompt(tok, prompt, tokens, seeds, sampler, completions,
+                                 schema=schema, policy_info=policy_info, lineage=lineage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,16 +168,62 @@ def build_config(args: argparse.Namespace) -> GenerateSetup:
                        stage_config=stage_config)
 
 
-class Generate(dead_letters.SafeMapped):
+class Generate(beam.PTransform):
   """``(split, Prompt)`` -> ``(rollouts, dead_letters)``: ``(split, episode)`` pairs,
-  ``num_samples`` per prompt; prompts too long for the policy become dead letters."""
+  ``num_samples`` per prompt; prompts too long for the policy, and requests a served
+  policy could not answer, become dead letters.
+
+  A checkpoint samples in a DoFn that loads it once per worker. A served policy is
+  asked through ``RunInference`` (:mod:`pipelines.backends`): Beam batches the prompts,
+  and each batch's samples go to the endpoint as concurrent requests.
+  """
 
   def __init__(self, setup: GenerateSetup):
-    super().__init__(
-        STAGE,
-        functools.partial(rollouts_for_prompt, config=setup.config, schema=setup.schema,
-                          policy_info=setup.policy_info, lineage=setup.episode_lineage),
-        key_fn=lambda prompt: prompt.prompt_id, setup_fn=setup.config.policy.load)
+    super().__init__()
+    self._setup = setup
+
+  def expand(self, prompts):
+    setup = self._setup
+    if not setup.config.policy.is_endpoint:
+      return prompts | "Sample" >> dead_letters.SafeMapped(
+          STAGE, functools.partial(rollouts_for_prompt, config=setup.config,
+                                   schema=setup.schema, policy_info=setup.policy_info,
+                                   lineage=setup.episode_lineage),
+          key_fn=lambda prompt: prompt.prompt_id, setup_fn=setup.config.policy.load)
+    from apache_beam.ml.inference import base as beam_inference  # pylint: disable=g-import-not-at-top
+    from pipelines import backends  # pylint: disable=g-import-not-at-top
+    policy_info, config = setup.policy_info, setup.config
+    max_seq_len = int(policy_info.get("max_seq_len") or 2**31 - 1)
+
+    def to_request(tok, prompt):
+      tokens, seeds, sampler = sample_request(tok, max_seq_len, prompt, config=config,
+                                              policy_info=policy_info)
+      yield (prompt, tokens, backends.SampleRequest(
+          prompt.prompt_id, tokens, tuple(seeds), sampler, config.max_new_tokens))
+
+    def to_episodes(tok, keyed):
+      (prompt, tokens), result = keyed
+      if isinstance(result.inference, backends.Failed):
+        raise RecordError(result.inference.reason, result.inference.detail)
+      yield from episodes_for_prompt(tok, prompt, tokens, result.example.seeds,
+                                     result.example.sampler, result.inference,
+                                     schema=setup.schema, policy_info=policy_info,
+                                     lineage=setup.episode_lineage)
+
+    requests, dead_request = dead_letters.safe_map(
+        prompts, "ToRequests", STAGE, to_request, key_fn=lambda p: p.prompt_id,
+        setup_fn=config.policy.load_tokenizer)
+    handler = beam_inference.KeyedModelHandler(backends.BackendModelHandler(
+        config.policy, max_batch_size=max(1, config.policy.max_concurrency)))
+    answered = (requests
+                | "Keyed" >> beam.MapTuple(lambda split, r: ((split, (r[0], r[1])), r[2]))
+                | "RunInference" >> beam_inference.RunInference(handler)
+                | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], (key[1], result))))
+    episodes, dead_answer = dead_letters.safe_map(
+        answered, "ToEpisodes", STAGE, to_episodes,
+        key_fn=lambda keyed: keyed[0][0].prompt_id, setup_fn=config.policy.load_tokenizer)
+    dead = (dead_request, dead_answer) | "DeadLetters" >> beam.Flatten()
+    return episodes, dead
 
 
 def read_prompts(pipeline, source: str, splits: Sequence[str] | None, task: str | None):
