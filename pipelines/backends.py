@@ -98,18 +98,32 @@ class BackendModelHandler(beam_inference.ModelHandler):
         # One bad request must not sink the others: retry them one by one.
         for i in members:
           out[i] = self._one_sample(model, batch[i], e if len(members) == 1 else None)
-    scores = [i for i, r in enumerate(batch) if isinstance(r, ScoreRequest)]
-    for i in scores:
-      r = batch[i]
-      try:
-        out[i] = model.annotate([r.sequence], [r.prompt_length], top_k=r.top_k)[0]
-      except (base.BackendError, ValueError) as e:
-        out[i] = Failed(r.key, _reason(e), str(e))
+    # Score requests, alone or as a tuple (the turns of one episode): each answered with
+    # its teacher arrays, or a Failed of its own.
+    for i, r in enumerate(batch):
+      if isinstance(r, ScoreRequest):
+        out[i] = self._score(model, [r])[0]
+      elif isinstance(r, tuple) and all(isinstance(x, ScoreRequest) for x in r):
+        out[i] = self._score(model, list(r))
     for i, r in enumerate(batch):
       if out[i] is None:
         raise TypeError(f"RunInference got a {type(r).__name__}; expected a SampleRequest "
                         f"or a ScoreRequest")
     return [beam_inference.PredictionResult(r, o) for r, o in zip(batch, out)]
+
+  @staticmethod
+  def _score(model: base.Backend, requests: list[ScoreRequest]) -> list[Any]:
+    out: list[Any] = []
+    for top_k in sorted({r.top_k for r in requests}):
+      group = [r for r in requests if r.top_k == top_k]
+      try:
+        arrays = model.annotate([r.sequence for r in group], [r.prompt_length for r in group],
+                                top_k=top_k)
+      except (base.BackendError, ValueError) as e:
+        arrays = [Failed(r.key, _reason(e), str(e)) for r in group]
+      out.extend(zip(group, arrays))
+    order = {id(r): n for n, r in enumerate(requests)}
+    return [a for _, a in sorted(out, key=lambda ra: order[id(ra[0])])]
 
   @staticmethod
   def _one_sample(model: base.Backend, r: SampleRequest, error: Exception | None):

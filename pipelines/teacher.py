@@ -36,7 +36,6 @@ from pipelines import models
 from pipelines import scaffold
 from pipelines.errors import PipelineError
 from pipelines.errors import RecordError
-from rlds_lm.backends import BackendError
 from rlds_lm import schema as S
 from rlds_lm.cli_help import HelpFormatter
 
@@ -80,8 +79,21 @@ def annotate_episode(state, episode: dict[str, Any], *, config: TeacherConfig,
   from rlds_lm.models import teacher_scoring  # pylint: disable=g-import-not-at-top
   teacher, _ = state
   episode_id = episode[S.EPISODE_ID]
+  contexts = checked_contexts(episode, teacher.config.max_seq_len)
+  results = []
+  if contexts:
+    results = teacher_scoring.annotate(
+        teacher.config, teacher.params, [c[1] for c in contexts], [c[2] for c in contexts],
+        top_k=config.top_k, sampled=config.sampled_k, temperature=config.temperature,
+        seeds=[turn_seed(episode_id, i, teacher_info["digest"], digest)
+               for i, _, _ in contexts])
+  yield with_teacher(episode, contexts, results, config)
+
+
+def checked_contexts(episode: Mapping[str, Any], limit: int
+                     ) -> list[tuple[int, np.ndarray, int]]:
+  """:func:`turn_contexts`, refusing turns the teacher cannot score."""
   contexts = turn_contexts(episode)
-  limit = teacher.config.max_seq_len
   for i, sequence, context_length in contexts:
     if len(sequence) > limit:
       raise RecordError("too_long_for_teacher",
@@ -89,22 +101,15 @@ def annotate_episode(state, episode: dict[str, Any], *, config: TeacherConfig,
                         f"teacher's is {limit}")
     if context_length < 1:
       raise RecordError("empty_context", f"turn {i} has no tokens before its action")
-  results = []
-  if contexts and isinstance(teacher, models.ServedModel):
-    try:
-      results = teacher.backend.annotate([c[1] for c in contexts],
-                                         [c[2] for c in contexts], top_k=config.top_k)
-    except BackendError as e:
-      raise RecordError("backend_error", str(e)) from e
-  elif contexts:
-    results = teacher_scoring.annotate(
-        teacher.config, teacher.params, [c[1] for c in contexts], [c[2] for c in contexts],
-        top_k=config.top_k, sampled=config.sampled_k, temperature=config.temperature,
-        seeds=[turn_seed(episode_id, i, teacher_info["digest"], digest)
-               for i, _, _ in contexts])
+  return contexts
+
+
+def with_teacher(episode: Mapping[str, Any], contexts, results, config: TeacherConfig
+                 ) -> dict[str, Any]:
+  """The episode with each acting step's teacher arrays (``results`` by context)."""
   by_step = {i: arrays for (i, _, _), arrays in zip(contexts, results)}
-  yield {**episode, S.STEPS: [_with_teacher(step, by_step.get(i), config)
-                              for i, step in enumerate(episode[S.STEPS])]}
+  return {**episode, S.STEPS: [_with_teacher(step, by_step.get(i), config)
+                               for i, step in enumerate(episode[S.STEPS])]}
 
 
 def _with_teacher(step: Mapping[str, Any], teacher: Mapping[str, Any] | None,
@@ -186,17 +191,57 @@ def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> Teacher
                       stage_config=stage_config)
 
 
-class Annotate(dead_letters.SafeMapped):
+class Annotate(beam.PTransform):
   """``(split, rollout)`` -> ``(annotated, dead_letters)``: each rollout with the
-  teacher's arrays on its acting steps; episodes too long for the teacher, or with an
-  empty context, become dead letters."""
+  teacher's arrays on its acting steps; episodes too long for the teacher, with an
+  empty context, or that a served teacher could not score, become dead letters.
+
+  A checkpoint scores in a DoFn that loads it once per worker; a served teacher is asked
+  through ``RunInference`` (``prompt_logprobs``; :mod:`pipelines.backends`).
+  """
 
   def __init__(self, setup: TeacherSetup):
-    super().__init__(
-        STAGE,
-        functools.partial(annotate_episode, config=setup.config,
-                          teacher_info=setup.teacher_info, digest=setup.digest),
-        key_fn=lambda episode: episode[S.EPISODE_ID], setup_fn=setup.config.teacher.load)
+    super().__init__()
+    self._setup = setup
+
+  def expand(self, rollouts):
+    setup = self._setup
+    config = setup.config
+    key_fn = lambda episode: episode[S.EPISODE_ID]
+    if not config.teacher.is_endpoint:
+      return rollouts | "Score" >> dead_letters.SafeMapped(
+          STAGE, functools.partial(annotate_episode, config=config,
+                                   teacher_info=setup.teacher_info, digest=setup.digest),
+          key_fn=key_fn, setup_fn=config.teacher.load)
+    from apache_beam.ml.inference import base as beam_inference  # pylint: disable=g-import-not-at-top
+    from pipelines import backends  # pylint: disable=g-import-not-at-top
+    limit = int(setup.teacher_info.get("max_seq_len") or 2**31 - 1)
+
+    def to_requests(episode):
+      contexts = checked_contexts(episode, limit)
+      yield episode, contexts, tuple(
+          backends.ScoreRequest(episode[S.EPISODE_ID], sequence, length, config.top_k)
+          for _, sequence, length in contexts)
+
+    def annotated(keyed):
+      (episode, contexts), result = keyed
+      failed = [r for r in result.inference if isinstance(r, backends.Failed)]
+      if failed:
+        raise RecordError(failed[0].reason, failed[0].detail)
+      yield with_teacher(episode, contexts, result.inference, config)
+
+    requests, dead_request = dead_letters.safe_map(rollouts, "ToRequests", STAGE,
+                                                   to_requests, key_fn=key_fn)
+    handler = beam_inference.KeyedModelHandler(backends.BackendModelHandler(
+        config.teacher, max_batch_size=max(1, config.teacher.max_concurrency)))
+    answered = (requests
+                | "Keyed" >> beam.MapTuple(lambda split, r: ((split, (r[0], r[1])), r[2]))
+                | "RunInference" >> beam_inference.RunInference(handler)
+                | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], (key[1], result))))
+    episodes, dead_answer = dead_letters.safe_map(
+        answered, "WithTeacher", STAGE, annotated, key_fn=lambda keyed: key_fn(keyed[0][0]))
+    dead = (dead_request, dead_answer) | "DeadLetters" >> beam.Flatten()
+    return episodes, dead
 
 
 def build_parser() -> argparse.ArgumentParser:
