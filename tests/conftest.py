@@ -32,6 +32,19 @@ def preferences(n: int = 6):
   return [T.fake_preference(PREFERENCE, seed=i, candidates=2 + i % 3) for i in range(n)]
 
 
+@pytest.fixture(autouse=True)
+def _restore_log_levels():
+  """Puts back the root logger's level and absl's verbosity after every test: an
+  in-process CLI call (``cli.main``) quiets the libraries process-wide, as a command line
+  should, and must not change what later tests of the same worker see."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  root, absl_level = logging.getLogger().level, absl_logging.get_verbosity()
+  yield
+  logging.getLogger().setLevel(root)
+  absl_logging.set_verbosity(absl_level)
+
+
 @pytest.fixture(scope="session")
 def published(tmp_path_factory):
   """(dataset_dir, normalised episodes by id) for the rollout schema."""

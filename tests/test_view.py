@@ -60,9 +60,14 @@ class _Warnings(logging.Handler):
 @pytest.fixture
 def warnings_():
   handler = _Warnings()
+  # An in-process CLI call elsewhere in the session may have raised the root logger's
+  # level (the CLI quiets the libraries); this logger's warnings are what is tested.
+  level = VW.log.level
+  VW.log.setLevel(logging.WARNING)
   VW.log.addHandler(handler)
   yield handler
   VW.log.removeHandler(handler)
+  VW.log.setLevel(level)
 
 
 def _same_batches(a, b):
