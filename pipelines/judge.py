@@ -293,16 +293,7 @@ def build_config(args: argparse.Namespace, schema_in: S.SchemaConfig) -> JudgeSe
     config = JudgeConfig(mode=args.mode, pairs=args.pairs, reward=reward, judge_name=reward,
                          judge_kind="rule" if reward in _RULE_REWARDS else "reward_model")
     judge_info = {"reward": reward}
-  schema = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=schema_in.vocab_size,
-                          tokenizer=schema_in.tokenizer)
-  bon_schema = None
-  if args.bon_output:
-    bon_schema = dataclasses.replace(
-        schema_in, reward_names=tuple(schema_in.reward_names) + (f"{reward}_quantile",))
-  return JudgeSetup(config=config, reward=reward, schema=schema, bon_schema=bon_schema,
-                    input_reward_names=tuple(schema_in.reward_names),
-                    stage_config={"judge": judge_info, "mode": args.mode,
-                                  "pairs": args.pairs})
+  return _setup(args, schema_in, reward, config, judge_info)
 
 
 def _verdict_setup(args: argparse.Namespace, schema_in: S.SchemaConfig, reward: str
@@ -320,6 +311,14 @@ def _verdict_setup(args: argparse.Namespace, schema_in: S.SchemaConfig, reward: 
                        max_new_tokens=args.judge_max_new_tokens, judge_name=info["name"],
                        judge_kind="llm", judge_digest=info["digest"])
   from rlds_lm.backends import judge as judge_lib  # pylint: disable=g-import-not-at-top
+  return _setup(args, schema_in, reward, config,
+                {"verdict": info, "prompt": judge_lib.__name__,
+                 "max_new_tokens": args.judge_max_new_tokens})
+
+
+def _setup(args: argparse.Namespace, schema_in: S.SchemaConfig, reward: str,
+           config: JudgeConfig, judge_info: dict[str, Any]) -> JudgeSetup:
+  """The setup around a judge: the preference schema, Best-of-N's, the stage config."""
   schema = S.SchemaConfig(kind=S.PREFERENCE, vocab_size=schema_in.vocab_size,
                           tokenizer=schema_in.tokenizer)
   bon_schema = None
@@ -328,10 +327,8 @@ def _verdict_setup(args: argparse.Namespace, schema_in: S.SchemaConfig, reward: 
         schema_in, reward_names=tuple(schema_in.reward_names) + (f"{reward}_quantile",))
   return JudgeSetup(config=config, reward=reward, schema=schema, bon_schema=bon_schema,
                     input_reward_names=tuple(schema_in.reward_names),
-                    stage_config={"judge": {"verdict": info,
-                                            "prompt": judge_lib.__name__,
-                                            "max_new_tokens": args.judge_max_new_tokens},
-                                  "mode": args.mode, "pairs": args.pairs})
+                    stage_config={"judge": judge_info, "mode": args.mode,
+                                  "pairs": args.pairs})
 
 
 class Judge(beam.PTransform):
