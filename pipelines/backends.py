@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference import base as beam_inference
 
@@ -134,6 +135,23 @@ class BackendModelHandler(beam_inference.ModelHandler):
       except (base.BackendError, ValueError) as e:
         error = e
     return Failed(r.key, _reason(error), str(error))
+
+
+class Ask(beam.PTransform):
+  """``(split, (a, b, request))`` -> ``(split, ((a, b), PredictionResult))``: each request
+  answered by ``RunInference`` over ``ref`` (a :class:`~pipelines.models.ModelRef`), the
+  element's own ``a`` and ``b`` carried along as the key."""
+
+  def __init__(self, ref, *, max_batch_size: int = 16):
+    super().__init__()
+    self._handler = beam_inference.KeyedModelHandler(
+        BackendModelHandler(ref, max_batch_size=max_batch_size))
+
+  def expand(self, pcoll):
+    return (pcoll
+            | "Keyed" >> beam.MapTuple(lambda split, r: ((split, (r[0], r[1])), r[2]))
+            | "RunInference" >> beam_inference.RunInference(self._handler)
+            | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], (key[1], result))))
 
 
 def _reason(error: Exception) -> str:

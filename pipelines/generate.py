@@ -190,7 +190,6 @@ class Generate(beam.PTransform):
                                    schema=setup.schema, policy_info=setup.policy_info,
                                    lineage=setup.episode_lineage),
           key_fn=lambda prompt: prompt.prompt_id, setup_fn=setup.config.policy.load)
-    from apache_beam.ml.inference import base as beam_inference  # pylint: disable=g-import-not-at-top
     from pipelines import backends  # pylint: disable=g-import-not-at-top
     policy_info, config = setup.policy_info, setup.config
     max_seq_len = int(policy_info.get("max_seq_len") or 2**31 - 1)
@@ -213,12 +212,8 @@ class Generate(beam.PTransform):
     requests, dead_request = dead_letters.safe_map(
         prompts, "ToRequests", STAGE, to_request, key_fn=lambda p: p.prompt_id,
         setup_fn=config.policy.load_tokenizer)
-    handler = beam_inference.KeyedModelHandler(backends.BackendModelHandler(
-        config.policy, max_batch_size=max(1, config.policy.max_concurrency)))
-    answered = (requests
-                | "Keyed" >> beam.MapTuple(lambda split, r: ((split, (r[0], r[1])), r[2]))
-                | "RunInference" >> beam_inference.RunInference(handler)
-                | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], (key[1], result))))
+    answered = requests | "Ask" >> backends.Ask(
+        config.policy, max_batch_size=max(1, config.policy.max_concurrency))
     episodes, dead_answer = dead_letters.safe_map(
         answered, "ToEpisodes", STAGE, to_episodes,
         key_fn=lambda keyed: keyed[0][0].prompt_id, setup_fn=config.policy.load_tokenizer)

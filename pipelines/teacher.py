@@ -213,7 +213,6 @@ class Annotate(beam.PTransform):
           STAGE, functools.partial(annotate_episode, config=config,
                                    teacher_info=setup.teacher_info, digest=setup.digest),
           key_fn=key_fn, setup_fn=config.teacher.load)
-    from apache_beam.ml.inference import base as beam_inference  # pylint: disable=g-import-not-at-top
     from pipelines import backends  # pylint: disable=g-import-not-at-top
     limit = int(setup.teacher_info.get("max_seq_len") or 2**31 - 1)
 
@@ -232,12 +231,8 @@ class Annotate(beam.PTransform):
 
     requests, dead_request = dead_letters.safe_map(rollouts, "ToRequests", STAGE,
                                                    to_requests, key_fn=key_fn)
-    handler = beam_inference.KeyedModelHandler(backends.BackendModelHandler(
-        config.teacher, max_batch_size=max(1, config.teacher.max_concurrency)))
-    answered = (requests
-                | "Keyed" >> beam.MapTuple(lambda split, r: ((split, (r[0], r[1])), r[2]))
-                | "RunInference" >> beam_inference.RunInference(handler)
-                | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], (key[1], result))))
+    answered = requests | "Ask" >> backends.Ask(
+        config.teacher, max_batch_size=max(1, config.teacher.max_concurrency))
     episodes, dead_answer = dead_letters.safe_map(
         answered, "WithTeacher", STAGE, annotated, key_fn=lambda keyed: key_fn(keyed[0][0]))
     dead = (dead_request, dead_answer) | "DeadLetters" >> beam.Flatten()
