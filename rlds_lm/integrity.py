@@ -302,15 +302,6 @@ def schema_problems(builder) -> list[str]:
   return problems
 
 
-def _array_record_count(path: str) -> int:
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  reader = array_record_module.ArrayRecordReader(path)
-  try:
-    return reader.num_records()
-  finally:
-    reader.close()
-
-
 def shard_problems(builder) -> list[str]:
   """Shards against ``dataset_info.json``: present, record counts, tfrecord sizes."""
   problems = []
@@ -327,7 +318,7 @@ def shard_problems(builder) -> list[str]:
       if file_format == P.ARRAY_RECORD:
         for f, length in zip(files, lengths):
           try:
-            count = _array_record_count(f)
+            count = P.array_record_count(f)
           except (RuntimeError, ValueError, OSError) as e:
             problems.append(f"{f}: cannot be opened as array_record: {e}")
             continue

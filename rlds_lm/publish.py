@@ -270,7 +270,7 @@ def add_file_format(dataset_dir: str | os.PathLike[str], file_format: str) -> No
         raise ValueError(f"{dataset_dir}: the {fmt.value} copy of split {split.name!r} "
                          f"has no shard {index} (expected {path.name})")
       if fmt.value == ARRAY_RECORD:
-        found = _array_record_count(os.fspath(path))
+        found = array_record_count(os.fspath(path))
         if found != expected:
           raise ValueError(f"{dataset_dir}: {path.name}: expected {expected} records "
                            f"(dataset_info.json), found {found}")
@@ -311,7 +311,8 @@ def _quiet_converter(module: Any, tfds_can_check: bool) -> Iterator[None]:
     module.tqdm.tqdm = real
 
 
-def _array_record_count(path: str) -> int:
+def array_record_count(path: str) -> int:
+  """Records in one array_record file (from its footer)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
   reader = array_record_module.ArrayRecordReader(path)
