@@ -152,7 +152,10 @@ class _Writer:
     self.size = 0
 
   def write(self, data) -> None:
-    data = memoryview(data).cast("B")
+    data = memoryview(data)
+    if not data.nbytes:  # e.g. a [0, K] array; cast("B") refuses zeros in the shape
+      return
+    data = data.cast("B")
     self.file.write(data)
     self.crc = zlib.crc32(data, self.crc)
     self.size += data.nbytes

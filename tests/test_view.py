@@ -114,6 +114,20 @@ def test_trainer_batches_with_and_without_the_view_are_equal(tmp_path, config):
   _same_batches([with_view.batch(i) for i in range(6)], [without.batch(i) for i in range(6)])
 
 
+def test_a_dataset_with_empty_per_token_fields_gets_its_view(tmp_path, warnings_):
+  # The quickstart's reference answers store no teacher data: some per-token fields are
+  # [T, 0] arrays, which the view once refused (and the trainers fell back to decoding).
+  from rlds_lm import toy  # pylint: disable=g-import-not-at-top
+
+  path = toy.publish_references(str(tmp_path), toy.arithmetic_problems(10, seed=1))
+  config = D.DataConfig(batch_size=4, max_length=16, seed=0)
+  with_view = D.DataPipeline({path: 1.0}, config)
+  assert [d.view is not None for d in with_view._datasets] == [True]
+  assert not warnings_.lines
+  without = D.DataPipeline({path: 1.0}, config, training_view=False)
+  _same_batches([with_view.batch(i) for i in range(3)], [without.batch(i) for i in range(3)])
+
+
 def test_a_stale_view_is_rebuilt(tmp_path, warnings_):
   a = _publish(tmp_path / "a", "stale", range(6))
   b = _publish(tmp_path / "b", "stale", range(50, 62))
