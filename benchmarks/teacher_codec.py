@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -182,26 +182,38 @@ class _FitSample:
   (``VALIDATION_TOKENS``) keep their full log-probs to pick the smoothing.
   """
 
-  def __init__(self, num_tokens: int, validation: int, chunk: int, vocab_size: int,
-               seed: int, layout: dict[str, Any], generator: dict[str, float],
-               max_k: int):
+  def __init__(self, chunk_logits: Iterable[Any], num_chunks: int, validation_chunks: int,
+               vocab_size: int, max_k: int):
+    """``chunk_logits``: ``num_chunks`` float [chunk, V] logits arrays (consumed lazily);
+    the last ``validation_chunks`` keep their full log-probs to pick the smoothing."""
     from rlds_lm import teacher as TT  # pylint: disable=g-import-not-at-top
 
     self.vocab_size = vocab_size
     self.chunks: list[dict[str, Any]] = []
-    num_chunks = num_tokens // chunk
-    first_validation = num_chunks - validation // chunk
-    for c in range(num_chunks):
-      logits = TT.zipf_logits(chunk, vocab_size, seed=seed + FIT_SEED_OFFSET + c, **layout,
-                              **generator)
+    first_validation = num_chunks - validation_chunks
+    for c, logits in enumerate(chunk_logits):
       lp = TT.log_probs(logits)
       ids, lps = TT.topk(logits, max_k)
       del logits
       lp, ids, lps = np.asarray(lp), np.asarray(ids), np.asarray(lps)
       self.chunks.append({"weights": TT.tail_weights(lp, ids), "ids": ids, "logprobs": lps,
                           "log_probs": lp if c >= first_validation else None})
+    if len(self.chunks) != num_chunks:
+      raise ValueError(f"fit sample: expected {num_chunks} chunks, found {len(self.chunks)}")
     self.train = self.chunks[:first_validation]
     self.validation = self.chunks[first_validation:]
+
+  @classmethod
+  def synthetic(cls, num_tokens: int, validation: int, chunk: int, vocab_size: int,
+                seed: int, layout: dict[str, Any], generator: dict[str, float],
+                max_k: int) -> _FitSample:
+    """Held-out ``zipf_logits`` tokens: seeds ``seed + FIT_SEED_OFFSET + chunk``."""
+    from rlds_lm import teacher as TT  # pylint: disable=g-import-not-at-top
+
+    num_chunks = num_tokens // chunk
+    return cls((TT.zipf_logits(chunk, vocab_size, seed=seed + FIT_SEED_OFFSET + c, **layout,
+                               **generator) for c in range(num_chunks)),
+               num_chunks, validation // chunk, vocab_size, max_k)
 
   def weights(self, estimator: str, k: int, chunks: list[dict[str, Any]]) -> np.ndarray:
     from rlds_lm import teacher as TT  # pylint: disable=g-import-not-at-top
@@ -311,10 +323,94 @@ def _prior_study(*, layout: str, fit: _FitSample, true_lp: np.ndarray,
   return {"rows": rows, "smoothing_validation_kl": selection}
 
 
+def distribution_stats(true_lp: np.ndarray, widest: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Mean entropy, top-1 probability and tail mass outside each top-k of a turn."""
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+
+  p = np.exp(true_lp.astype(np.float64))
+  return {
+      "entropy_nats_mean": float(-(p * true_lp).sum(-1).mean()),
+      "top1_prob_mean": float(p.max(-1).mean()),
+      "tail_mass_mean": {
+          k: float(1 - np.exp(widest[S.TEACHER_TOPK_LOGPROBS][:, :k].astype(
+              np.float64)).sum(-1).mean()) for k in TOP_KS},
+  }
+
+
+def codec_rows(layout: str, widest: dict[str, np.ndarray], true_lp: np.ndarray,
+               codecs: list[tuple[str, Any]], vocab_size: int, repeats: int
+               ) -> list[dict[str, Any]]:
+  """One row per (k in TOP_KS, codec): bytes, KL against ``true_lp`` and speed of one
+  turn (``widest``: the turn's teacher arrays at the widest k)."""
+  from rlds_lm import teacher as TT  # pylint: disable=g-import-not-at-top
+
+  num_tokens = len(true_lp)
+  rows = []
+  for k in TOP_KS:
+    arrays = _slice(widest, k)
+    per_k = []
+    for label, codec in codecs:
+      data = codec.encode(arrays)
+      enc = C.measure(lambda codec=codec, arrays=arrays: codec.encode(arrays),
+                      repeats=repeats)
+      dec = C.measure(lambda codec=codec, data=data: codec.decode(data, num_tokens),
+                      repeats=repeats)
+      kl = TT.kl_divergence(true_lp, dec["result"])
+      row = {
+          "layout": layout, "top_k": k, "codec": label, "bytes": len(data),
+          "bytes_per_token": len(data) / num_tokens,
+          "kl_mean": float(kl.mean()), "kl_median": float(np.median(kl)),
+          "encode_tokens_per_s": num_tokens / enc["median_s"],
+          "decode_tokens_per_s": num_tokens / dec["median_s"],
+          "encode_seconds": enc["seconds"], "decode_seconds": dec["seconds"],
+      }
+      if label == "raw":
+        row["id_bytes_per_token"] = 4.0 * k
+      elif label == BASELINE:
+        row["id_bytes_per_token"] = math.ceil(
+            num_tokens * k * max(1, (vocab_size - 1).bit_length()) / 8) / num_tokens
+      if hasattr(codec, "size_breakdown"):
+        row["bytes_per_token_by_section"] = {
+            name: size / num_tokens
+            for name, size in codec.size_breakdown(arrays).items()}
+        row["id_bytes_per_token"] = (row["bytes_per_token_by_section"]["topk_id_classes"]
+                                     + row["bytes_per_token_by_section"]["topk_id_bits"])
+      per_k.append(row)
+    by = {r["codec"]: r for r in per_k}
+    for r in per_k:
+      r["kl_vs_baseline"] = r["kl_mean"] / by[BASELINE]["kl_mean"] - 1
+      r["kl_vs_quantisation_free"] = r["kl_mean"] / by["raw"]["kl_mean"] - 1
+      print(f"  k={k:3d} {r['codec']:12s} {r['bytes_per_token']:7.1f} B/token  KL "
+            f"{r['kl_mean']:.5f} ({100 * r['kl_vs_baseline']:+.3f} % vs {BASELINE})  "
+            f"enc {C.fmt_rate(r['encode_tokens_per_s'])}/s  dec "
+            f"{C.fmt_rate(r['decode_tokens_per_s'])}/s", flush=True)
+    rows += per_k
+  return rows
+
+
+def within_budget(widest: dict[str, np.ndarray], true_lp: np.ndarray,
+                  vocab_size: int) -> dict[str, dict[str, Any]]:
+  """What the goal's budget buys: the widest top-k that fits, for packed and fp16."""
+  from rlds_lm import teacher as TT  # pylint: disable=g-import-not-at-top
+
+  num_tokens = len(true_lp)
+  budget = {}
+  for label in (DEFAULT, BASELINE):
+    codec = dict(_codecs(vocab_size))[label]
+    k_fit = _largest_k_within(GOAL_BYTES, num_tokens, max(TOP_KS),
+                              lambda k, codec=codec: len(codec.encode(_slice(widest, k))))
+    decoded = codec.decode(codec.encode(_slice(widest, k_fit)), num_tokens)
+    budget[label] = {"top_k": k_fit, "bytes_per_token": len(
+        codec.encode(_slice(widest, k_fit))) / num_tokens,
+                     "kl_mean": float(TT.kl_divergence(true_lp, decoded).mean())}
+    print(f"  within {GOAL_BYTES:.0f} B/token: {label} stores k = {k_fit}, KL "
+          f"{budget[label]['kl_mean']:.5f}", flush=True)
+  return budget
+
+
 def run(args) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
-  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
   from rlds_lm import teacher as TT  # pylint: disable=g-import-not-at-top
 
   num_tokens = 32 if args.quick else args.tokens
@@ -352,78 +448,20 @@ def run(args) -> dict[str, Any]:
     true_lp = np.asarray(TT.log_probs(logits))
     widest = TT.teacher_arrays(logits, tokens, top_k=max(TOP_KS))
     del logits
-    p = np.exp(true_lp.astype(np.float64))
-    stats = {
-        "entropy_nats_mean": float(-(p * true_lp).sum(-1).mean()),
-        "top1_prob_mean": float(p.max(-1).mean()),
-        "tail_mass_mean": {
-            k: float(1 - np.exp(widest[S.TEACHER_TOPK_LOGPROBS][:, :k].astype(
-                np.float64)).sum(-1).mean()) for k in TOP_KS},
-    }
-    del p
+    stats = distribution_stats(true_lp, widest)
     print(f"[{layout}] {num_tokens} tokens, V = {vocab_size}: mean entropy "
           f"{stats['entropy_nats_mean']:.2f} nats, top-1 {stats['top1_prob_mean']:.2f} "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
     codecs = [(label, c) for label, c in _codecs(vocab_size) if only is None or label in only]
-    for k in TOP_KS:
-      arrays = _slice(widest, k)
-      per_k = []
-      for label, codec in codecs:
-        data = codec.encode(arrays)
-        enc = C.measure(lambda codec=codec, arrays=arrays: codec.encode(arrays),
-                        repeats=repeats)
-        dec = C.measure(lambda codec=codec, data=data: codec.decode(data, num_tokens),
-                        repeats=repeats)
-        kl = TT.kl_divergence(true_lp, dec["result"])
-        row = {
-            "layout": layout, "top_k": k, "codec": label, "bytes": len(data),
-            "bytes_per_token": len(data) / num_tokens,
-            "kl_mean": float(kl.mean()), "kl_median": float(np.median(kl)),
-            "encode_tokens_per_s": num_tokens / enc["median_s"],
-            "decode_tokens_per_s": num_tokens / dec["median_s"],
-            "encode_seconds": enc["seconds"], "decode_seconds": dec["seconds"],
-        }
-        if label == "raw":
-          row["id_bytes_per_token"] = 4.0 * k
-        elif label == BASELINE:
-          row["id_bytes_per_token"] = math.ceil(
-              num_tokens * k * max(1, (vocab_size - 1).bit_length()) / 8) / num_tokens
-        if hasattr(codec, "size_breakdown"):
-          row["bytes_per_token_by_section"] = {
-              name: size / num_tokens
-              for name, size in codec.size_breakdown(arrays).items()}
-          row["id_bytes_per_token"] = (row["bytes_per_token_by_section"]["topk_id_classes"]
-                                       + row["bytes_per_token_by_section"]["topk_id_bits"])
-        per_k.append(row)
-      by = {r["codec"]: r for r in per_k}
-      for r in per_k:
-        r["kl_vs_baseline"] = r["kl_mean"] / by[BASELINE]["kl_mean"] - 1
-        r["kl_vs_quantisation_free"] = r["kl_mean"] / by["raw"]["kl_mean"] - 1
-        print(f"  k={k:3d} {r['codec']:12s} {r['bytes_per_token']:7.1f} B/token  KL "
-              f"{r['kl_mean']:.5f} ({100 * r['kl_vs_baseline']:+.3f} % vs {BASELINE})  "
-              f"enc {C.fmt_rate(r['encode_tokens_per_s'])}/s  dec "
-              f"{C.fmt_rate(r['decode_tokens_per_s'])}/s", flush=True)
-      rows += per_k
-
-    # What the goal's budget buys: the widest top-k that fits, for packed and fp16.
-    budget = {}
-    for label in (DEFAULT, BASELINE):
-      codec = dict(_codecs(vocab_size))[label]
-      k_fit = _largest_k_within(GOAL_BYTES, num_tokens, max(TOP_KS),
-                                lambda k, codec=codec: len(codec.encode(_slice(widest, k))))
-      decoded = codec.decode(codec.encode(_slice(widest, k_fit)), num_tokens)
-      budget[label] = {"top_k": k_fit, "bytes_per_token": len(
-          codec.encode(_slice(widest, k_fit))) / num_tokens,
-                       "kl_mean": float(TT.kl_divergence(true_lp, decoded).mean())}
-      print(f"  within {GOAL_BYTES:.0f} B/token: {label} stores k = {k_fit}, KL "
-            f"{budget[label]['kl_mean']:.5f}", flush=True)
+    rows += codec_rows(layout, widest, true_lp, codecs, vocab_size, repeats)
+    budget = within_budget(widest, true_lp, vocab_size)
     floors = {k: (uniform_id_set_bytes(vocab_size, k) if shuffle else
                   id_set_entropy_bytes(vocab_size, k, zipf=generator["zipf"],
                                        offset=generator["offset"])) for k in TOP_KS}
 
     t0 = time.perf_counter()
-    fit = _FitSample(fit_tokens, validation_tokens, fit_chunk, vocab_size, args.seed,
-                     layout_args, generator, max(TOP_KS))
+    fit = _FitSample.synthetic(fit_tokens, validation_tokens, fit_chunk, vocab_size,
+                               args.seed, layout_args, generator, max(TOP_KS))
     print(f"  [{layout}] fit sample: {fit_tokens} held-out tokens "
           f"({time.perf_counter() - t0:.1f} s)", flush=True)
     base = next(r for r in rows if r["layout"] == layout and r["top_k"] == GOAL_K
