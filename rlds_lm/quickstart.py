@@ -292,6 +292,45 @@ def _save(fig, path: str, plt) -> str:
   return path
 
 
+REPRODUCTIONS = (  # (benchmark, what it tests)
+    ("repro_gkd", "GKD: on-policy distillation where the student's own prefix matters"),
+    ("repro_jbond", "BOND / J-BOND: Best-of-N distillation with a continuous reward"),
+    ("repro_rlef", "RLEF: entailment-feedback RL with partly unfaithful references"),
+)
+
+
+def _source_root() -> str | None:
+  """The source checkout this package runs from (docs/ and benchmarks/ beside it), if any."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return root if os.path.exists(os.path.join(root, "docs", "results.md")) else None
+
+
+def _reproductions() -> list[str]:
+  """The report's pointer to the papers' reproductions: docs/results.md, each script's
+  command and, where its results JSON is present, each claim and whether it reproduced."""
+  root = _source_root()
+  results = (os.path.join(root, "docs", "results.md") if root else
+             "docs/results.md in the rlds_lm source tree")
+  lines = ["## What the trainers are for", "",
+           "This run shows the loop; the papers' effects are tested by three reproductions, "
+           f"each a script whose numbers, plots and claims are in [results.md]({results}):",
+           ""]
+  for name, about in REPRODUCTIONS:
+    lines.append(f"- {about}: `python -m benchmarks.{name} --out docs/`")
+    claims = []
+    if root:
+      try:
+        with open(os.path.join(root, "benchmarks", "results", name + ".json"),
+                  encoding="utf-8") as f:
+          claims = json.load(f).get("claims", [])
+      except (OSError, ValueError):
+        claims = []
+    for claim in claims:
+      verdict = "reproduced" if claim.get("reproduced") else "not reproduced"
+      lines.append(f"  - {claim.get('claim', '?')}: **{verdict}**")
+  return lines + [""]
+
+
 def markdown(result: Mapping[str, Any]) -> str:
   """The report: what ran, the table, the plots, where everything is."""
   config, its = result["config"], result["iterations"]
@@ -319,12 +358,11 @@ def markdown(result: Mapping[str, Any]) -> str:
       "", "The reward of iteration i is that of the samples the student wrote at its "
       "start (before its distillation steps). This run shows the loop working, not that "
       "on-policy distillation beats other methods: the student would also improve with "
-      "more SFT steps; rlds_lm's docs/results.md compares GKD with SFT, SeqKD and "
-      "supervised KD at equal steps.", "",
+      "more SFT steps; the reproductions below test what GKD, BOND and RLEF are for.", "",
       f"![accuracy per iteration]({rel(result['plots']['accuracy'])})",
       f"![divergence]({rel(result['plots']['divergence'])})",
       f"![reward per iteration]({rel(result['plots']['reward'])})", "",
-      "## Where things are", "",
+      *_reproductions(), "## Where things are", "",
       "Published TFDS datasets (open with `tfds.builder_from_directory`, inspect with "
       "`rlds-lm inspect`):", ""]
   lines += [f"- `{path}`" for path in result["datasets"]]

@@ -1,5 +1,6 @@
 """The rlds-lm command line, run as a user runs it."""
 
+import os
 import subprocess
 import sys
 
@@ -37,6 +38,17 @@ def test_small_quickstart_runs_the_whole_loop_then_inspect(quickstart_small):
   for name in ("accuracy.png", "divergence.png", "reward.png"):
     assert (workdir / name).stat().st_size > 5000 and f"]({name})" in report
   assert f"| student after SFT | {result['student_sft']['accuracy']:.3f} |" in report
+  # The report points to the papers' reproductions, with each claim's verdict.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  assert f"]({os.path.join(repo, 'docs', 'results.md')})" in report
+  for name in ("repro_gkd", "repro_jbond", "repro_rlef"):
+    assert f"`python -m benchmarks.{name} --out docs/`" in report
+    saved = os.path.join(repo, "benchmarks", "results", name + ".json")
+    if os.path.exists(saved):
+      with open(saved, encoding="utf-8") as f:
+        for claim in json.load(f).get("claims", []):
+          verdict = "reproduced" if claim["reproduced"] else "not reproduced"
+          assert f"  - {claim['claim']}: **{verdict}**" in report
   for it in result["iterations"]:
     # Each iteration's generations are a published TFDS dataset; its episodes' rewards
     # are the exact-answer check, and their mean is the reported reward.
