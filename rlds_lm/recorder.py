@@ -163,6 +163,18 @@ class Recorder:
     self.num_recorded += 1
     return episode_id
 
+  def flush(self) -> None:
+    """Makes every episode recorded so far durable (riegeli backend).
+
+    Only needed with ``flush_every > 1``: with the default every ``record`` has flushed
+    already, and a flush with nothing new to write does nothing. The tfds backend makes
+    episodes durable per closed shard only; there it does nothing.
+    """
+    if self._closed:
+      raise RuntimeError("Recorder.flush after close()")
+    if self.backend == RIEGELI:
+      self._backend.flush()
+
   def episode(self, **metadata: Any) -> EpisodeBuilder:
     """Starts an episode recorded turn by turn; see :class:`EpisodeBuilder`."""
     return EpisodeBuilder(self, metadata)
