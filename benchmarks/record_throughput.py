@@ -43,6 +43,7 @@ FLUSH_EVERY = 100  # the extra row that flushes (and fsyncs) every N-th episode 
 MEMORY, DISK = "memory", "disk"  # where a row's files go: tmpfs (/dev/shm) or disk
 WARMUP_EPISODES = 50  # episodes in a Recorder warm-up run
 EXTRA_WRITER_OPTIONS = ("uncompressed", "brotli:6", "transpose,brotli:6,chunk_size:1M")
+GOALS = {0: 0.05, 64: 0.3, 256: 0.3}  # issue 15 item 3: Recorder / raw write, in memory
 
 
 def _quiet() -> None:
@@ -212,11 +213,44 @@ def run(args) -> dict[str, Any]:
           shutil.move(current[0], default_log)
           current[0] = ""
           row["validation_share"] = val["median_s"] / res["median_s"]
+          row["recorder_median_s"] = res["median_s"]
           row["publish_from_this_log"] = True
         rows.append(row)
         if current[0] and os.path.isdir(current[0]):
           shutil.rmtree(current[0])
         current[0] = ""
+
+      # The floor: envlogger's native writer alone, fed the records of every episode
+      # encoded before the timing (what is left of `record` with no Python work), one
+      # flush per episode as the Recorder does.
+      normalised = [V.validate_episode(ep, config) for ep in episodes]
+      encode = C.measure(lambda normalised=normalised: [
+          logs.encode_episode(ep) for ep in normalised], repeats=repeats, warmup=1)
+      encoded = encode["result"]
+      for options in (default_options, "uncompressed"):
+        def native(options=options, encoded=encoded, config=config):
+          writer = logs.RiegeliEpisodeWriter(current[0], config, writer_options=options)
+          for records, metadata in encoded:
+            writer.write_encoded(records, metadata)
+          writer.close()
+          return current[0]
+
+        def fresh_native(k=k):
+          if current[0] and os.path.isdir(current[0]):
+            shutil.rmtree(current[0])
+          current[0] = _fresh_dir(roots[MEMORY], f"native-k{k}", counter)
+
+        res = C.measure(native, repeats=repeats, warmup=1, setup=fresh_native)
+        row = row_of(MEMORY, "envlogger writer alone (records encoded beforehand)",
+                     options, 1, res, C.disk_usage(res["result"]), raw_tps)
+        row["floor"] = True
+        row["default_options"] = options == default_options
+        rows.append(row)
+        shutil.rmtree(current[0])
+        current[0] = ""
+        print(f"  [memory] envlogger writer alone {options!r}: "
+              f"{C.fmt_rate(row['tokens_per_s'])} tok/s, ratio {row['ratio_to_raw']:.3g}",
+              flush=True)
 
       # publish_log of the default-options log, to a data_dir on disk.
       def publish(default_log=default_log, k=k):
@@ -245,6 +279,8 @@ def run(args) -> dict[str, Any]:
           "validate_seconds": val["seconds"], "validate_median_s": val["median_s"],
           "validate_tokens_per_s": tokens / val["median_s"],
           "validate_episodes_per_s": num_episodes / val["median_s"],
+          "encode_seconds": encode["seconds"], "encode_median_s": encode["median_s"],
+          "encode_tokens_per_s": tokens / encode["median_s"],
           "publish_seconds": pub["seconds"], "publish_median_s": pub["median_s"],
           "publish_episodes_per_s": num_episodes / pub["median_s"],
           "publish_tokens_per_s": tokens / pub["median_s"],
@@ -306,6 +342,8 @@ def markdown(data: dict[str, Any]) -> str:
     if r["writer_options"] is None:
       writer = "raw `file.write`" + (" + fsync per episode" if r.get("fsync_per_episode")
                                      else "")
+    elif r.get("floor"):
+      writer = f"envlogger writer alone, records encoded beforehand `{r['writer_options']}`"
     else:
       writer = f"Recorder `{r['writer_options']}`" + (" (default)" if r.get(
           "default_options") else "")
@@ -327,19 +365,48 @@ def markdown(data: dict[str, Any]) -> str:
   table = []
   default_rows = {r["top_k"]: r for r in data["rows"] if "validation_share" in r}
   for p in data["per_top_k"]:
-    share = default_rows.get(p["top_k"], {}).get("validation_share")
+    row = default_rows.get(p["top_k"], {})
+    share = row.get("validation_share")
+    encode_share = (p["encode_median_s"] / row["recorder_median_s"]
+                    if "encode_median_s" in p and "recorder_median_s" in row else None)
     fmts = p["published_bytes_per_token_by_format"]
     table.append([
         p["top_k"], C.fmt_rate(p["validate_tokens_per_s"]),
         f"{p['validate_episodes_per_s']:,.0f}",
         f"{100 * share:.0f} %" if share is not None else "—",
+        f"{100 * encode_share:.0f} %" if encode_share is not None else "—",
         f"{p['publish_episodes_per_s']:,.0f}", C.fmt_rate(p["publish_tokens_per_s"]),
         " + ".join(f"{v:.0f} ({k})" for k, v in sorted(fmts.items())),
     ])
   lines.append(C.markdown_table(
       ["teacher top-k", "validate tokens/s", "validate episodes/s",
-       f"validation share of Recorder `{default}` time (memory)", "publish_log episodes/s",
+       f"validation share of Recorder `{default}` time (memory)",
+       "encoding share (`logs.encode_episode`)", "publish_log episodes/s",
        "publish_log tokens/s", "published bytes/token"], table))
+  floors = {(r["top_k"], r["writer_options"]): r for r in data["rows"] if r.get("floor")}
+  if floors:
+    lines += ["", "Issue 15's goals (Recorder, default options, in memory, one flush per "
+              "episode), as ratios to raw `file.write` measured in this run, next to the "
+              "floor: envlogger's native writer alone, given the records already encoded "
+              "(no validation, no encoding, no Python per field), which no Recorder on "
+              "envlogger's writer can beat in one process:", ""]
+    table = []
+    for k, goal in sorted(GOALS.items()):
+      rec = default_rows.get(k)
+      if rec is None:
+        continue
+      floor = floors.get((k, default))
+      floor_unc = floors.get((k, "uncompressed"))
+      ratio = rec["ratio_to_raw"]
+      table.append([
+          k, f"{ratio:.3g}", f"{floor['ratio_to_raw']:.3g}" if floor else "—",
+          f"{floor_unc['ratio_to_raw']:.3g}" if floor_unc else "—", f">= {goal:g}",
+          "yes" if ratio >= goal else "no",
+      ])
+    lines.append(C.markdown_table(
+        ["teacher top-k", f"Recorder `{default}` ratio", f"floor `{default}`",
+         "floor `uncompressed`", "goal", "met"], table,
+        ["r", "r", "r", "r", "r", "l"]))
   lines += C.run_footer(data)
   return "\n".join(lines) + "\n"
 

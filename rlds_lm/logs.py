@@ -258,6 +258,21 @@ def _scalar(parts: list[Any], values_head: bytes, payload: Any = b"") -> int:
   return len(head) + len(payload)
 
 
+def _scalar_bytes(values_head: bytes) -> bytes:
+  parts: list[Any] = []
+  _scalar(parts, values_head)
+  return parts[0]
+
+
+# Whole scalar `Data` messages of a fixed size: constants, or a constant and 8 bytes.
+_DATA_TRUE = _scalar_bytes(_TRUE)
+_DATA_FALSE = _scalar_bytes(_FALSE)
+_DATA_F64_HEAD = _scalar_bytes(b"\x12\x08" + bytes(8))[:-8]  # Values.double_values (2)
+
+
+_KEY_HEADS: dict[str, bytes] = {}  # map key -> its serialized key field + value tag
+
+
 def _wire(value: Any, parts: list[Any]) -> int:
   """Appends the wire bytes of ``codec.encode(value)`` to ``parts``; returns their size.
 
@@ -272,17 +287,22 @@ def _wire(value: Any, parts: list[Any]) -> int:
   if isinstance(value, dict):
     if not value:
       return 0
-    if not all(isinstance(key, str) for key in value):
-      return _wire_codec(value, parts)
     body: list[Any] = []
     size = 0
     for key, item in value.items():
+      if type(key) is not str:  # nothing appended to parts yet
+        return _wire_codec(value, parts)
       head_at = len(body)
       body.append(b"")
       n = _wire(item, body)
-      key_bytes = key.encode("utf-8")
+      key_head = _KEY_HEADS.get(key)
+      if key_head is None:
+        key_bytes = key.encode("utf-8")
+        key_head = b"\x0a" + _size(len(key_bytes)) + key_bytes + b"\x12"
+        if len(_KEY_HEADS) < 10_000:  # field names: a few dozen
+          _KEY_HEADS[key] = key_head
       # Dict.values (1): a map entry {key (1): str, value (2): Data}
-      entry = b"\x0a" + _size(len(key_bytes)) + key_bytes + b"\x12" + _size(n)
+      entry = key_head + _size(n)
       head = b"\x0a" + _size(len(entry) + n) + entry
       body[head_at] = head
       size += len(head) + n
@@ -312,13 +332,17 @@ def _wire(value: Any, parts: list[Any]) -> int:
   if isinstance(value, str):  # Values.string_values (8)
     data = value.encode("utf-8")
     return _scalar(parts, b"\x42" + _size(len(data)), data)
+  if type(value) is np.float64:  # the common scalar first
+    data = _DATA_F64_HEAD + _F64.pack(value)
+    parts.append(data)
+    return len(data)
   if isinstance(value, (bool, np.bool_)):
-    return _scalar(parts, _TRUE if value else _FALSE)
+    data = _DATA_TRUE if value else _DATA_FALSE
+    parts.append(data)
+    return len(data)
   if isinstance(value, int):  # Values.bigint_values (10); dm_env.StepType too
     data = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
     return _scalar(parts, b"\x52" + _size(len(data)) + data)
-  if type(value) is np.float64:  # Values.double_values (2), packed
-    return _scalar(parts, b"\x12\x08" + _F64.pack(value))
   if type(value) is np.int64:  # Values.int64_values (4), packed
     data = _varint(int(value))
     return _scalar(parts, b"\x22" + _size(len(data)) + data)
@@ -338,6 +362,15 @@ def _serialized(value: Any) -> bytes:
   parts: list[Any] = []
   _wire(value, parts)
   return b"".join(parts)
+
+
+def encode_episode(episode: Mapping[str, Any]) -> tuple[list[bytes], bytes]:
+  """A validated episode as envlogger's writer stores it: the serialized ``Data`` of each
+  log step (:func:`episode_to_log_steps`) and of the episode metadata (its index
+  entry), equal to what ``codec.encode`` makes of them."""
+  log_steps = episode_to_log_steps(episode, buffers=True)
+  metadata = log_steps[-1][2][EPISODE_METADATA_KEY]  # encoded once, in the last step
+  return [_serialized(step) for step in log_steps], _serialized(metadata)
 
 
 # --------------------------------------------------------------------------------------
@@ -383,16 +416,22 @@ class RiegeliEpisodeWriter:
                       metadata=codec.encode({SCHEMA_KEY: config.to_json()}),
                       max_episodes_per_shard=max_episodes_per_file,
                       writer_options=writer_options)
+    if _SerializedData.DESCRIPTOR is None:
+      from envlogger.proto import storage_pb2  # pylint: disable=g-import-not-at-top
+
+      _SerializedData.DESCRIPTOR = storage_pb2.Data.DESCRIPTOR
     self._message = _SerializedData  # how serialized bytes reach the native writer
     self._closed = False
 
   def write(self, episode: Mapping[str, Any]) -> None:
     """Writes one validated episode (flushed to disk per ``flush_every``)."""
-    log_steps = episode_to_log_steps(episode, buffers=True)
-    for j, log_step in enumerate(log_steps):
-      self._add(_serialized(log_step), is_new_episode=(j == 0))
-    metadata = log_steps[-1][2][EPISODE_METADATA_KEY]  # encoded once, in the last step
-    self._set_episode_metadata(_serialized(metadata))
+    self.write_encoded(*encode_episode(episode))
+
+  def write_encoded(self, records: list[bytes], metadata: bytes) -> None:
+    """Writes one episode as :func:`encode_episode` returned it."""
+    for j, record in enumerate(records):
+      self._add(record, is_new_episode=(j == 0))
+    self._set_episode_metadata(metadata)
     self._unflushed += 1
     if self._unflushed >= self._flush_every:
       self.flush()
@@ -441,15 +480,10 @@ class _SerializedData:
   """
 
   __slots__ = ("_data",)
+  DESCRIPTOR: Any = None  # storage_pb2.Data.DESCRIPTOR, set by the first writer
 
   def __init__(self, data: bytes):
     self._data = data
-
-  @property
-  def DESCRIPTOR(self):  # pylint: disable=invalid-name
-    from envlogger.proto import storage_pb2  # pylint: disable=g-import-not-at-top
-
-    return storage_pb2.Data.DESCRIPTOR
 
   def SerializeToString(self, **unused_options: Any) -> bytes:  # pylint: disable=invalid-name
     return self._data
