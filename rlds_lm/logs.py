@@ -18,6 +18,12 @@ directory per writer session), so ``envlogger.Reader(DIR)`` and
   flushed survives a SIGKILL; an episode without its LAST step (the one open at the
   kill) is skipped and counted.
 * The dataset-level envlogger metadata holds the :class:`SchemaConfig` as JSON.
+* Writing: :class:`RiegeliEpisodeWriter` serializes envlogger's ``Data`` messages
+  itself (:func:`encode_episode`) and hands the bytes to envlogger's native writer;
+  the files are the ones envlogger's ``RiegeliBackendWriter`` (``codec.encode``) writes,
+  and the datasets published from them are byte-identical (tests/test_recorder_format.py),
+  at a fraction of the Python cost. What remains is the native writer itself: the
+  floor in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -40,9 +46,12 @@ EPISODE_METADATA_KEY = "rlds_lm_episode_metadata"  # in the last log step's cust
 DEFAULT_WRITER_OPTIONS = "zstd:1"  # measured in benchmarks/record_throughput.py
 
 # Quiet by default: envlogger's native (glog) INFO lines, e.g. the Riegeli writer's
-# "Empty steps, nothing to do" on every flush, are hidden by the package's
-# `_compat.quiet()` (GLOG_minloglevel=1 unless the user set it, or RLDS_LM_VERBOSE /
-# --verbose asks for everything); glog reads it when envlogger's extension modules load.
+# "Empty steps, nothing to do", are hidden by the package's `_compat.quiet()`
+# (GLOG_minloglevel=1 unless the user set it, or RLDS_LM_VERBOSE / --verbose asks for
+# everything); glog reads it when envlogger's extension modules load. Even then the
+# writer never flushes with nothing new to write (RiegeliEpisodeWriter.flush), so the
+# line shows only where envlogger itself flushes an empty shard: when a session opens
+# its first shard and when it closes.
 
 
 # --------------------------------------------------------------------------------------
