@@ -115,7 +115,7 @@ class _Checker:
     if bounds is not None:
       if type(value) is not int or not bounds[0] <= value <= bounds[1]:
         return None
-      self.count_bytes(path, _INT_BYTES)
+      size = _INT_BYTES
     elif spec.dtype in _FLOAT_ROUND:
       try:
         value = _FLOAT_ROUND[spec.dtype](value)
@@ -123,18 +123,17 @@ class _Checker:
         return None
       if not math.isfinite(value):
         return None
-      self.count_bytes(path, _FLOAT_BYTES[spec.dtype])
+      size = _FLOAT_BYTES[spec.dtype]
     else:
       return None
-    if spec.kind in ("", "finite", "choice"):
-      return value
-    if spec.kind == "unit":
-      return value if 0 <= value <= 1 else None
-    if spec.kind == "nonneg" or spec.kind == "length":
-      return value if value >= 0 else None
-    if spec.kind == "logprob":
-      return value if value <= _LOGPROB_SLACK else None
-    return None
+    kind = spec.kind
+    if not (kind in ("", "finite", "choice") or
+            (kind == "unit" and 0 <= value <= 1) or
+            (kind in ("nonneg", "length") and value >= 0) or
+            (kind == "logprob" and value <= _LOGPROB_SLACK)):
+      return None
+    self.count_bytes(path, size)
+    return value
 
   def _string(self, path: str, spec: S.FieldSpec, value: Any) -> Any:
     if spec.shape:  # string vector
