@@ -254,13 +254,24 @@ _TRUE = b"\x3a\x01\x01"  # Values.bool_values (7), packed: [True]
 _FALSE = b"\x3a\x01\x00"
 
 
+_SCALAR_HEADS: dict[int, bytes] = {}  # Values size -> the scalar Data's head
+
+
+def _scalar_head(values_size: int) -> bytes:
+  """Data.datum (1) { Datum.shape (scalar), Datum.values (2) (length prefix only) }."""
+  head = _SCALAR_HEADS.get(values_size)
+  if head is None:
+    datum_size = len(_SCALAR_SHAPE) + 1 + len(_size(values_size)) + values_size
+    head = b"\x0a" + _size(datum_size) + _SCALAR_SHAPE + b"\x12" + _size(values_size)
+    if len(_SCALAR_HEADS) < 4096:
+      _SCALAR_HEADS[values_size] = head
+  return head
+
+
 def _scalar(parts: list[Any], values_head: bytes, payload: Any = b"") -> int:
   """Appends a scalar `Data` (Data.datum (1)) whose `Datum.Values` is ``values_head``
   followed by ``payload``; returns its size."""
-  values_size = len(values_head) + len(payload)
-  datum_size = len(_SCALAR_SHAPE) + 1 + len(_size(values_size)) + values_size
-  head = (b"\x0a" + _size(datum_size) + _SCALAR_SHAPE + b"\x12" + _size(values_size) +
-          values_head)
+  head = _scalar_head(len(values_head) + len(payload)) + values_head
   parts.append(head)
   if len(payload):
     parts.append(payload)
@@ -303,7 +314,27 @@ def _wire(value: Any, parts: list[Any]) -> int:
         return _wire_codec(value, parts)
       head_at = len(body)
       body.append(b"")
-      n = _wire(item, body)
+      # The common leaves inline (as _wire writes them): a call per field costs more.
+      kind = type(item)
+      if kind is memoryview or kind is bytes:  # Values.bytes_values (9)
+        values_head = b"\x4a" + _size(len(item))
+        data = _scalar_head(len(values_head) + len(item)) + values_head
+        body.append(data)
+        n = len(data) + len(item)
+        if len(item):
+          body.append(item)
+      elif kind is np.float64:
+        data = _DATA_F64_HEAD + _F64.pack(item)
+        body.append(data)
+        n = len(data)
+      elif kind is str:  # Values.string_values (8)
+        text = item.encode("utf-8")
+        values_head = b"\x42" + _size(len(text))
+        data = _scalar_head(len(values_head) + len(text)) + values_head + text
+        body.append(data)
+        n = len(data)
+      else:
+        n = _wire(item, body)
       key_head = _KEY_HEADS.get(key)
       if key_head is None:
         key_bytes = key.encode("utf-8")
