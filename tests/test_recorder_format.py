@@ -193,3 +193,22 @@ def test_python_scalars_validate_as_numpy_scalars_do(group, field, values):
       got = fast[group][field] if group else fast[field]
       want = slow[group][field] if group else slow[field]
       assert type(got) is type(want) and got == want, (field, value, got, want)
+
+
+def test_a_binding_that_refuses_serialized_bytes_gets_parsed_messages(tmp_path):
+  writer = logs.RiegeliEpisodeWriter(tmp_path, ROLLOUT)
+  refused = []
+
+  def not_a_message(data):
+    refused.append(data)
+    return object()  # what the binding takes for no message at all: TypeError
+
+  writer._message = not_a_message
+  episodes = [V.validate_episode(e, ROLLOUT) for e in rollouts(3)]
+  for episode in episodes:
+    writer.write(episode)
+  writer.close()
+  assert len(refused) == 1 and writer._message is logs._data_message
+  back = list(logs.read_log(tmp_path))
+  for got, want in zip(back, episodes, strict=True):
+    T.assert_episodes_equal(got, want)
