@@ -19,6 +19,8 @@ What is timed, per teacher top-k width (0, 64, 256; vocabulary 32,000):
 * The floor: envlogger's native writer alone (``RiegeliEpisodeWriter.write_encoded``),
   fed records encoded before the timing, one flush per episode, ``zstd:1`` and
   ``uncompressed``, in memory: what ``record`` would cost with no Python work.
+* The Recorder as it was before issue 15 (validation, then envlogger's own
+  ``RiegeliBackendWriter`` with ``codec.encode``), in memory, for the speed-up.
 * Issue 15's goals (``GOALS``) against the Recorder's and the floor's ratios.
 
 Episodes are built before any timing. Tokens are action (generated) tokens.
@@ -100,6 +102,7 @@ def _measure(fn, *, repeats: int, **kwargs) -> dict[str, Any]:
 
 def run(args) -> dict[str, Any]:
   _quiet()
+  from rlds_lm import _compat  # pylint: disable=g-import-not-at-top
   from rlds_lm import logs  # pylint: disable=g-import-not-at-top
   from rlds_lm import recorder as R  # pylint: disable=g-import-not-at-top
   from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
@@ -281,6 +284,43 @@ def run(args) -> dict[str, Any]:
               f"{C.fmt_rate(row['tokens_per_s'])} tok/s, ratio {row['ratio_to_raw']:.3g}",
               flush=True)
 
+      # The Recorder as it was before issue 15, in the same run: validation, then
+      # envlogger's own RiegeliBackendWriter (codec.encode builds each message in
+      # Python), one flush per episode.
+      def before(config=config, episodes=episodes):
+        _compat.patch_numpy_for_envlogger()
+        from envlogger import step_data  # pylint: disable=g-import-not-at-top
+        from envlogger.backends import riegeli_backend_writer  # pylint: disable=g-import-not-at-top
+
+        os.makedirs(current[0])
+        writer = riegeli_backend_writer.RiegeliBackendWriter(
+            current[0], max_episodes_per_file=100_000, writer_options=default_options,
+            flush_scheduler=lambda _: False, metadata={logs.SCHEMA_KEY: config.to_json()})
+        for ep in episodes:
+          ep = V.validate_episode(ep, config)
+          for j, triple in enumerate(logs.episode_to_log_steps(ep)):
+            writer.record_step(step_data.StepData(*triple), is_new_episode=(j == 0))
+          writer.set_episode_metadata(
+              logs._encode_tree({f: v for f, v in ep.items() if f != S.STEPS}))  # pylint: disable=protected-access
+          writer._data_writer.flush()  # pylint: disable=protected-access
+        writer.close()
+        return current[0]
+
+      def fresh_before(k=k):
+        if current[0] and os.path.isdir(current[0]):
+          shutil.rmtree(current[0])
+        current[0] = _fresh_dir(roots[MEMORY], f"before-k{k}", counter)
+
+      res = _measure(before, repeats=repeats, warmup=1, setup=fresh_before)
+      row = row_of(MEMORY, "Recorder before issue 15 (RiegeliBackendWriter, codec.encode)",
+                   default_options, 1, res, C.disk_usage(res["result"]), raw_tps, raw_cpu_tps)
+      row["before"] = True
+      rows.append(row)
+      shutil.rmtree(current[0])
+      current[0] = ""
+      print(f"  [memory] Recorder as before: {C.fmt_rate(row['tokens_per_s'])} tok/s, "
+            f"ratio {row['ratio_to_raw']:.3g}", flush=True)
+
       # publish_log of the default-options log, to a data_dir on disk.
       def publish(default_log=default_log, k=k):
         return R.publish_log(default_log, data_dir=current[0], name=f"bench_k{k}")
@@ -333,6 +373,13 @@ def run(args) -> dict[str, Any]:
   }
 
 
+def _speedup(row: dict[str, Any], before: dict[str, Any]) -> str:
+  wall = row["tokens_per_s"] / before["tokens_per_s"]
+  if row.get("cpu_tokens_per_s") and before.get("cpu_tokens_per_s"):
+    return f"{wall:.2f}x / {row['cpu_tokens_per_s'] / before['cpu_tokens_per_s']:.2f}x"
+  return f"{wall:.2f}x / —"
+
+
 def _robust_ratio(row: dict[str, Any]) -> float:
   cpu = row.get("cpu_ratio_to_raw")
   return cpu if cpu is not None else row["ratio_to_raw"]
@@ -378,7 +425,10 @@ def markdown(data: dict[str, Any]) -> str:
       "per process). The `envlogger writer alone` rows feed envlogger's native writer "
       "(the one the Recorder uses) the records of every episode, validated and encoded "
       "(`rlds_lm.logs.encode_episode`) before the timing, with the Recorder's flush per "
-      "episode: the floor of `Recorder.record` on this log format.",
+      "episode: the floor of `Recorder.record` on this log format. The `Recorder as "
+      "before issue 15` row validates each episode and writes it through envlogger's "
+      "own `RiegeliBackendWriter` (messages built by `codec.encode`), as `record` did "
+      "before: the same log, byte for byte once published.",
       "",
   ]
   if not s.get("memory_is_tmpfs", True):
@@ -388,6 +438,9 @@ def markdown(data: dict[str, Any]) -> str:
     if r["writer_options"] is None:
       writer = "raw `file.write`" + (" + fsync per episode" if r.get("fsync_per_episode")
                                      else "")
+    elif r.get("before"):
+      writer = (f"Recorder as before issue 15 (envlogger's `RiegeliBackendWriter`, "
+                f"`codec.encode`) `{r['writer_options']}`")
     elif r.get("floor"):
       writer = f"envlogger writer alone, records encoded beforehand `{r['writer_options']}`"
     else:
@@ -430,6 +483,7 @@ def markdown(data: dict[str, Any]) -> str:
        "encoding share (`logs.encode_episode`)", "publish_log episodes/s",
        "publish_log tokens/s", "published bytes/token"], table))
   floors = {(r["top_k"], r["writer_options"]): r for r in data["rows"] if r.get("floor")}
+  befores = {r["top_k"]: r for r in data["rows"] if r.get("before")}
   if floors:
     lines += ["", "Issue 15's goals (Recorder, default options, in memory, one flush per "
               "episode), as ratios to raw `file.write` measured in this run, next to the "
@@ -444,8 +498,10 @@ def markdown(data: dict[str, Any]) -> str:
       floor = floors.get((k, default))
       floor_unc = floors.get((k, "uncompressed"))
       ratio = rec["ratio_to_raw"]
+      before = befores.get(k)
       table.append([
           k, f"{ratio:.3g}", _cpu_ratio(rec),
+          _speedup(rec, before) if before else "—",
           f"{floor['ratio_to_raw']:.3g} / {_cpu_ratio(floor)}" if floor else "—",
           f"{floor_unc['ratio_to_raw']:.3g} / {_cpu_ratio(floor_unc)}" if floor_unc
           else "—", f">= {goal:g}",
@@ -455,8 +511,9 @@ def markdown(data: dict[str, Any]) -> str:
       ])
     lines.append(C.markdown_table(
         ["teacher top-k", f"Recorder `{default}` ratio", "same, CPU time",
+         "speed-up over the Recorder before issue 15 (wall / CPU)",
          f"floor `{default}` (wall / CPU)", "floor `uncompressed` (wall / CPU)", "goal",
-         "met (wall / CPU)"], table, ["r", "r", "r", "r", "r", "r", "l"]))
+         "met (wall / CPU)"], table, ["r", "r", "r", "r", "r", "r", "r", "l"]))
     below = [str(k) for k, goal in sorted(GOALS.items()) if (k, default) in floors
              and _robust_ratio(floors[(k, default)]) < goal]
     if below:
