@@ -498,7 +498,8 @@ class RiegeliEpisodeWriter:
       self._writer.set_episode_metadata(self._message(data))
 
   def flush(self) -> None:
-    """Writes every episode written so far to disk (nothing to do: no native call)."""
+    """Writes every episode written so far to disk; with nothing new since the last
+    flush it makes no native call (and envlogger logs no "Empty steps")."""
     if self._unflushed and not self._closed:
       self._writer.flush()
     self._unflushed = 0
