@@ -14,7 +14,15 @@ What is timed, per teacher top-k width (0, 64, 256; vocabulary 32,000):
   ``flush()`` + ``os.fsync`` after every episode.
 * ``publish_log`` of the default-options log to a fresh TFDS data_dir (tfrecord +
   array_record), in episodes/s.
-* ``validate_episode`` on the same episodes (the part of ``record`` that is validation).
+* ``validate_episode`` on the same episodes (the part of ``record`` that is validation),
+  and ``logs.encode_episode`` on the validated episodes (the encoding part).
+* The floor: envlogger's native writer alone (``RiegeliEpisodeWriter.write_encoded``),
+  fed records encoded before the timing, one flush per episode, ``zstd:1`` and
+  ``uncompressed``, in memory: what ``record`` would cost with no Python work.
+* The Recorder's writer as it was before issue 15 (today's validation, then envlogger's
+  own ``RiegeliBackendWriter`` with ``codec.encode``), in memory, for the speed-up of
+  the writer (validation got faster too, which this row includes).
+* Issue 15's goals (``GOALS``) against the Recorder's and the floor's ratios.
 
 Episodes are built before any timing. Tokens are action (generated) tokens.
 
@@ -28,6 +36,7 @@ import inspect
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +52,7 @@ FLUSH_EVERY = 100  # the extra row that flushes (and fsyncs) every N-th episode 
 MEMORY, DISK = "memory", "disk"  # where a row's files go: tmpfs (/dev/shm) or disk
 WARMUP_EPISODES = 50  # episodes in a Recorder warm-up run
 EXTRA_WRITER_OPTIONS = ("uncompressed", "brotli:6", "transpose,brotli:6,chunk_size:1M")
+GOALS = {0: 0.05, 64: 0.3, 256: 0.3}  # issue 15 item 3: Recorder / raw write, in memory
 
 
 def _quiet() -> None:
@@ -73,8 +83,27 @@ def _tmpfs_root(requested: str | None) -> tuple[str, bool]:
   return "", False
 
 
+def _measure(fn, *, repeats: int, **kwargs) -> dict[str, Any]:
+  """``C.measure`` that also takes each timed run's CPU time (``time.process_time``,
+  every thread of this process): on a shared machine it moves far less with the load
+  than wall time does."""
+  cpu: list[float] = []
+
+  def timed():
+    start = time.process_time()
+    result = fn()
+    cpu.append(time.process_time() - start)
+    return result
+
+  res = C.measure(timed, repeats=repeats, **kwargs)
+  res["cpu_seconds"] = cpu[-repeats:]  # the timed runs (warm-ups may call fn too)
+  res["cpu_median_s"] = statistics.median(res["cpu_seconds"])
+  return res
+
+
 def run(args) -> dict[str, Any]:
   _quiet()
+  from rlds_lm import _compat  # pylint: disable=g-import-not-at-top
   from rlds_lm import logs  # pylint: disable=g-import-not-at-top
   from rlds_lm import recorder as R  # pylint: disable=g-import-not-at-top
   from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
@@ -138,9 +167,13 @@ def run(args) -> dict[str, Any]:
       print(f"[top-k {k}] built {num_episodes} episodes, {tokens} action tokens, "
             f"{raw_bytes / tokens:.0f} raw bytes/token in {build_s:.1f} s", flush=True)
 
-      def row_of(storage, writer, options, flush_every, res, du, raw_tps):
+      def row_of(storage, writer, options, flush_every, res, du, raw_tps, raw_cpu_tps=0.0):
         tps = tokens / res["median_s"]
+        cpu_tps = tokens / res["cpu_median_s"] if res.get("cpu_median_s") else None
         return {
+            "cpu_seconds": res.get("cpu_seconds"), "cpu_tokens_per_s": cpu_tps,
+            "cpu_ratio_to_raw": (cpu_tps / raw_cpu_tps if cpu_tps and raw_cpu_tps
+                                 else (1.0 if cpu_tps else None)),
             "top_k": k, "storage": storage, "writer": writer, "writer_options": options,
             "flush_every": flush_every, "seconds": res["seconds"],
             "median_s": res["median_s"], "episodes_per_s": num_episodes / res["median_s"],
@@ -152,7 +185,7 @@ def run(args) -> dict[str, Any]:
       # Baselines: the same bytes through plain buffered file writes. In memory without
       # fsync (the reference of every ratio); on disk with a flush + fsync after every
       # episode (what a minimal crash-safe appender pays).
-      raw_tps = 0.0
+      raw_tps = raw_cpu_tps = 0.0
       for storage, sync in ((MEMORY, False), (DISK, True)):
         raw_path = os.path.join(roots[storage], f"raw-k{k}.bin")
 
@@ -165,13 +198,14 @@ def run(args) -> dict[str, Any]:
                 f.flush()
                 os.fsync(f.fileno())
 
-        res = C.measure(raw_write, repeats=settings["raw_repeats"], warmup=1)
+        res = _measure(raw_write, repeats=settings["raw_repeats"], warmup=1)
         du = C.disk_usage_file(raw_path)
         os.remove(raw_path)
         row = row_of(storage, "raw file.write" + (" + fsync per episode" if sync else ""),
-                     None, None, res, du, raw_tps)
+                     None, None, res, du, raw_tps, raw_cpu_tps)
         row["fsync_per_episode"] = sync
         raw_tps = raw_tps or row["tokens_per_s"]
+        raw_cpu_tps = raw_cpu_tps or row["cpu_tokens_per_s"]
         rows.append(row)
         print(f"  [{storage}] raw write{' + fsync' if sync else ''}: "
               f"{C.fmt_rate(row['tokens_per_s'])} tok/s", flush=True)
@@ -196,13 +230,13 @@ def run(args) -> dict[str, Any]:
             shutil.rmtree(current[0])
           current[0] = _fresh_dir(roots[storage], f"log-k{k}", counter)
 
-        res = C.measure(record, repeats=repeats, warmup=1, setup=fresh,
+        res = _measure(record, repeats=repeats, warmup=1, setup=fresh,
                         warmup_fn=lambda record=record: record(
                             episodes=episodes[:WARMUP_EPISODES]))
         du = C.disk_usage(res["result"])
         is_default = storage == MEMORY and options == default_options and flush_every == 1
         row = row_of(storage, "Recorder (riegeli)", options, flush_every, res, du,
-                     raw_tps)
+                     raw_tps, raw_cpu_tps)
         row["default_options"] = options == default_options
         print(f"  [{storage}] Recorder {options!r} flush_every={flush_every}: "
               f"{C.fmt_rate(row['tokens_per_s'])} tok/s, ratio {row['ratio_to_raw']:.3g}, "
@@ -212,11 +246,82 @@ def run(args) -> dict[str, Any]:
           shutil.move(current[0], default_log)
           current[0] = ""
           row["validation_share"] = val["median_s"] / res["median_s"]
+          row["recorder_median_s"] = res["median_s"]
           row["publish_from_this_log"] = True
         rows.append(row)
         if current[0] and os.path.isdir(current[0]):
           shutil.rmtree(current[0])
         current[0] = ""
+
+      # The floor: envlogger's native writer alone, fed the records of every episode
+      # encoded before the timing (what is left of `record` with no Python work), one
+      # flush per episode as the Recorder does.
+      normalised = [V.validate_episode(ep, config) for ep in episodes]
+      encode = C.measure(lambda normalised=normalised: [
+          logs.encode_episode(ep) for ep in normalised], repeats=repeats, warmup=1)
+      encoded = encode["result"]
+      for options in (default_options, "uncompressed"):
+        def native(options=options, encoded=encoded, config=config):
+          writer = logs.RiegeliEpisodeWriter(current[0], config, writer_options=options)
+          for records, metadata in encoded:
+            writer.write_encoded(records, metadata)
+          writer.close()
+          return current[0]
+
+        def fresh_native(k=k):
+          if current[0] and os.path.isdir(current[0]):
+            shutil.rmtree(current[0])
+          current[0] = _fresh_dir(roots[MEMORY], f"native-k{k}", counter)
+
+        res = _measure(native, repeats=repeats, warmup=1, setup=fresh_native)
+        row = row_of(MEMORY, "envlogger writer alone (records encoded beforehand)",
+                     options, 1, res, C.disk_usage(res["result"]), raw_tps, raw_cpu_tps)
+        row["floor"] = True
+        row["default_options"] = options == default_options
+        rows.append(row)
+        shutil.rmtree(current[0])
+        current[0] = ""
+        print(f"  [memory] envlogger writer alone {options!r}: "
+              f"{C.fmt_rate(row['tokens_per_s'])} tok/s, ratio {row['ratio_to_raw']:.3g}",
+              flush=True)
+
+      # The Recorder's writer as it was before issue 15, in the same run: validation
+      # (today's), then envlogger's own RiegeliBackendWriter (codec.encode builds each
+      # message in Python), one flush per episode.
+      def before(config=config, episodes=episodes):
+        _compat.patch_numpy_for_envlogger()
+        from envlogger import step_data  # pylint: disable=g-import-not-at-top
+        from envlogger.backends import riegeli_backend_writer  # pylint: disable=g-import-not-at-top
+
+        os.makedirs(current[0])
+        writer = riegeli_backend_writer.RiegeliBackendWriter(
+            current[0], max_episodes_per_file=100_000, writer_options=default_options,
+            flush_scheduler=lambda _: False, metadata={logs.SCHEMA_KEY: config.to_json()})
+        for ep in episodes:
+          ep = V.validate_episode(ep, config)
+          for j, triple in enumerate(logs.episode_to_log_steps(ep)):
+            writer.record_step(step_data.StepData(*triple), is_new_episode=(j == 0))
+          writer.set_episode_metadata(
+              logs._encode_tree({f: v for f, v in ep.items() if f != S.STEPS}))  # pylint: disable=protected-access
+          writer._data_writer.flush()  # pylint: disable=protected-access
+        writer.close()
+        return current[0]
+
+      def fresh_before(k=k):
+        if current[0] and os.path.isdir(current[0]):
+          shutil.rmtree(current[0])
+        current[0] = _fresh_dir(roots[MEMORY], f"before-k{k}", counter)
+
+      res = _measure(before, repeats=repeats, warmup=1, setup=fresh_before)
+      row = row_of(MEMORY, "validation + the writer before issue 15 (RiegeliBackendWriter, "
+                   "codec.encode)",
+                   default_options, 1, res, C.disk_usage(res["result"]), raw_tps, raw_cpu_tps)
+      row["before"] = True
+      rows.append(row)
+      shutil.rmtree(current[0])
+      current[0] = ""
+      print(f"  [memory] writer as before: {C.fmt_rate(row['tokens_per_s'])} tok/s, "
+            f"ratio {row['ratio_to_raw']:.3g}", flush=True)
 
       # publish_log of the default-options log, to a data_dir on disk.
       def publish(default_log=default_log, k=k):
@@ -245,6 +350,8 @@ def run(args) -> dict[str, Any]:
           "validate_seconds": val["seconds"], "validate_median_s": val["median_s"],
           "validate_tokens_per_s": tokens / val["median_s"],
           "validate_episodes_per_s": num_episodes / val["median_s"],
+          "encode_seconds": encode["seconds"], "encode_median_s": encode["median_s"],
+          "encode_tokens_per_s": tokens / encode["median_s"],
           "publish_seconds": pub["seconds"], "publish_median_s": pub["median_s"],
           "publish_episodes_per_s": num_episodes / pub["median_s"],
           "publish_tokens_per_s": tokens / pub["median_s"],
@@ -266,6 +373,23 @@ def run(args) -> dict[str, Any]:
       "benchmark": NAME, "quick": bool(args.quick), "machine": C.machine_info(),
       "settings": settings, "rows": rows, "per_top_k": per_k,
   }
+
+
+def _speedup(row: dict[str, Any], before: dict[str, Any]) -> str:
+  wall = row["tokens_per_s"] / before["tokens_per_s"]
+  if row.get("cpu_tokens_per_s") and before.get("cpu_tokens_per_s"):
+    return f"{wall:.2f}x / {row['cpu_tokens_per_s'] / before['cpu_tokens_per_s']:.2f}x"
+  return f"{wall:.2f}x / —"
+
+
+def _robust_ratio(row: dict[str, Any]) -> float:
+  cpu = row.get("cpu_ratio_to_raw")
+  return cpu if cpu is not None else row["ratio_to_raw"]
+
+
+def _cpu_ratio(row: dict[str, Any]) -> str:
+  ratio = row.get("cpu_ratio_to_raw")
+  return f"{ratio:.3g}" if ratio is not None else "—"
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -292,11 +416,22 @@ def markdown(data: dict[str, Any]) -> str:
       "`raw` writes the same per-token arrays and texts with plain `file.write`, in "
       "memory without fsync (the reference: `ratio` is tokens/s over its tokens/s at "
       "the same top-k) and on disk with a flush + fsync after every episode. "
+      "`ratio, CPU time` is the same ratio with this process's CPU time "
+      "(`time.process_time`) in place of wall time: on this shared machine it moves "
+      "far less with the load than the wall-time ratio, which favours whichever side "
+      "ran while the others paused. "
       "Bytes/token is allocated space (`du`) of the log directory over action tokens. "
       "Spread is the slowest over the fastest timed run. `publish_log` (tfrecord + "
       "array_record, from the memory default-options log to a data_dir on disk) is "
       f"timed separately: median of {s['publish_repeats']} runs (one warm-up publish "
-      "per process).",
+      "per process). The `envlogger writer alone` rows feed envlogger's native writer "
+      "(the one the Recorder uses) the records of every episode, validated and encoded "
+      "(`rlds_lm.logs.encode_episode`) before the timing, with the Recorder's flush per "
+      "episode: the floor of `Recorder.record` on this log format. The `validation + "
+      "the writer before issue 15` row validates each episode (with today's "
+      "`validate_episode`, whose scalar checks also got faster) and writes it through "
+      "envlogger's own `RiegeliBackendWriter` (messages built by `codec.encode`), as "
+      "`record` did before: the same log, byte for byte once published.",
       "",
   ]
   if not s.get("memory_is_tmpfs", True):
@@ -306,6 +441,11 @@ def markdown(data: dict[str, Any]) -> str:
     if r["writer_options"] is None:
       writer = "raw `file.write`" + (" + fsync per episode" if r.get("fsync_per_episode")
                                      else "")
+    elif r.get("before"):
+      writer = (f"validation + the writer before issue 15 (envlogger's "
+                f"`RiegeliBackendWriter`, `codec.encode`) `{r['writer_options']}`")
+    elif r.get("floor"):
+      writer = f"envlogger writer alone, records encoded beforehand `{r['writer_options']}`"
     else:
       writer = f"Recorder `{r['writer_options']}`" + (" (default)" if r.get(
           "default_options") else "")
@@ -314,32 +454,80 @@ def markdown(data: dict[str, Any]) -> str:
     pub = r.get("publish_episodes_per_s")
     table.append([
         r["top_k"], r.get("storage", "disk"), writer, f"{r['episodes_per_s']:,.0f}",
-        C.fmt_rate(r["tokens_per_s"]), f"{r['ratio_to_raw']:.3g}",
+        C.fmt_rate(r["tokens_per_s"]), f"{r['ratio_to_raw']:.3g}", _cpu_ratio(r),
         f"{r['du_bytes_per_token']:.0f}", f"{pub:,.0f}" if pub else "—",
         C.spread(r["seconds"]),
     ])
   lines.append(C.markdown_table(
       ["teacher top-k", "storage", "writer", "episodes/s", "tokens/s", "ratio to raw",
-       "bytes/token", "publish_log episodes/s", "spread"], table,
-      ["r", "l", "l", "r", "r", "r", "r", "r", "r"]))
+       "ratio, CPU time", "bytes/token", "publish_log episodes/s", "spread"], table,
+      ["r", "l", "l", "r", "r", "r", "r", "r", "r", "r"]))
   lines += ["", "Validation (`rlds_lm.validate.validate_episode`, part of every "
             "`Recorder.record`) and the published dataset:", ""]
   table = []
   default_rows = {r["top_k"]: r for r in data["rows"] if "validation_share" in r}
   for p in data["per_top_k"]:
-    share = default_rows.get(p["top_k"], {}).get("validation_share")
+    row = default_rows.get(p["top_k"], {})
+    share = row.get("validation_share")
+    encode_share = (p["encode_median_s"] / row["recorder_median_s"]
+                    if "encode_median_s" in p and "recorder_median_s" in row else None)
     fmts = p["published_bytes_per_token_by_format"]
     table.append([
         p["top_k"], C.fmt_rate(p["validate_tokens_per_s"]),
         f"{p['validate_episodes_per_s']:,.0f}",
         f"{100 * share:.0f} %" if share is not None else "—",
+        f"{100 * encode_share:.0f} %" if encode_share is not None else "—",
         f"{p['publish_episodes_per_s']:,.0f}", C.fmt_rate(p["publish_tokens_per_s"]),
         " + ".join(f"{v:.0f} ({k})" for k, v in sorted(fmts.items())),
     ])
   lines.append(C.markdown_table(
       ["teacher top-k", "validate tokens/s", "validate episodes/s",
-       f"validation share of Recorder `{default}` time (memory)", "publish_log episodes/s",
+       f"validation share of Recorder `{default}` time (memory)",
+       "encoding share (`logs.encode_episode`)", "publish_log episodes/s",
        "publish_log tokens/s", "published bytes/token"], table))
+  floors = {(r["top_k"], r["writer_options"]): r for r in data["rows"] if r.get("floor")}
+  befores = {r["top_k"]: r for r in data["rows"] if r.get("before")}
+  if floors:
+    lines += ["", "Issue 15's goals (Recorder, default options, in memory, one flush per "
+              "episode), as ratios to raw `file.write` measured in this run, next to the "
+              "floor: envlogger's native writer alone, given the records already encoded "
+              "(no validation, no encoding, no Python per field), which no Recorder on "
+              "envlogger's writer can beat in one process:", ""]
+    table = []
+    for k, goal in sorted(GOALS.items()):
+      rec = default_rows.get(k)
+      if rec is None:
+        continue
+      floor = floors.get((k, default))
+      floor_unc = floors.get((k, "uncompressed"))
+      ratio = rec["ratio_to_raw"]
+      before = befores.get(k)
+      table.append([
+          k, f"{ratio:.3g}", _cpu_ratio(rec),
+          _speedup(rec, before) if before else "—",
+          f"{floor['ratio_to_raw']:.3g} / {_cpu_ratio(floor)}" if floor else "—",
+          f"{floor_unc['ratio_to_raw']:.3g} / {_cpu_ratio(floor_unc)}" if floor_unc
+          else "—", f">= {goal:g}",
+          ("yes" if ratio >= goal else "no") + " / " + (
+              "—" if rec.get("cpu_ratio_to_raw") is None
+              else "yes" if rec["cpu_ratio_to_raw"] >= goal else "no"),
+      ])
+    lines.append(C.markdown_table(
+        ["teacher top-k", f"Recorder `{default}` ratio", "same, CPU time",
+         "speed-up over validation + the writer before issue 15 (wall / CPU)",
+         f"floor `{default}` (wall / CPU)", "floor `uncompressed` (wall / CPU)", "goal",
+         "met (wall / CPU)"], table, ["r", "r", "r", "r", "r", "r", "r", "l"]))
+    below = [str(k) for k, goal in sorted(GOALS.items()) if (k, default) in floors
+             and _robust_ratio(floors[(k, default)]) < goal]
+    if below:
+      lines += ["", f"At top-k {', '.join(below)} the floor itself is below the goal "
+                "(by CPU time where measured, else wall time): "
+                "envlogger's writer (parsing each record into a C++ message, Riegeli "
+                f"serialization, `{default}` compression, one chunk per file per flush) "
+                "costs more than the goal allows even with no Python work at all, so no "
+                "Recorder that writes envlogger's log format from one process reaches it "
+                "here. Everything above the floor is validation and encoding (shares in "
+                "the table above)."]
   lines += C.run_footer(data)
   return "\n".join(lines) + "\n"
 

@@ -18,6 +18,12 @@ directory per writer session), so ``envlogger.Reader(DIR)`` and
   flushed survives a SIGKILL; an episode without its LAST step (the one open at the
   kill) is skipped and counted.
 * The dataset-level envlogger metadata holds the :class:`SchemaConfig` as JSON.
+* Writing: :class:`RiegeliEpisodeWriter` serializes envlogger's ``Data`` messages
+  itself (:func:`encode_episode`) and hands the bytes to envlogger's native writer;
+  the files are the ones envlogger's ``RiegeliBackendWriter`` (``codec.encode``) writes,
+  and the datasets published from them are byte-identical (tests/test_recorder_format.py),
+  at a fraction of the Python cost. What remains is the native writer itself: the
+  floor in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -39,9 +46,12 @@ EPISODE_METADATA_KEY = "rlds_lm_episode_metadata"  # in the last log step's cust
 DEFAULT_WRITER_OPTIONS = "zstd:1"  # measured in benchmarks/record_throughput.py
 
 # Quiet by default: envlogger's native (glog) INFO lines, e.g. the Riegeli writer's
-# "Empty steps, nothing to do" on every flush, are hidden by the package's
-# `_compat.quiet()` (GLOG_minloglevel=1 unless the user set it, or RLDS_LM_VERBOSE /
-# --verbose asks for everything); glog reads it when envlogger's extension modules load.
+# "Empty steps, nothing to do", are hidden by the package's `_compat.quiet()`
+# (GLOG_minloglevel=1 unless the user set it, or RLDS_LM_VERBOSE / --verbose asks for
+# everything); glog reads it when envlogger's extension modules load. Even then the
+# writer never flushes with nothing new to write (RiegeliEpisodeWriter.flush), so the
+# line shows only where envlogger itself flushes an empty shard: when a session opens
+# its first shard and when it closes.
 
 
 # --------------------------------------------------------------------------------------
@@ -49,16 +59,23 @@ DEFAULT_WRITER_OPTIONS = "zstd:1"  # measured in benchmarks/record_throughput.py
 # --------------------------------------------------------------------------------------
 
 
-def _encode_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
+def _encode_tree(tree: Mapping[str, Any], buffers: bool = False) -> dict[str, Any]:
+  """Envlogger-encodable values of a tree of validated fields.
+
+  ``buffers``: per-token arrays as byte views of the arrays instead of ``bytes`` copies
+  (for :func:`_wire`, which writes them as the same ``bytes`` value).
+  """
   out = {}
   for key, value in tree.items():
     if isinstance(value, Mapping):
-      out[key] = _encode_tree(value)
+      out[key] = _encode_tree(value, buffers)
     elif isinstance(value, np.ndarray):
       if value.dtype == object:  # string vectors
         out[key] = [str(v) for v in value.tolist()]
       elif value.dtype == np.uint8 and value.ndim == 3:  # images: envlogger-native
         out[key] = value
+      elif buffers:
+        out[key] = memoryview(np.ascontiguousarray(value)).cast("B")
       else:
         out[key] = np.ascontiguousarray(value).tobytes()
     elif isinstance(value, bool):
@@ -108,16 +125,20 @@ def _decode_tree(specs: Mapping[str, Any], value: Any) -> dict[str, Any]:
   return out
 
 
-def episode_to_log_steps(episode: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
-  """Converts a validated episode into ``(timestep, action, custom_data)`` triples."""
+def episode_to_log_steps(episode: Mapping[str, Any],
+                         buffers: bool = False) -> list[tuple[Any, Any, Any]]:
+  """Converts a validated episode into ``(timestep, action, custom_data)`` triples.
+
+  ``buffers`` as for :func:`_encode_tree`.
+  """
   import dm_env  # pylint: disable=g-import-not-at-top
 
   steps = episode[S.STEPS]
-  metadata = _encode_tree({k: v for k, v in episode.items() if k != S.STEPS})
+  metadata = _encode_tree({k: v for k, v in episode.items() if k != S.STEPS}, buffers)
   out = []
   n = len(steps)
   for j in range(n):
-    obs = _encode_tree(steps[j][S.OBSERVATION])
+    obs = _encode_tree(steps[j][S.OBSERVATION], buffers)
     if j == 0:
       out.append((dm_env.restart(obs), None, None))
       continue
@@ -125,10 +146,10 @@ def episode_to_log_steps(episode: Mapping[str, Any]) -> list[tuple[Any, Any, Any
     step_type = dm_env.StepType.LAST if j == n - 1 else dm_env.StepType.MID
     timestep = dm_env.TimeStep(step_type, np.float64(prev[S.REWARD]),
                                np.float64(prev[S.DISCOUNT]), obs)
-    custom = _encode_tree({k: v for k, v in prev.items() if k not in _CORE})
+    custom = _encode_tree({k: v for k, v in prev.items() if k not in _CORE}, buffers)
     if j == n - 1:
       custom[EPISODE_METADATA_KEY] = metadata
-    out.append((timestep, _encode_tree(prev[S.ACTION]), custom))
+    out.append((timestep, _encode_tree(prev[S.ACTION], buffers), custom))
   return out
 
 
@@ -194,6 +215,205 @@ def _fill_token_defaults(action: dict[str, Any], step_meta: dict[str, Any]) -> N
 
 
 # --------------------------------------------------------------------------------------
+# envlogger's `Data` protocol buffer, serialized directly.
+#
+# envlogger's `codec.encode` builds a `storage_pb2.Data` message node by node in Python,
+# and its native writer serializes that message again in Python before parsing it in
+# C++: together about 1.5-3x the cost of the native write itself (docs/benchmarks.md).
+# `_wire` writes the same message's wire bytes in one pass; the per-token buffers are
+# joined once, never copied per nesting level. The bytes decode to a message equal to
+# `codec.encode(...)` (tests/test_recorder.py checks it on every episode kind).
+# --------------------------------------------------------------------------------------
+
+_SCALAR_DIM = -438  # envlogger's codec._SCALAR_DIM_SIZE: the shape of a scalar Datum
+
+
+def _varint(value: int) -> bytes:
+  if value < 0:
+    value += 1 << 64  # int64: two's complement, ten bytes
+  out = bytearray()
+  while value > 0x7F:
+    out.append((value & 0x7F) | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+_SMALL_VARINTS = [_varint(i) for i in range(1 << 14)]  # lengths under 16 KiB: a lookup
+
+
+def _size(size: int) -> bytes:
+  """A length prefix."""
+  return _SMALL_VARINTS[size] if size < (1 << 14) else _varint(size)
+
+
+# Datum.shape (1) { Shape.dim (2) { Dim.size (1): _SCALAR_DIM } }
+_SCALAR_SHAPE = b"\x0a\x0d\x12\x0b\x08" + _varint(_SCALAR_DIM)
+_F64 = struct.Struct("<d")
+_TRUE = b"\x3a\x01\x01"  # Values.bool_values (7), packed: [True]
+_FALSE = b"\x3a\x01\x00"
+
+
+_SCALAR_HEADS: dict[int, bytes] = {}  # Values size -> the scalar Data's head
+
+
+def _scalar_head(values_size: int) -> bytes:
+  """Data.datum (1) { Datum.shape (scalar), Datum.values (2) (length prefix only) }."""
+  head = _SCALAR_HEADS.get(values_size)
+  if head is None:
+    datum_size = len(_SCALAR_SHAPE) + 1 + len(_size(values_size)) + values_size
+    head = b"\x0a" + _size(datum_size) + _SCALAR_SHAPE + b"\x12" + _size(values_size)
+    if len(_SCALAR_HEADS) < 4096:
+      _SCALAR_HEADS[values_size] = head
+  return head
+
+
+def _scalar(parts: list[Any], values_head: bytes, payload: Any = b"") -> int:
+  """Appends a scalar `Data` (Data.datum (1)) whose `Datum.Values` is ``values_head``
+  followed by ``payload``; returns its size."""
+  head = _scalar_head(len(values_head) + len(payload)) + values_head
+  parts.append(head)
+  if len(payload):
+    parts.append(payload)
+  return len(head) + len(payload)
+
+
+def _scalar_bytes(values_head: bytes) -> bytes:
+  parts: list[Any] = []
+  _scalar(parts, values_head)
+  return parts[0]
+
+
+# Whole scalar `Data` messages of a fixed size: constants, or a constant and 8 bytes.
+_DATA_TRUE = _scalar_bytes(_TRUE)
+_DATA_FALSE = _scalar_bytes(_FALSE)
+_DATA_F64_HEAD = _scalar_bytes(b"\x12\x08" + bytes(8))[:-8]  # Values.double_values (2)
+
+
+_KEY_HEADS: dict[str, bytes] = {}  # map key -> its serialized key field + value tag
+
+
+def _wire(value: Any, parts: list[Any]) -> int:
+  """Appends the wire bytes of ``codec.encode(value)`` to ``parts``; returns their size.
+
+  Covers what the step layout holds (dicts with string keys, tuples, lists of strings,
+  None, str, bytes and buffers, Python and numpy scalars); anything else (an image
+  array) goes through envlogger's codec.
+  """
+  if value is None:
+    return 0
+  if isinstance(value, (bytes, memoryview)):  # Values.bytes_values (9)
+    return _scalar(parts, b"\x4a" + _size(len(value)), value)
+  if isinstance(value, dict):
+    if not value:
+      return 0
+    body: list[Any] = []
+    size = 0
+    for key, item in value.items():
+      if type(key) is not str:  # nothing appended to parts yet
+        return _wire_codec(value, parts)
+      head_at = len(body)
+      body.append(b"")
+      # The common leaves inline (as _wire writes them): a call per field costs more.
+      kind = type(item)
+      if kind is memoryview or kind is bytes:  # Values.bytes_values (9)
+        values_head = b"\x4a" + _size(len(item))
+        data = _scalar_head(len(values_head) + len(item)) + values_head
+        body.append(data)
+        n = len(data) + len(item)
+        if len(item):
+          body.append(item)
+      elif kind is np.float64:
+        data = _DATA_F64_HEAD + _F64.pack(item)
+        body.append(data)
+        n = len(data)
+      elif kind is str:  # Values.string_values (8)
+        text = item.encode("utf-8")
+        values_head = b"\x42" + _size(len(text))
+        data = _scalar_head(len(values_head) + len(text)) + values_head + text
+        body.append(data)
+        n = len(data)
+      else:
+        n = _wire(item, body)
+      key_head = _KEY_HEADS.get(key)
+      if key_head is None:
+        key_bytes = key.encode("utf-8")
+        key_head = b"\x0a" + _size(len(key_bytes)) + key_bytes + b"\x12"
+        if len(_KEY_HEADS) < 10_000:  # field names: a few dozen
+          _KEY_HEADS[key] = key_head
+      # Dict.values (1): a map entry {key (1): str, value (2): Data}
+      entry = key_head + _size(n)
+      head = b"\x0a" + _size(len(entry) + n) + entry
+      body[head_at] = head
+      size += len(head) + n
+    head = b"\x22" + _size(size)  # Data.dict (4)
+    parts.append(head)
+    parts.extend(body)
+    return len(head) + size
+  if isinstance(value, (tuple, list)):
+    if not value:
+      return 0
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+      return _wire_codec(value, parts)  # with codec's homogeneity check and error
+    body = []
+    size = 0
+    for item in value:
+      head_at = len(body)
+      body.append(b"")
+      n = _wire(item, body)
+      head = b"\x0a" + _size(n)  # Array.values (1) / Tuple.values (1)
+      body[head_at] = head
+      size += len(head) + n
+    # Data.array (2) for a list, Data.tuple (3) for a tuple (namedtuples too).
+    head = (b"\x12" if isinstance(value, list) else b"\x1a") + _size(size)
+    parts.append(head)
+    parts.extend(body)
+    return len(head) + size
+  if isinstance(value, str):  # Values.string_values (8)
+    data = value.encode("utf-8")
+    return _scalar(parts, b"\x42" + _size(len(data)), data)
+  if type(value) is np.float64:  # the common scalar first
+    data = _DATA_F64_HEAD + _F64.pack(value)
+    parts.append(data)
+    return len(data)
+  if isinstance(value, (bool, np.bool_)):
+    data = _DATA_TRUE if value else _DATA_FALSE
+    parts.append(data)
+    return len(data)
+  if isinstance(value, int):  # Values.bigint_values (10); dm_env.StepType too
+    data = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
+    return _scalar(parts, b"\x52" + _size(len(data)) + data)
+  if type(value) is np.int64:  # Values.int64_values (4), packed
+    data = _varint(int(value))
+    return _scalar(parts, b"\x22" + _size(len(data)) + data)
+  return _wire_codec(value, parts)
+
+
+def _wire_codec(value: Any, parts: list[Any]) -> int:
+  from envlogger.converters import codec  # pylint: disable=g-import-not-at-top
+
+  data = codec.encode(value).SerializeToString()
+  parts.append(data)
+  return len(data)
+
+
+def _serialized(value: Any) -> bytes:
+  """The wire bytes of ``codec.encode(value)``."""
+  parts: list[Any] = []
+  _wire(value, parts)
+  return b"".join(parts)
+
+
+def encode_episode(episode: Mapping[str, Any]) -> tuple[list[bytes], bytes]:
+  """A validated episode as envlogger's writer stores it: the serialized ``Data`` of each
+  log step (:func:`episode_to_log_steps`) and of the episode metadata (its index
+  entry), equal to what ``codec.encode`` makes of them."""
+  log_steps = episode_to_log_steps(episode, buffers=True)
+  metadata = log_steps[-1][2][EPISODE_METADATA_KEY]  # encoded once, in the last step
+  return [_serialized(step) for step in log_steps], _serialized(metadata)
+
+
+# --------------------------------------------------------------------------------------
 # Writer and reader.
 # --------------------------------------------------------------------------------------
 
@@ -209,7 +429,11 @@ class RiegeliEpisodeWriter:
   default ``flush_every=1`` every episode is on disk when :meth:`write` returns, so a
   kill loses at most the episode being written. ``flush_every=N`` flushes after every
   N-th episode (and on close): N times fewer fsyncs, but a kill may also lose up to
-  N - 1 closed, unflushed episodes.
+  N - 1 closed, unflushed episodes; :meth:`flush` makes them durable at once.
+
+  Episodes reach envlogger's native writer as serialized ``Data`` messages written by
+  :func:`_wire` (equal to what envlogger's own ``RiegeliBackendWriter`` writes through
+  ``codec.encode``, at a fraction of the Python cost).
   """
 
   def __init__(self, log_dir: str | os.PathLike[str], config: S.SchemaConfig, *,
@@ -220,35 +444,99 @@ class RiegeliEpisodeWriter:
     self._flush_every = flush_every
     self._unflushed = 0
     _compat.patch_numpy_for_envlogger()
-    from envlogger import step_data  # pylint: disable=g-import-not-at-top
-    from envlogger.backends import riegeli_backend_writer  # pylint: disable=g-import-not-at-top
+    from envlogger.backends.python import riegeli_dataset_writer  # pylint: disable=g-import-not-at-top
+    from envlogger.converters import codec  # pylint: disable=g-import-not-at-top
 
-    self._step_data = step_data
     self.log_dir = os.fspath(log_dir)
     os.makedirs(self.log_dir, exist_ok=True)
-    self._backend = riegeli_backend_writer.RiegeliBackendWriter(
-        self.log_dir, max_episodes_per_file=max_episodes_per_file,
-        writer_options=writer_options,
-        flush_scheduler=lambda _: False,  # we flush once per closed episode instead
-        metadata={SCHEMA_KEY: config.to_json()})
+    # envlogger's native writer, without its Python wrapper (RiegeliBackendWriter): the
+    # wrapper encodes with codec.encode (see _wire) and logs, not raises, a failed init.
+    self._writer = riegeli_dataset_writer.RiegeliDatasetWriter()
+    self._writer.init(data_dir=self.log_dir,
+                      metadata=codec.encode({SCHEMA_KEY: config.to_json()}),
+                      max_episodes_per_shard=max_episodes_per_file,
+                      writer_options=writer_options)
+    if _SerializedData.DESCRIPTOR is None:
+      from envlogger.proto import storage_pb2  # pylint: disable=g-import-not-at-top
+
+      _SerializedData.DESCRIPTOR = storage_pb2.Data.DESCRIPTOR
+    self._message = _SerializedData  # how serialized bytes reach the native writer
     self._closed = False
 
   def write(self, episode: Mapping[str, Any]) -> None:
     """Writes one validated episode (flushed to disk per ``flush_every``)."""
-    for j, (timestep, action, custom) in enumerate(episode_to_log_steps(episode)):
-      self._backend.record_step(self._step_data.StepData(timestep, action, custom),
-                                is_new_episode=(j == 0))
-    self._backend.set_episode_metadata(
-        _encode_tree({k: v for k, v in episode.items() if k != S.STEPS}))
+    self.write_encoded(*encode_episode(episode))
+
+  def write_encoded(self, records: list[bytes], metadata: bytes) -> None:
+    """Writes one episode as :func:`encode_episode` returned it."""
+    for j, record in enumerate(records):
+      self._add(record, is_new_episode=(j == 0))
+    self._set_episode_metadata(metadata)
     self._unflushed += 1
     if self._unflushed >= self._flush_every:
-      self._backend._data_writer.flush()  # pylint: disable=protected-access
-      self._unflushed = 0
+      self.flush()
+
+  def _add(self, data: bytes, is_new_episode: bool) -> None:
+    try:
+      ok = self._writer.add_step(self._message(data), is_new_episode)
+    except TypeError:
+      if self._message is _data_message:
+        raise
+      self._message = _data_message  # the binding wants a real message: parse once
+      ok = self._writer.add_step(self._message(data), is_new_episode)
+    if not ok:
+      raise RuntimeError(f"{self.log_dir}: envlogger's Riegeli writer failed to add a step "
+                         "(its log lines, shown with RLDS_LM_VERBOSE=1, say why)")
+
+  def _set_episode_metadata(self, data: bytes) -> None:
+    try:
+      self._writer.set_episode_metadata(self._message(data))
+    except TypeError:
+      if self._message is _data_message:
+        raise
+      self._message = _data_message
+      self._writer.set_episode_metadata(self._message(data))
+
+  def flush(self) -> None:
+    """Writes every episode written so far to disk; with nothing new since the last
+    flush it makes no native call (and envlogger logs no "Empty steps")."""
+    if self._unflushed and not self._closed:
+      self._writer.flush()
+    self._unflushed = 0
 
   def close(self) -> None:
     if not self._closed:
       self._closed = True
-      self._backend.close()
+      self._unflushed = 0
+      self._writer.close()
+
+
+class _SerializedData:
+  """Already serialized envlogger ``Data`` bytes, handed to the native writer as is.
+
+  The writer's binding (pybind11_protobuf) takes a Python message by its descriptor
+  and ``SerializeToString()``; this object answers both with the bytes :func:`_wire`
+  wrote, so nothing is parsed or serialized again in Python. Where a binding refuses
+  it (``TypeError``), the writer falls back to :func:`_data_message`.
+  """
+
+  __slots__ = ("_data",)
+  DESCRIPTOR: Any = None  # storage_pb2.Data.DESCRIPTOR, set by the first writer
+
+  def __init__(self, data: bytes):
+    self._data = data
+
+  def SerializeToString(self, **unused_options: Any) -> bytes:  # pylint: disable=invalid-name
+    return self._data
+
+  SerializePartialToString = SerializeToString  # pylint: disable=invalid-name
+
+
+def _data_message(data: bytes):
+  """A parsed ``storage_pb2.Data`` (the fallback of :class:`_SerializedData`)."""
+  from envlogger.proto import storage_pb2  # pylint: disable=g-import-not-at-top
+
+  return storage_pb2.Data.FromString(data)
 
 
 @dataclasses.dataclass

@@ -22,7 +22,10 @@ Backends:
 
 * ``"riegeli"`` (default): envlogger's Riegeli writer, one flush per episode. A process
   killed with SIGKILL at any moment loses at most the episode being written; reopening
-  the directory appends a new shard. Publish with :func:`publish_log`.
+  the directory appends a new shard. Publish with :func:`publish_log`. With
+  ``flush_every=N`` a kill may also lose up to N - 1 recorded episodes;
+  :meth:`Recorder.flush` makes them durable at once. Writing happens in the caller's
+  thread, nothing is left in flight when ``record`` returns.
 * ``"tfds"``: writes a TFDS dataset directly (``tfds.core.SequentialWriter``), no
   conversion step. Crash safety is per closed shard only: use it where the process is
   trusted to call :meth:`Recorder.close`.
@@ -162,6 +165,18 @@ class Recorder:
     self._seen.add(episode_id)
     self.num_recorded += 1
     return episode_id
+
+  def flush(self) -> None:
+    """Makes every episode recorded so far durable (riegeli backend).
+
+    Only needed with ``flush_every > 1``: with the default every ``record`` has flushed
+    already, and a flush with nothing new to write does nothing. The tfds backend makes
+    episodes durable per closed shard only; there it does nothing.
+    """
+    if self._closed:
+      raise RuntimeError("Recorder.flush after close()")
+    if self.backend == RIEGELI:
+      self._backend.flush()
 
   def episode(self, **metadata: Any) -> EpisodeBuilder:
     """Starts an episode recorded turn by turn; see :class:`EpisodeBuilder`."""
