@@ -179,6 +179,24 @@ def test_mc_quantiles_are_the_rank_among_the_reference_samples():
   np.testing.assert_allclose(counts / len(q), 1 / (k + 1), atol=0.01)
 
 
+def test_baseline_correction_centres_the_backward_rewards():
+  rewards = np.asarray([-2.0, 0.0, -1.0, -5.0], np.float32)
+  logp = np.asarray([-3.0, -1.0, -2.0, -4.0], np.float32)
+
+  def surrogate(lp, with_baseline):  # jeffreys_bond_loss's backward surrogate
+    out = -jax.numpy.mean(rewards * lp)
+    return out + bond.baseline_correction(rewards, lp) if with_baseline else out
+
+  grad = jax.grad(surrogate)(logp, True)
+  np.testing.assert_allclose(grad, -(rewards - rewards.mean()) / 4, rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(surrogate)(logp, False), -rewards / 4, rtol=1e-6)
+  # Equal rewards: no gradient at all with the baseline.
+  same = np.full(4, -1.5, np.float32)
+  np.testing.assert_allclose(
+      jax.grad(lambda lp: -jax.numpy.mean(same * lp) + bond.baseline_correction(same, lp))(
+          logp), 0.0, atol=1e-7)
+
+
 def test_best_of_takes_the_best_of_each_run_of_n():
   groups = [bond.rollouts.Group(0, np.asarray([1]), list("abcdef"), list(range(6)))]
   rewards = np.asarray([[0.0, 3.0, 1.0, 5.0, 4.0, 4.0]])
@@ -201,7 +219,7 @@ def test_bond_draws_reference_samples_for_quantiles_and_best_of_n(assets, tmp_pa
       fields=("question",), prompt=bond.REWARDS["arithmetic"].prompt, score=digits,
       task="arithmetic"))
   config = _config(assets, tmp_path / "bond", algorithm="bond", reward="digits", bond_n=2,
-                   quantile_samples=4, steps=2)
+                   quantile_samples=4, steps=2, baseline=True)
   assert config.kl_weight == 0.0
   bond.train(config)
   rows = _metrics(tmp_path / "bond")
