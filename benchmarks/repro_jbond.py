@@ -730,14 +730,16 @@ def diagnosis(data: Mapping[str, Any]) -> str:
     if not a["reproduced"]:
       prod = {p["n"]: p for p in ref.get("product", [])}
       if n in prod:
-        text += (f" Capacity is not the obstacle: a policy writing each digit independently "
-                 f"with Best-of-{n}'s per-digit marginals (simulated from the SFT data's "
-                 f"law) reaches {prod[n]['reward']:.3f} at KL {prod[n]['kl']:.3f}, nearly "
+        text += (f" Capacity should not be the obstacle: a policy writing each digit "
+                 f"independently with Best-of-{n}'s per-digit marginals (simulated from the "
+                 f"SFT data's law) reaches {prod[n]['reward']:.3f} at KL {prod[n]['kl']:.3f}, nearly "
                  f"Best-of-{n} itself ({a['bon_reward']:.3f} at {a['bon_kl']:.3f}).")
       text += (f" Nor is the quantile estimate: with k = {k} reference samples the Monte "
                f"Carlo quantiles make the backward target a slightly softer distribution, "
                f"of KL {smoothed_target_kl(n, k):.3f} instead of {a['bon_kl']:.3f} "
-               f"(quadrature). What is left is optimisation: the run stops short.")
+               f"(quadrature). Its curve is flat over the last half of the run (KL "
+               f"{_kl_range(data, f'bond_n{n}')}) as the learning rate decays: why it "
+               f"settles short of Best-of-{n} is not established here.")
     notes.append(text)
   b = by.get("(b)")
   if b is not None:
@@ -780,6 +782,13 @@ def diagnosis(data: Mapping[str, Any]) -> str:
         f"trade-off, so REINFORCE ends right of the frontier only by optimising less well "
         f"than it could (one sample per prompt, a batch-mean baseline).")
   return " ".join(notes)
+
+
+def _kl_range(data: Mapping[str, Any], key: str) -> str:
+  """The KLs of a run's second half of checkpoints, as 'low-high'."""
+  run = next(r for r in data["runs"] if r["key"] == key)
+  kls = [p["kl"] for p in run["curve"][len(run["curve"]) // 2:]]
+  return f"{min(kls):.2f}-{max(kls):.2f}"
 
 
 def gpu_line(data: Mapping[str, Any]) -> str:
