@@ -732,7 +732,8 @@ def diagnosis(data: Mapping[str, Any]) -> str:
       if n in prod:
         text += (f" Capacity should not be the obstacle: a policy writing each digit "
                  f"independently with Best-of-{n}'s per-digit marginals (simulated from the "
-                 f"SFT data's law) reaches {prod[n]['reward']:.3f} at KL {prod[n]['kl']:.3f}, nearly "
+                 f"SFT data's law) reaches {prod[n]['reward']:.3f} at KL "
+                 f"{prod[n]['kl']:.3f}, nearly "
                  f"Best-of-{n} itself ({a['bon_reward']:.3f} at {a['bon_kl']:.3f}).")
       text += (f" Nor is the quantile estimate: with k = {k} reference samples the Monte "
                f"Carlo quantiles make the backward target a slightly softer distribution, "
