@@ -834,8 +834,8 @@ def markdown(data: dict[str, Any]) -> str:
       "KL(policy || reference) on the training prompts, with the Best-of-N frontier of the "
       f"reference as the yardstick. `python -m benchmarks.repro_jbond --out docs/` "
       f"(`benchmarks/repro_jbond.py`; `--gpu` for the larger setting).", "",
-      f"* Task `toy_number` (`rlds_lm/tasks/toy_number.py`): the prompt is a "
-      f"{sizes['digits']}-digit target and a colon; the reward `toy_number_distance` is "
+      f"* Task `toy_number` (`rlds_lm/tasks/toy_number.py`): the prompt is a target of "
+      f"{sizes['digits']} digits and a colon; the reward `toy_number_distance` is "
       f"-log10(1 + |x - target|) for the number x the completion spells: 0 when exact, "
       f"about -k for an error of k digits, no ties between distinct distances. "
       f"{sizes['prompts']} training prompts (random targets), published as a TFDS prompt "
@@ -862,7 +862,9 @@ def markdown(data: dict[str, Any]) -> str:
       f"(`algorithm=\"bond\"`, n = {sizes['bond_n']}, the reference as fixed anchor, "
       f"quantiles from {sizes['quantile_samples']} reference samples per prompt and step, "
       f"beta {sizes['beta']:g}); J-BOND (`algorithm=\"jbond\"`, beta {sizes['beta']:g}, "
-      f"anchor EMA eta in {{{', '.join(f'{e:g}' for e in sizes['etas'])}}}); REINFORCE "
+      f"anchor EMA eta in {{{', '.join(f'{e:g}' for e in sizes['etas'])}}}), both with "
+      f"{'a' if sizes.get('baseline', True) else 'no'} batch-mean baseline on the backward "
+      f"term (`baseline=True`, as REINFORCE has one); REINFORCE "
       f"(`algorithm=\"reinforce\"`, batch-mean baseline, KL weight in "
       f"{{{', '.join(f'{k:g}' for k in sizes['kl_weights'])}}}).",
       f"* Evaluation every {sizes['eval_every']} steps and at step 0: {sizes['eval_samples']} "
