@@ -39,7 +39,7 @@ Results go to ``benchmarks/results/repro_jbond.json`` (one line per claim, with 
 numbers) and, with ``--out DIR``, to the ``repro_jbond`` section of ``DIR/results.md``
 and the plot ``DIR/repro_jbond.png``.
 
-    python -m benchmarks.repro_jbond --out docs/      # about 10 minutes on 2 CPUs
+    python -m benchmarks.repro_jbond --out docs/      # about 5 minutes on 2 busy CPUs
     python -m benchmarks.repro_jbond --quick          # smoke run, about two minutes
     python -m benchmarks.repro_jbond --gpu --out docs/  # larger setting for a GPU
 """
