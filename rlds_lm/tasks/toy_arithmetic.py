@@ -1,14 +1,15 @@
 """The toy arithmetic task: ``"a+b="`` / ``"a-b="`` with exact answers.
 
-What the quickstart, the GKD / J-BOND reproductions and many tests train on. Records have
+What the quickstart, the GKD reproduction and many tests train on. Records have
 ``question`` (the prompt is the question itself, ``"12+7="``) and ``answer`` (``"19"``);
 the episodes' task is ``arithmetic``. Rewards:
 
 * ``toy_arithmetic``: 1.0 when the completion's first line, stripped, is the answer (the
   tutor environment's check, and with an EOS stop the greedy accuracy of
   :func:`rlds_lm.toy.make_eval_fn`);
-* ``toy_arithmetic_exact``: 1.0 when the whole completion is exactly the answer (the
-  J-BOND reproduction's reward on decoded completions, EOS dropped).
+* ``toy_arithmetic_exact``: 1.0 when the whole completion is exactly the answer (on
+  decoded completions, EOS dropped; the J-BOND reproduction's reward until it moved to
+  the tie-free ``toy_number_distance``).
 """
 
 from __future__ import annotations

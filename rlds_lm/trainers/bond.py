@@ -23,6 +23,16 @@ Best-of-2 anchor sample is the first one when the two tie (BOND's convention, se
 no signal: the backward term is only the anchor regulariser and the forward term the NLL
 of the first anchor sample, which together just pull the policy towards the anchor.
 
+``algorithm="bond"`` is BOND itself, not iterated (Sec. 4): the anchor is the initial
+policy and never moves, and the target is Best-of-``bond_n`` of it. Each step draws
+``quantile_samples`` (k) completions of each prompt from the reference; the policy
+sample's quantile is estimated by Monte Carlo as its rank among them and itself,
+``p_<=(y) = (1 + #{j: r(y'_j) <= r(y)}) / (k + 1)`` (never 0, so its log is finite), and
+the forward term's Best-of-``bond_n`` samples are the best of each of the ``k / bond_n``
+disjoint runs of ``bond_n`` reference samples. The backward reward is
+``(bond_n - 1) log p_<=(y) - (log pi(y) - log ref(y))``. It needs a reward without ties
+(``toy_number_distance``, say): with ties the quantiles, and BoN's KL, are off.
+
 ``algorithm="reinforce"`` is the comparison point: one sample per prompt, advantage =
 reward - ``kl_coef`` * (log pi - log pi_ref) minus its mean over the step's prompts (a
 baseline, so ``prompts_per_step`` must exceed 1 for any gradient), no anchor.
@@ -74,10 +84,10 @@ from rlds_lm.trainers import data as D
 from rlds_lm.trainers import losses as L
 from rlds_lm.trainers import rollouts
 
-ALGORITHMS = ("jbond", "reinforce")
+ALGORITHMS = ("jbond", "bond", "reinforce")
 # KL(policy || initial policy) weight when kl_coef is None: the EMA anchor already
 # regularises J-BOND; REINFORCE has no other brake.
-DEFAULT_KL_COEF = {"jbond": 0.0, "reinforce": 0.05}
+DEFAULT_KL_COEF = {"jbond": 0.0, "bond": 0.0, "reinforce": 0.05}
 ANCHOR_SAMPLES = 2  # J-BOND: Best-of-2 of the anchor
 
 
@@ -99,9 +109,15 @@ class BondConfig:
   workdir: str  # checkpoints/, metrics.jsonl, metrics.png, generations/, policy/
   policy: str  # checkpoint directory: the initial policy, the anchor's start, the reference
   reward: str = "arithmetic"  # a key of REWARDS
-  algorithm: str = "jbond"  # "jbond" or "reinforce"
+  algorithm: str = "jbond"  # "jbond", "bond" (not iterated: Best-of-bond_n of the
+  #                            initial policy, Monte Carlo quantiles) or "reinforce"
   anchor_ema: float = 0.02  # eta: anchor <- (1 - eta) anchor + eta policy, every step
   beta: float = 0.5  # weight of the forward KL(BoN || pi); 1 - beta the backward KL
+  bond_n: int = 4  # algorithm="bond": the n of Best-of-n
+  quantile_samples: int = 16  # algorithm="bond": reference samples per prompt and step
+  # J-BOND / BOND: subtract the batch mean of the backward rewards (as REINFORCE does):
+  # less variance, the same expected gradient up to O(1 / prompts_per_step).
+  baseline: bool = False
   kl_coef: float | None = None  # KL(pi || initial policy) weight; None: DEFAULT_KL_COEF
   prompts_per_step: int = 8  # distinct prompts per step (J-BOND samples 1 + 2 each)
   split: str = "train"
@@ -131,6 +147,9 @@ class BondConfig:
       raise ValueError(f"kl_coef must be >= 0, found {self.kl_coef}")
     if self.prompts_per_step < 1 or self.max_new_tokens < 1:
       raise ValueError("prompts_per_step and max_new_tokens must be >= 1")
+    if self.bond_n < 1 or self.quantile_samples % self.bond_n or not self.quantile_samples:
+      raise ValueError(f"quantile_samples must be a positive multiple of bond_n: found "
+                       f"quantile_samples={self.quantile_samples}, bond_n={self.bond_n}")
 
   @property
   def kl_weight(self) -> float:
@@ -158,22 +177,35 @@ def sequence_logp(model: model_config.ModelConfig, params, rows: Mapping[str, ja
   return jnp.sum(jnp.where(mask, common.gather_tokens(logp, targets), 0.0), axis=-1)
 
 
-def jbond_loss(model: model_config.ModelConfig, beta: float, kl_weight: float):
-  """Rows ``[:P]`` are the policy's samples, ``[P:]`` the Best-of-2 anchor samples."""
+def baseline_correction(rewards: jax.Array, policy_logp: jax.Array) -> jax.Array:
+  """What turns the backward surrogate ``-mean(R log pi)`` into ``-mean((R - b) log pi)``
+  with the batch-mean baseline ``b = mean(R)`` (not differentiated)."""
+  return jax.lax.stop_gradient(jnp.mean(rewards)) * jnp.mean(policy_logp)
+
+
+def jbond_loss(model: model_config.ModelConfig, beta: float, kl_weight: float,
+               n: int = ANCHOR_SAMPLES, baseline: bool = False):
+  """Rows ``[:P]`` are the policy's samples, ``[P:]`` the Best-of-n anchor samples.
+
+  ``quantiles`` [P] are p_<= of the policy's samples under the anchor (J-BOND: exp of
+  :func:`losses.jbond_reward`, 1/16 for a sample worse than both anchor samples, else 1;
+  BOND: the Monte Carlo estimate); ``anchor_logp`` is the anchor's (BOND: the
+  reference's) log-prob of the policy's samples.
+  """
 
   def loss_fn(params, batch, extra):
     del extra
-    p = batch["jbond_reward"].shape[0]
+    p = batch["quantiles"].shape[0]
     logp = sequence_logp(model, params, batch)
     policy_logp, bon_logp = logp[:p], logp[p:]
     anchor_logp, ref_logp = batch["anchor_logp"], batch["ref_logp"]
-    # jbond_reward is BOND's (n - 1) log p_<= with n = 2, so p_<= = exp(reward): 1/16
-    # for a sample worse than both anchor samples, 1 otherwise.
-    bond = L.jeffreys_bond_loss(policy_logp, anchor_logp, jnp.exp(batch["jbond_reward"]),
-                                bon_logp, n=ANCHOR_SAMPLES, beta=beta)
+    bond = L.jeffreys_bond_loss(policy_logp, anchor_logp, batch["quantiles"], bon_logp,
+                                n=n, beta=beta)
     kl = jax.lax.stop_gradient(policy_logp - ref_logp)
     # Score-function gradient of KL(pi || ref): E[(log pi - log ref) grad log pi].
     loss = bond.loss + kl_weight * L.policy_gradient_loss(policy_logp, -kl)
+    if baseline:
+      loss += (1.0 - beta) * baseline_correction(bond.rewards, policy_logp)
     return loss, {"kl": jnp.mean(kl), "kl_anchor": jnp.mean(policy_logp - anchor_logp),
                   "forward_nll": bond.forward_nll,
                   "backward_surrogate": bond.backward_surrogate,
@@ -198,13 +230,14 @@ def reinforce_loss(model: model_config.ModelConfig, kl_weight: float):
 
 @functools.lru_cache(maxsize=8)
 def compiled_step(model: model_config.ModelConfig, algorithm: str, beta: float,
-                  kl_weight: float, optim: common.OptimConfig, mesh_shape: tuple[int, int]):
+                  kl_weight: float, optim: common.OptimConfig, mesh_shape: tuple[int, int],
+                  n: int = ANCHOR_SAMPLES, baseline: bool = False):
   """The jitted train step of these settings, built once per process, so that a run
   resumed in the same process (``stop_at``) or repeated reuses its compilation.
   ``mesh_shape`` only keys the cache: the step is traced under its mesh."""
   del mesh_shape
-  loss_fn = (jbond_loss(model, beta, kl_weight) if algorithm == "jbond"
-             else reinforce_loss(model, kl_weight))
+  loss_fn = (reinforce_loss(model, kl_weight) if algorithm == "reinforce"
+             else jbond_loss(model, beta, kl_weight, n, baseline))
   return common.make_train_step(loss_fn, common.make_optimizer(optim))
 
 
@@ -234,11 +267,30 @@ def completion_logp(model: model_config.ModelConfig, params, groups: Sequence[ro
   return np.asarray([np.sum(s.logprobs, dtype=np.float32) for s in scored], np.float32)
 
 
-def best_of(groups: Sequence[rollouts.Group], rewards: np.ndarray) -> list[rollouts.Group]:
-  """Each group's best completion; the first one on ties (``argmax``)."""
-  best = np.argmax(rewards, axis=-1)
-  return [rollouts.Group(g.prompt_index, g.prompt_tokens, [g.completions[b]], [g.seeds[b]])
-          for g, b in zip(groups, best.tolist())]
+def best_of(groups: Sequence[rollouts.Group], rewards: np.ndarray, n: int | None = None
+            ) -> list[rollouts.Group]:
+  """The best completion of each run of ``n`` consecutive completions of each group
+  (``n=None``: of the whole group); the first one on ties (``argmax``)."""
+  out = []
+  for g, r in zip(groups, np.asarray(rewards)):
+    runs = np.reshape(r, (-1, len(r) if n is None else n))
+    best = [k * runs.shape[1] + int(b) for k, b in enumerate(np.argmax(runs, axis=-1))]
+    out.append(rollouts.Group(g.prompt_index, g.prompt_tokens,
+                              [g.completions[b] for b in best], [g.seeds[b] for b in best]))
+  return out
+
+
+def mc_quantiles(policy_rewards: np.ndarray, reference_rewards: np.ndarray) -> np.ndarray:
+  """float32 [P]: p_<=(y) estimated as y's rank among its k reference samples and itself,
+  ``(1 + #{j: r_j <= r(y)}) / (k + 1)``, in (0, 1].
+
+  Args:
+    policy_rewards: [P] r(y) of each prompt's policy sample.
+    reference_rewards: [P, k] rewards of k reference samples of the same prompt.
+  """
+  r = np.asarray(policy_rewards, np.float32)[:, None]
+  below = np.sum(np.asarray(reference_rewards, np.float32) <= r, axis=-1)
+  return ((1.0 + below) / (1.0 + reference_rewards.shape[-1])).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -268,6 +320,7 @@ def train(config: BondConfig,
   """
   started = time.perf_counter()
   jbond = config.algorithm == "jbond"
+  bond_ref = config.algorithm == "bond"
   reward = REWARDS[config.reward]
   reward_fn = reward.bind()  # a reward that needs options (a model) is refused here
   common.write_config(config.workdir, config)
@@ -329,8 +382,9 @@ def train(config: BondConfig,
       eval_fn=eval_fn, model=model, resumed_from=start_step if restored else None)
   origin = {"checkpoint": os.path.abspath(config.policy), "digest": initial.digest}
 
+  n = config.bond_n if bond_ref else ANCHOR_SAMPLES
   train_step = compiled_step(model, config.algorithm, config.beta, config.kl_weight, optim,
-                             (config.mesh_data, config.mesh_model))
+                             (config.mesh_data, config.mesh_model), n, config.baseline)
   generations = rollouts.GenerationLog(os.path.join(config.workdir, "generations"),
                                        vocab_size=model.vocab_size,
                                        tokenizer=config.tokenizer,
@@ -371,18 +425,34 @@ def train(config: BondConfig,
                                n=ANCHOR_SAMPLES, seed=anchor_seed(config.seed), step=step)
         anchor_rewards, texts = score(anchor_groups)
         record(anchor_groups, anchor_rewards, texts, step, "anchor")
-        # 4b. J-BOND reward of each policy sample from its two anchor samples' rewards.
+        # 4b. J-BOND reward of each policy sample from its two anchor samples' rewards:
+        # BOND's (n - 1) log p_<= with n = 2, so p_<= = exp(reward).
         jbond_reward = np.asarray(L.jbond_reward(policy_rewards[:, 0], anchor_rewards))
         batch = rollouts.padded_batch(policy_groups + best_of(anchor_groups,
                                                               anchor_rewards), max_length)
-        batch["jbond_reward"] = jbond_reward
+        batch["quantiles"] = np.exp(jbond_reward).astype(np.float32)
         batch["anchor_logp"] = completion_logp(model, anchor_host, policy_groups)
         values.update(anchor_reward=float(anchor_rewards.mean()),
                       jbond_reward=float(jbond_reward.mean()))
+      elif bond_ref:
+        # 4b'. BOND: k reference samples per prompt give the Monte Carlo quantiles and,
+        # k / n at a time, the Best-of-n samples of the forward term.
+        ref_groups = sample(reference, step_prompt_tokens, index, n=config.quantile_samples,
+                            seed=anchor_seed(config.seed), step=step)
+        ref_rewards, texts = score(ref_groups)
+        record(ref_groups, ref_rewards, texts, step, "reference")
+        quantiles = mc_quantiles(policy_rewards[:, 0], ref_rewards)
+        batch = rollouts.padded_batch(
+            policy_groups + best_of(ref_groups, ref_rewards, config.bond_n), max_length)
+        batch["quantiles"] = quantiles
+        values.update(reference_reward=float(ref_rewards.mean()),
+                      log_quantile=float(np.mean(np.log(quantiles))))
       else:
         batch = rollouts.padded_batch(policy_groups, max_length)
         batch["reward"] = policy_rewards[:, 0]
       batch["ref_logp"] = completion_logp(model, reference, policy_groups)
+      if bond_ref:
+        batch["anchor_logp"] = batch["ref_logp"]  # the anchor is the reference
       del batch["behaviour_logprobs"]  # the losses treat the samples as on-policy
       # 4c. One optimizer step on the Jeffreys loss (or REINFORCE), then the EMA anchor.
       with place.context():

@@ -167,6 +167,76 @@ def test_reinforce_steps_with_a_plugged_in_reward(assets, tmp_path, monkeypatch)
   assert {e[S.POLICY][S.POLICY_NAME].split("@")[0] for e in episodes} == {"policy"}
 
 
+def test_mc_quantiles_are_the_rank_among_the_reference_samples():
+  reference = np.asarray([[0.1, 0.5, 0.9], [2.0, 2.0, 3.0]], np.float32)
+  np.testing.assert_allclose(bond.mc_quantiles(np.asarray([0.5, 1.0]), reference),
+                             [3 / 4, 1 / 4])  # ties count as <=; never 0
+  # A policy sample from the reference's own continuous law has a uniform rank.
+  rng = np.random.default_rng(0)
+  k = 7
+  q = bond.mc_quantiles(rng.normal(size=20000), rng.normal(size=(20000, k)))
+  counts = np.bincount(np.rint(q * (k + 1)).astype(int), minlength=k + 2)[1:]
+  np.testing.assert_allclose(counts / len(q), 1 / (k + 1), atol=0.01)
+
+
+def test_baseline_correction_centres_the_backward_rewards():
+  rewards = np.asarray([-2.0, 0.0, -1.0, -5.0], np.float32)
+  logp = np.asarray([-3.0, -1.0, -2.0, -4.0], np.float32)
+
+  def surrogate(lp, with_baseline):  # jeffreys_bond_loss's backward surrogate
+    out = -jax.numpy.mean(rewards * lp)
+    return out + bond.baseline_correction(rewards, lp) if with_baseline else out
+
+  grad = jax.grad(surrogate)(logp, True)
+  np.testing.assert_allclose(grad, -(rewards - rewards.mean()) / 4, rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(surrogate)(logp, False), -rewards / 4, rtol=1e-6)
+  # Equal rewards: no gradient at all with the baseline.
+  same = np.full(4, -1.5, np.float32)
+  np.testing.assert_allclose(
+      jax.grad(lambda lp: -jax.numpy.mean(same * lp) + bond.baseline_correction(same, lp))(
+          logp), 0.0, atol=1e-7)
+
+
+def test_best_of_takes_the_best_of_each_run_of_n():
+  groups = [bond.rollouts.Group(0, np.asarray([1]), list("abcdef"), list(range(6)))]
+  rewards = np.asarray([[0.0, 3.0, 1.0, 5.0, 4.0, 4.0]])
+  (best,) = bond.best_of(groups, rewards, n=3)
+  assert best.completions == ["b", "d"] and best.seeds == [1, 3]
+  (best,) = bond.best_of(groups, rewards)
+  assert best.completions == ["d"]
+  (best,) = bond.best_of(groups, np.asarray([[0.0, 0.0, 1.0, 1.0, 2.0, 2.0]]), n=2)
+  assert best.completions == ["a", "c", "e"]  # the first on ties
+
+
+def test_bond_draws_reference_samples_for_quantiles_and_best_of_n(assets, tmp_path,
+                                                                  monkeypatch):
+  # Non-iterative BOND: the anchor is the initial policy; k reference samples a prompt.
+  def digits(record, completions):
+    del record
+    return [sum(c.isdigit() for c in text) / max(1, len(text)) for text in completions]
+
+  monkeypatch.setitem(bond.REWARDS, "digits", bond.Reward(
+      fields=("question",), prompt=bond.REWARDS["arithmetic"].prompt, score=digits,
+      task="arithmetic"))
+  config = _config(assets, tmp_path / "bond", algorithm="bond", reward="digits", bond_n=2,
+                   quantile_samples=4, steps=2, baseline=True)
+  assert config.kl_weight == 0.0
+  bond.train(config)
+  rows = _metrics(tmp_path / "bond")
+  assert [r["step"] for r in rows] == [1, 2]
+  for row in rows:
+    for key in ("loss", "reward", "reference_reward", "kl", "log_quantile", "grad_norm",
+                "forward_nll", "backward_surrogate"):
+      assert math.isfinite(row[key]), (key, row)
+    assert math.log(1 / 5) <= row["log_quantile"] <= 0.0
+  names = [e[S.POLICY][S.POLICY_NAME] for e in _episodes(tmp_path / "bond")]
+  for step in range(2):
+    assert names.count(f"policy@{step}") == PROMPTS_PER_STEP
+    assert names.count(f"reference@{step}") == 4 * PROMPTS_PER_STEP
+  with pytest.raises(ValueError, match="positive multiple of bond_n"):
+    _config(assets, tmp_path, algorithm="bond", bond_n=3, quantile_samples=4)
+
+
 def test_refuses_prompts_without_the_reward_fields(assets, tmp_path, monkeypatch):
   monkeypatch.setitem(bond.REWARDS, "grounded", bond.Reward(
       fields=("document", "facts"), prompt=lambda r: r["document"], score=lambda r, c: 0.0))
