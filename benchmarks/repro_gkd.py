@@ -851,10 +851,15 @@ def claims(data) -> list[dict[str, Any]]:
     steps_note = ""
     if when == "compute":
       matched = [r.get("equal_compute", {}).get("step") for r in _runs(data, best_off)]
+      short = sum(not r.get("equal_compute", {}).get("reached", True)
+                  for r in _runs(data, best_off))
       steps_note = (f" ({best_off} at step " + " / ".join(str(m) for m in matched)
                     + f", matched by training seconds to {data['sizes']['student_steps']} "
                     f"on-policy steps; per step, on-policy runs took {ratio:.1f}x the "
-                    f"wall time of off-policy ones)")
+                    f"wall time of off-policy ones"
+                    + (f"; in {short} seed(s) the whole off-policy run took less time than "
+                       f"the on-policy ones, so it is compared at its end" if short else "")
+                    + ")")
     out.append({
         "claim": f"On-policy GKD (lambda = 1) samples valid strings more often than the "
                  f"best off-policy method, at {label}",
