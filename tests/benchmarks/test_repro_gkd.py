@@ -68,3 +68,10 @@ def test_claims_follow_the_numbers():
   assert all({"claim", "measured", "reproduced"} <= set(c) for c in growing.values())
   shrinking = G.claims(_data({4: 0.2, 12: 0.05, 24: -0.1}))
   assert [c["reproduced"] for c in shrinking] == [False, False, False, True]
+
+
+def test_steady_seconds_charges_the_start_up_interval_at_the_steady_rate():
+  # 10 s of start-up in the first 25 steps, then 1 s per 25 steps.
+  points = [[25, 11.0], [50, 12.0], [75, 13.0]]
+  np.testing.assert_allclose([t for _, t in G.steady_seconds(points)], [1.0, 2.0, 3.0])
+  assert G.steady_seconds([[25, 11.0]]) == [[25, 11.0]]
