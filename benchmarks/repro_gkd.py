@@ -986,7 +986,49 @@ def _cell(stats, scale: float = 100, digits: int = 1) -> str:
   return f"{scale * mean:.{digits}f} ({scale * lo:.{digits}f}-{scale * hi:.{digits}f})"
 
 
+def evidence(data: dict[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+  """The diagnostics behind the verdicts, in words, computed from the numbers."""
+  lengths = data["sizes"]["lengths"]
+  longest = max(lengths)
+  by_key = {r["key"]: r for r in rows}
+  cl = {i: c for i, c in enumerate(data["claims"])}
+  if not cl:
+    return ""
+  on, off = by_key[cl[0]["on_policy"]], by_key[cl[0]["off_policy"]]
+  off_c = by_key[cl[1]["off_policy"]]
+  err = {r["label"]: r[f"steps/error_at_L{longest}"][0] for r in rows}
+  on_err = [v for r, v in zip(rows, err.values()) if r["student_fraction"] == 1]
+  off_err = [v for r, v in zip(rows, err.values()) if r["student_fraction"] == 0]
+  parts = [
+      f"Evidence. At equal steps the best on-policy run ({on['label']}) is "
+      f"{_pct(on[f'steps/valid_L{longest}'][0])} valid at L={longest} against "
+      f"{_pct(off[f'steps/valid_L{longest}'][0])} for the best off-policy one "
+      f"({off['label']}); at the shorter lengths ("
+      + ", ".join(f"L={n}: {_pct(on[f'steps/valid_L{n}'][0])} vs "
+                  f"{_pct(off[f'steps/valid_L{n}'][0])}" for n in lengths if n != longest)
+      + ("); the gap grows with L, as the paper's argument predicts" if cl[2]["reproduced"]
+         else "); the gap does not grow steadily with L")
+      + ", and the on-policy run is ahead in " + ", ".join(
+          f"{sum(g > 0 for g in cl[0]['seed_gaps_by_length'][n])}/"
+          f"{len(cl[0]['seed_gaps_by_length'][n])} seeds at L={n}" for n in lengths)
+      + " (paired by warm start).",
+      f"Where samples go wrong does not separate the families: at L={longest} the invalid "
+      f"samples of on-policy runs first leave the valid strings at "
+      f"{min(on_err):.2f}-{max(on_err):.2f} of the length, those of off-policy runs at "
+      f"{min(off_err):.2f}-{max(off_err):.2f}." if on_err and off_err else "",
+      f"At equal compute the on-policy step's cost decides: an on-policy step took "
+      f"{cl[1]['wall_time_ratio_on_to_off_per_step']:.1f}x the wall time of an "
+      f"off-policy one, and the cheap off-policy methods keep improving with more steps "
+      f"({off_c['label']} reaches {_pct(off_c['compute/valid'][0])} mean validity at its "
+      f"matched step against {_pct(on['compute/valid'][0])} for {on['label']}), which "
+      f"suggests that at this size and budget the student is limited more by the number "
+      f"of updates than by the mismatch between its own prefixes and the teacher's.",
+  ]
+  return " ".join(p for p in parts if p)
+
+
 def ds_markdown(data: dict[str, Any]) -> str:
+  data["claims"] = claims(data)  # from the runs, by this code (also for --render-only)
   sizes, teacher = data["sizes"], data["teacher"]
   lengths = sizes["lengths"]
   spec = TASK_SPECS[sizes["task"]]
@@ -1012,7 +1054,6 @@ def ds_markdown(data: dict[str, Any]) -> str:
                      str(x) for x in r["compute_steps"]),
                     _cell(r["final/valid"]) + f" at step {r['steps']}",
                     f"{r['train_seconds']:.0f}"])
-  data["claims"] = claims(data)  # from the runs, by this code (also for --render-only)
   claim_lines = [f"* **{c['claim']}**: {'reproduced' if c['reproduced'] else 'not reproduced'}."
                  f" Measured: {c['measured']}." for c in data["claims"]]
   lines = [
@@ -1063,7 +1104,7 @@ def ds_markdown(data: dict[str, Any]) -> str:
           f"L={n} {r[f'steps/error_at_L{n}'][0]:.2f}" for n in lengths) for r in rows)
       + ".", "",
       "Claims (one line each in `benchmarks/results/repro_gkd.json`):", "",
-      *claim_lines, "",
+      *claim_lines, "", evidence(data, rows), "",
       f"![Validity and teacher KL against the output length; validation validity "
       f"against training time]({plot_name(data['quick'])})", "",
       "Caveats. The grid is cut to fit the 2-CPU budget: lambda = 1 runs beta in "
