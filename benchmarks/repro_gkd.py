@@ -75,6 +75,11 @@ scale.
 
 """
 
+# --------------------------------------------------------------------------------------
+# Shared toy plumbing: repro_jbond and repro_rlef import these (the arithmetic warm start,
+# the report helpers); the GKD experiment below uses only the report helpers.
+# --------------------------------------------------------------------------------------
+
 BOS, EOS = toy.BOS, toy.EOS
 MAX_NEW_TOKENS = toy.ANSWER_TOKENS
 prompt_tokens, answer_tokens = toy.prompt_tokens, toy.answer_tokens
