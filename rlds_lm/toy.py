@@ -4,9 +4,9 @@ The task itself (``"a+b="`` / ``"a-b="``, exact answers, the rewards ``toy_arith
 and ``toy_arithmetic_exact``) is :mod:`rlds_lm.tasks.toy_arithmetic`, re-exported here
 (:func:`split_problems`, :func:`check_answer`, ...). It is what the quickstart, the GKD /
 J-BOND reproductions and many tests train on; this module adds the byte prompt and answer
-tokens, :func:`is_correct` for a sampled completion, :func:`make_eval_fn` (greedy
-accuracy) and :func:`publish_references` (the reference answers as a published rollout
-dataset, the SFT data).
+tokens, :func:`is_correct` for a sampled completion, :func:`make_eval_fn` (greedy exact
+match and per-token accuracy) and :func:`publish_references` (reference completions of
+any task as a published rollout dataset, the SFT data).
 
 The n-gram policy is a real (if weak) language model: bigram counts over bytes with
 add-alpha smoothing, sampled with temperature, top-k and top-p. A sample depends only on
@@ -64,9 +64,23 @@ def is_correct(problem: Problem, completion) -> bool:
   return bool(correct([problem], [completion])[0])
 
 
+def token_accuracy(problems: Sequence[Problem], completions: Sequence[Any]) -> np.ndarray:
+  """float [n]: per completion, the fraction of its reference tokens (answer bytes + EOS,
+  :func:`answer_tokens`) that it matches position by position (a missing token counts as
+  wrong): partial credit where exact match gives none."""
+  out = []
+  for p, c in zip(problems, completions):
+    want = answer_tokens(p)
+    got = np.asarray(c.tokens)[:len(want)]
+    out.append(float(np.sum(got == want[:len(got)])) / len(want))
+  return np.asarray(out, np.float64)
+
+
 def make_eval_fn(problems: Sequence[Problem], max_new_tokens: int = ANSWER_TOKENS
                  ) -> Callable[[Any, Any], dict[str, float]]:
-  """``(model_config, params) -> {"accuracy"}``: greedy decoding of ``problems``."""
+  """``(model_config, params) -> {"accuracy", "token_accuracy"}``: greedy decoding of
+  ``problems``; exact match (answer then EOS) and per-token accuracy
+  (:func:`token_accuracy`)."""
   from rlds_lm.models import sampling  # pylint: disable=g-import-not-at-top
   prompts = [prompt_tokens(p) for p in problems]
   seeds = [0] * len(prompts)
@@ -75,25 +89,41 @@ def make_eval_fn(problems: Sequence[Problem], max_new_tokens: int = ANSWER_TOKEN
     completions = sampling.sample(model, params, prompts, seeds,
                                   sampling.SamplerConfig.greedy(), max_new_tokens,
                                   eos_id=EOS).completions()
-    return {"accuracy": float(np.mean(correct(problems, completions)))}
+    return {"accuracy": float(np.mean(correct(problems, completions))),
+            "token_accuracy": float(np.mean(token_accuracy(problems, completions)))}
 
   return eval_fn
 
 
-def publish_references(data_dir: str, problems: Sequence[Problem], *,
-                       name: str = "arith_reference",
-                       lineage: Mapping[str, Any] | None = None) -> str:
-  """The problems with their reference answers as a published rollout dataset (the
-  train split; SFT data). Returns the dataset directory."""
+def publish_references(data_dir: str, problems: Sequence[Any], *,
+                       name: str = "arith_reference", task: str = ARITHMETIC,
+                       lineage: Mapping[str, Any] | None = None,
+                       source: str = "toy.arithmetic_problems") -> str:
+  """Prompts with their reference completions as a published rollout dataset (the train
+  split; SFT data). Returns the dataset directory.
+
+  Args:
+    data_dir: where to publish.
+    problems: objects with ``prompt_id``, ``question`` (the prompt text) and ``answer``
+      (the reference completion, without EOS): a :class:`Problem`, or any task's
+      reference rows. A prompt id may repeat (several references of one prompt): the
+      repeats are numbered by ``sample_index`` in order.
+    name: the dataset's name.
+    task: recorded as every episode's task (``"arithmetic"``, ``"digit_sum"``, ...).
+    lineage: the dataset's lineage.
+    source: recorded in every episode's lineage: where the references come from.
+  """
   from rlds_lm import publish as P  # pylint: disable=g-import-not-at-top
   schema = S.SchemaConfig(vocab_size=ByteTokenizer.vocab_size, tokenizer="byte")
-  episodes = []
+  episodes, seen = [], {}
   for p in problems:
+    index = seen.get(p.prompt_id, 0)
+    seen[p.prompt_id] = index + 1
     turn = S.Turn(S.observation(schema, prompt_tokens(p), p.question),
                   action_tokens=answer_tokens(p), action_text=p.answer, reward=1.0)
     episodes.append(S.rollout_episode(schema, [turn], prompt_id=p.prompt_id,
-                                      task=ARITHMETIC, policy_name="reference",
-                                      lineage={"source": "toy.arithmetic_problems"}))
+                                      sample_index=index, task=task,
+                                      policy_name="reference", lineage={"source": source}))
   return P.publish({"train": episodes}, data_dir=data_dir, name=name, config=schema,
                    lineage=dict(lineage or {}))
 

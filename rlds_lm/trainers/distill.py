@@ -25,7 +25,9 @@ data is kept like any other. Which steps are on-policy and the sampling seeds ar
 functions of (seed, step): a resumed run makes the same choices.
 
 ``keep_when`` (e.g. ``"accuracy>=0.5"``) keeps the student the first time an evaluation
-reaches a threshold, as ``workdir/kept`` next to the final ``workdir/student``.
+reaches a threshold, as ``workdir/kept`` next to the final ``workdir/student``; with
+``stop_when_kept`` the run ends there (training *until* a validation score, e.g. an SFT
+warm start), and the final student is that same one.
 
 Example (CPU, seconds)::
 
@@ -149,6 +151,7 @@ class DistillConfig:
   # "<eval metric>>=<value>" (or <=): keep the student as workdir/kept the first time an
   # evaluation reaches it (e.g. "accuracy>=0.5"); "" keeps nothing but the final one.
   keep_when: str = ""
+  stop_when_kept: bool = False  # end the run once keep_when has kept a student
   eos_id: int = 2  # byte tokenizer's EOS: ends on-policy completions
 
   def __post_init__(self):
@@ -163,6 +166,8 @@ class DistillConfig:
                        "teacher checkpoint")
     if self.generation_top_k < 1:
       raise ValueError(f"generation_top_k must be >= 1, found {self.generation_top_k}")
+    if self.stop_when_kept and not self.keep_when:
+      raise ValueError("stop_when_kept needs keep_when (the threshold that ends the run)")
     if self.keep_when and not _KEEP_WHEN.match(self.keep_when):
       raise ValueError(f"keep_when: expected '<eval metric>>=<value>' or "
                        f"'<eval metric><=<value>' (e.g. 'accuracy>=0.5'), found "
@@ -343,6 +348,9 @@ def train(config: DistillConfig,
       logged = books.after_step(done, values, params)
       if kept is not None and kept.due(logged):
         kept.save(done, model, params, logged)
+        if config.stop_when_kept:  # the kept student is the run's result (a warm start):
+          books.steps = books.end = done  # its evaluation is the final one
+          break
       if books.checkpoint_due(done):
         checkpoints.save(done, params, opt_state, iterator.get_state(),
                          {"origin": origin, "metrics": values})

@@ -148,6 +148,24 @@ def test_on_policy_steps_without_recording_and_a_checkpoint_kept_at_a_threshold(
     _config(datasets, tmp_path / "bad", keep_when="accuracy > high")
 
 
+def test_stop_when_kept_ends_the_run_at_the_threshold(datasets, tmp_path):
+  calls = []
+
+  def eval_fn(model, params):  # 0.1, 0.2, ... at steps 2, 4, ...
+    del model, params
+    calls.append(1)
+    return {"accuracy": len(calls) / 10}
+
+  config = _config(datasets, tmp_path / "until", steps=10, eval_every=2,
+                   keep_when="accuracy>=0.2", stop_when_kept=True)
+  result = distill.train(config, eval_fn=eval_fn)
+  steps = [m["step"] for m in _metrics(tmp_path / "until") if "step" in m]
+  assert result["kept"]["step"] == 4 and max(steps) == 4  # steps 5 to 10 never ran
+  assert result["kept"]["digest"] == result["student_digest"]
+  with pytest.raises(ValueError, match="stop_when_kept needs keep_when"):
+    _config(datasets, tmp_path / "bad", stop_when_kept=True)
+
+
 def _tiny_model():
   import dataclasses  # pylint: disable=g-import-not-at-top
   from rlds_lm.models import config as model_config  # pylint: disable=g-import-not-at-top
