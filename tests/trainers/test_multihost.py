@@ -229,3 +229,170 @@ def test_one_process_global_batch_is_the_local_batch():
   multihost.check_same("anything", {"step": 1})  # one process: nothing to compare
   with pytest.raises(ValueError, match="must use all"):
     multihost.data_mesh(data=len(jax.devices()) + 1)
+
+
+# --------------------------------------------------------------------------------------
+# The distill command line, once per process (docs/multihost.md, "The distill command
+# line on a pod").
+# --------------------------------------------------------------------------------------
+
+DISTILL_STEPS, DISTILL_EVERY = 4, 2
+# One process of the job that dies after step DIE_AFTER (between two checkpoints), as a
+# crashed host would: argv = DIE_AFTER DIE_PROCESS then distill's own flags.
+DYING_DISTILL = """
+import os, sys
+import jax
+from rlds_lm.trainers import common, distill
+die_after, die_process = int(sys.argv[1]), int(sys.argv[2])
+after_step = common.Bookkeeper.after_step
+def dying(self, done, values, params=None):
+  if done == die_after and jax.process_index() == die_process:
+    os._exit(3)
+  return after_step(self, done, values, params)
+common.Bookkeeper.after_step = dying
+sys.exit(distill.main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+  """The child's one-layer model as a checkpoint directory (``--student``)."""
+  sys.path.insert(0, os.path.dirname(CHILD))
+  try:
+    import _multihost_child  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(os.path.dirname(CHILD))
+  from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from rlds_lm.models import gemma  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp("student") / "mh"
+  model = _multihost_child.MODEL
+  ckpt_lib.save(path, model, gemma.init_params(model, 11))
+  return os.fspath(path)
+
+
+def _start_distill(tmp, name: str, flags: list[str], processes: int, *, dying=None):
+  """``python -m rlds_lm.trainers.distill FLAGS`` once per process (4 devices in all),
+  each with the multi-host flags; ``dying=(after, process)`` runs :data:`DYING_DISTILL`."""
+  port = _free_port()
+  procs = []
+  for p in range(processes):
+    job = ([] if processes == 1 else
+           ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes",
+            str(processes), "--process_id", str(p), "--initialization_timeout", "60"])
+    head = ([sys.executable, "-m", "rlds_lm.trainers.distill"] if dying is None else
+            [sys.executable, "-c", DYING_DISTILL, str(dying[0]), str(dying[1])])
+    out = open(tmp / f"{name}.{p}.out", "w")  # pylint: disable=consider-using-with
+    err = open(tmp / f"{name}.{p}.log", "w")  # pylint: disable=consider-using-with
+    procs.append(subprocess.Popen(  # pylint: disable=consider-using-with
+        head + flags + job, stdout=out, stderr=err, cwd=REPO,
+        env=_env(4 // processes, 1, 0, 0), start_new_session=True))
+  return procs
+
+
+def _finish_distill(procs, tmp, name: str, expect: int = 0) -> list:
+  """Waits for every process (bounded); returns their printed results (their stderr
+  when ``expect`` != 0)."""
+  deadline = time.monotonic() + RUN_TIMEOUT
+  try:
+    for p, proc in enumerate(procs):
+      code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+      assert code == expect, (f"{name} process {p} exited with {code}:\n"
+                              + (tmp / f"{name}.{p}.log").read_text()[-3000:])
+  finally:
+    _kill(procs)
+  if expect:
+    return [(tmp / f"{name}.{p}.log").read_text() for p in range(len(procs))]
+  return [_printed(tmp / f"{name}.{p}.out") for p in range(len(procs))]
+
+
+def _printed(path) -> dict:
+  """distill's JSON result from its stdout (gloo writes its own lines there too)."""
+  text = path.read_text()
+  start = text.index("{\n") if text.startswith("{\n") else text.index("\n{\n") + 1
+  return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+def _distill_flags(dataset, student, workdir, **overrides) -> list[str]:
+  flags = dict(dataset=dataset, workdir=os.fspath(workdir), student=student,
+               loss="topk_kd", steps=DISTILL_STEPS, batch_size=8, max_length=16,
+               learning_rate=1e-2, seed=5, log_every=1, checkpoint_every=DISTILL_EVERY)
+  flags.update(overrides)
+  return [f"--{k}={v}" for k, v in flags.items()] + ["--exact_step"]
+
+
+def _metrics(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def distill_runs(tmp_path_factory, dataset, student):
+  """``distill`` on 1 process x 4 devices and on 2 processes x 2: (tmp, single, double),
+  each {"results": the printed JSON of every process, "workdir"}."""
+  tmp = tmp_path_factory.mktemp("distill_multihost")
+  runs = []
+  for name, processes, mesh in (("single", 1, 4), ("double", 2, 1)):
+    flags = _distill_flags(dataset, student, tmp / name, mesh_data=mesh)
+    results = _finish_distill(_start_distill(tmp, name, flags, processes), tmp, name)
+    runs.append({"results": results, "workdir": tmp / name})
+  return tmp, runs[0], runs[1]
+
+
+@pytest.mark.cluster
+def test_distill_command_line_on_two_processes_trains_exactly_like_one(distill_runs):
+  _, single, double = distill_runs
+  (one,), (first, second) = single["results"], double["results"]
+  # Each process read its own shard of the same data (the same fingerprint).
+  assert one["data"]["shard"] == [0, 1]
+  assert (first["data"]["shard"], second["data"]["shard"]) == ([0, 2], [1, 2])
+  assert first["data"]["fingerprint"] == second["data"]["fingerprint"] == (
+      one["data"]["fingerprint"])
+  # One loss curve (written once, by process 0) and one student, to the bit.
+  curve = _metrics(single["workdir"])
+  assert [row["step"] for row in curve] == list(range(1, DISTILL_STEPS + 1))
+  assert _metrics(double["workdir"]) == curve
+  assert first["student_digest"] == second["student_digest"] == one["student_digest"]
+  from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  assert ckpt_lib.restore(double["workdir"] / "student").digest == one["student_digest"]
+  assert first["student"] == second["student"] == os.fspath(double["workdir"] / "student")
+  assert sorted(os.listdir(double["workdir"])) == sorted(os.listdir(single["workdir"]))
+
+
+@pytest.mark.cluster
+def test_distill_command_line_resumes_exactly_after_one_process_dies(distill_runs, dataset,
+                                                                     student):
+  tmp, single, _ = distill_runs
+  workdir = tmp / "crash"
+  flags = _distill_flags(dataset, student, workdir)
+  # Process 1 dies after step 3 (checkpoint at 2); process 0 then waits on it.
+  procs = _start_distill(tmp, "crash", flags, 2, dying=(DISTILL_EVERY + 1, 1))
+  try:
+    assert procs[1].wait(timeout=RUN_TIMEOUT) == 3, (tmp / "crash.1.log").read_text()[-3000:]
+  finally:
+    _kill(procs)  # the survivor, stuck in a collective
+  assert sorted(os.listdir(workdir / "checkpoints")) == [str(DISTILL_EVERY)]
+  assert not os.path.exists(workdir / "student")
+  results = _finish_distill(_start_distill(tmp, "restart", flags, 2), tmp, "restart")
+  assert [r["resumed_from"] for r in results] == [DISTILL_EVERY, DISTILL_EVERY]
+  assert _metrics(workdir) == _metrics(single["workdir"])
+  assert {r["student_digest"] for r in results} == {
+      single["results"][0]["student_digest"]}
+
+
+@pytest.mark.cluster
+def test_distill_command_line_refuses_a_layout_it_cannot_run(tmp_path, dataset, student):
+  # 5 rows over 2 processes: every process refuses before writing anything.
+  flags = _distill_flags(dataset, student, tmp_path / "odd", batch_size=5)
+  errors = _finish_distill(_start_distill(tmp_path, "odd", flags, 2), tmp_path, "odd",
+                           expect=2)
+  for error in errors:
+    assert ("distill: error: a process count that does not divide the dataset/batch: "
+            "batch_size 5 over 2 processes") in error
+  assert not os.path.exists(tmp_path / "odd")
+  # On-policy steps are single-process only (said, not hung).
+  flags = _distill_flags(dataset, student, tmp_path / "onpolicy", student_fraction=0.5,
+                         teacher=student, loss="jsd")
+  errors = _finish_distill(_start_distill(tmp_path, "onpolicy", flags, 2), tmp_path,
+                           "onpolicy", expect=2)
+  assert all("run in one process only" in error for error in errors)
+  assert not os.path.exists(tmp_path / "onpolicy")
