@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from rlds_lm.trainers import multihost
@@ -312,12 +313,13 @@ def _printed(path) -> dict:
   return json.JSONDecoder().raw_decode(text[start:])[0]
 
 
-def _distill_flags(dataset, student, workdir, **overrides) -> list[str]:
+def _distill_flags(dataset, student, workdir, exact: bool = True, **overrides
+                   ) -> list[str]:
   flags = dict(dataset=dataset, workdir=os.fspath(workdir), student=student,
                loss="topk_kd", steps=DISTILL_STEPS, batch_size=8, max_length=16,
                learning_rate=1e-2, seed=5, log_every=1, checkpoint_every=DISTILL_EVERY)
   flags.update(overrides)
-  return [f"--{k}={v}" for k, v in flags.items()] + ["--exact_step"]
+  return [f"--{k}={v}" for k, v in flags.items()] + (["--exact_step"] if exact else [])
 
 
 def _metrics(workdir) -> list[dict]:
@@ -356,6 +358,22 @@ def test_distill_command_line_on_two_processes_trains_exactly_like_one(distill_r
   assert ckpt_lib.restore(double["workdir"] / "student").digest == one["student_digest"]
   assert first["student"] == second["student"] == os.fspath(double["workdir"] / "student")
   assert sorted(os.listdir(double["workdir"])) == sorted(os.listdir(single["workdir"]))
+
+
+@pytest.mark.cluster
+def test_distill_command_line_without_the_exact_step_agrees_to_rounding(distill_runs,
+                                                                        dataset, student):
+  """The default step (XLA's all-reduce over the job) on 2 processes: the same curve as
+  the exact single-process run up to float32 rounding (the reduction order differs)."""
+  tmp, single, _ = distill_runs
+  flags = _distill_flags(dataset, student, tmp / "plain", exact=False)
+  first, second = _finish_distill(_start_distill(tmp, "plain", flags, 2), tmp, "plain")
+  assert first["student_digest"] == second["student_digest"]
+  plain, exact = _metrics(tmp / "plain"), _metrics(single["workdir"])
+  assert [row["step"] for row in plain] == [row["step"] for row in exact]
+  for key in ("loss", "nll", "tokens", "grad_norm"):
+    np.testing.assert_allclose([row[key] for row in plain], [row[key] for row in exact],
+                               rtol=1e-5, err_msg=key)  # measured: <= 1.1e-7
 
 
 @pytest.mark.cluster
