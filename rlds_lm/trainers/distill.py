@@ -27,6 +27,11 @@ functions of (seed, step): a resumed run makes the same choices.
 ``keep_when`` (e.g. ``"accuracy>=0.5"``) keeps the student the first time an evaluation
 reaches a threshold, as ``workdir/kept`` next to the final ``workdir/student``.
 
+On a TPU pod or several GPU hosts the same command runs once per host with the flags of
+:func:`rlds_lm.trainers.multihost.add_flags`: each process reads its own rows of every
+batch; ``exact_step`` makes the run bit-identical to one process with as many devices
+(docs/multihost.md).
+
 Example (CPU, seconds)::
 
     from rlds_lm.trainers import distill
@@ -311,23 +316,19 @@ def train(config: DistillConfig,
   of the job, and process 0 writes the files that exist once (``config.json``,
   ``metrics.jsonl``, the plot, the exported student); ``checkpoints/`` is written by all
   of them (a directory every host sees). ``eval_fn`` then runs in every process on the
-  gathered parameters. On-policy steps are refused there (single process only).
+  gathered parameters. On-policy steps complete each process's own rows and record
+  them in ``generations/process_<p>``.
 
   Raises:
     ValueError: a process count that does not divide ``batch_size`` (before anything
-      is written), an on-policy run with several processes, a dataset without the
-      fields the loss needs (``DataMismatchError``), a batch without trained tokens.
+      is written), a dataset without the fields the loss needs (``DataMismatchError``),
+      a batch without trained tokens.
   """
   started = time.perf_counter()
-  # 0. The job: refuse a layout that cannot run before anything is written.
+  # 0. The job: refuse a process count that does not divide the batch before anything
+  # is written.
   multi = jax.process_count() > 1
   multihost.check_divides(config.batch_size)
-  if multi and config.student_fraction > 0:
-    raise ValueError(
-        f"on-policy steps (student_fraction={config.student_fraction}) run in one process "
-        f"only; this job has {jax.process_count()} processes. Train on-policy on one host, "
-        f"or record the generations with loop.run / pipelines.generate and distill them "
-        f"off-policy (student_fraction=0)")
   common.write_config(config.workdir, config)
 
   # 1. Models. The student trains; the teacher (if any) only scores. With several
@@ -499,7 +500,10 @@ def _generations_recorder(config: DistillConfig, model: model_config.ModelConfig
   from rlds_lm import recorder  # pylint: disable=g-import-not-at-top
   schema = S.SchemaConfig(vocab_size=model.vocab_size, tokenizer=config.tokenizer,
                           teacher_top_k=config.generation_top_k)
-  return recorder.Recorder(os.path.join(config.workdir, "generations"), schema)
+  directory = os.path.join(config.workdir, "generations")
+  if jax.process_count() > 1:  # one log per process: each records its own rows
+    directory = os.path.join(directory, f"process_{jax.process_index()}")
+  return recorder.Recorder(directory, schema)
 
 
 def _generate(config, model, params, teacher, batch, step, recorder):
@@ -508,16 +512,21 @@ def _generate(config, model, params, teacher, batch, step, recorder):
   prompts = prompts_of(batch)
   budget = config.max_length - config.max_new_tokens
   prompts = [p[-budget:] for p in prompts]
-  seeds = [int(s) for s in _step_rng(config.seed, step).integers(0, 2**62, len(prompts))]
-  params_host = jax.device_get(params)
+  # The whole batch's seeds; with several processes, this process's rows' share.
+  first = jax.process_index() * len(prompts)
+  seeds = [int(s) for s in _step_rng(config.seed, step).integers(
+      0, 2**62, len(prompts) * jax.process_count())[first:first + len(prompts)]]
+  params_host = common.host_params(params)  # every process samples its own rows
   completions = sampling.sample(
       model, params_host, prompts, seeds, sampling.SamplerConfig(config.temperature),
       config.max_new_tokens, eos_id=config.eos_id).completions()
   if recorder is not None:
     sequences = [np.concatenate([p, c.tokens]) for p, c in zip(prompts, completions)]
     keep = [i for i, c in enumerate(completions) if len(c.tokens)]
+    teacher_params = (common.host_params(teacher.params) if jax.process_count() > 1
+                      else teacher.params)
     annotated = teacher_scoring.annotate(
-        teacher.config, teacher.params, [sequences[i] for i in keep],
+        teacher.config, teacher_params, [sequences[i] for i in keep],
         [len(prompts[i]) for i in keep], top_k=config.generation_top_k) if keep else []
     schema = recorder.config
     for i, arrays in zip(keep, annotated):

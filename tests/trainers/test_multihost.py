@@ -1,9 +1,11 @@
 """Multi-host training on one machine: 2 JAX processes x 2 fake CPU devices against one
 process with 4 (same global batches, losses, parameter digest, checkpoints both ways, a
-crash of one process and a restart of both).
+crash of one process and a restart of both), for a hand-written loop and for the
+``distill`` command line.
 
-The runs are ``_multihost_child.py`` subprocesses on localhost; every test kills what it
-started, and each run has a time limit.
+The runs are ``_multihost_child.py`` and ``python -m rlds_lm.trainers.distill``
+subprocesses on localhost; every test kills what it started, and each run has a time
+limit.
 """
 
 from __future__ import annotations
@@ -255,20 +257,35 @@ sys.exit(distill.main(sys.argv[3:]))
 """
 
 
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-  """The child's one-layer model as a checkpoint directory (``--student``)."""
+def _child_model():
+  """The one-layer model of ``_multihost_child.py``."""
   sys.path.insert(0, os.path.dirname(CHILD))
   try:
     import _multihost_child  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.remove(os.path.dirname(CHILD))
+  return _multihost_child.MODEL
+
+
+def _checkpoint(tmp_path_factory, name: str, seed: int) -> str:
   from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from rlds_lm.models import gemma  # pylint: disable=g-import-not-at-top
-  path = tmp_path_factory.mktemp("student") / "mh"
-  model = _multihost_child.MODEL
-  ckpt_lib.save(path, model, gemma.init_params(model, 11))
+  path = tmp_path_factory.mktemp(name) / "mh"
+  model = _child_model()
+  ckpt_lib.save(path, model, gemma.init_params(model, seed))
   return os.fspath(path)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+  """The child's one-layer model as a checkpoint directory (``--student``)."""
+  return _checkpoint(tmp_path_factory, "student", 11)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  """Another one (``--teacher``, for on-policy steps)."""
+  return _checkpoint(tmp_path_factory, "teacher", 12)
 
 
 def _start_distill(tmp, name: str, flags: list[str], processes: int, *, dying=None):
@@ -407,10 +424,66 @@ def test_distill_command_line_refuses_a_layout_it_cannot_run(tmp_path, dataset, 
     assert ("distill: error: a process count that does not divide the dataset/batch: "
             "batch_size 5 over 2 processes") in error
   assert not os.path.exists(tmp_path / "odd")
-  # On-policy steps are single-process only (said, not hung).
-  flags = _distill_flags(dataset, student, tmp_path / "onpolicy", student_fraction=0.5,
-                         teacher=student, loss="jsd")
-  errors = _finish_distill(_start_distill(tmp_path, "onpolicy", flags, 2), tmp_path,
-                           "onpolicy", expect=2)
-  assert all("run in one process only" in error for error in errors)
-  assert not os.path.exists(tmp_path / "onpolicy")
+
+
+@pytest.mark.cluster
+def test_distill_command_line_on_policy_on_two_processes(tmp_path, dataset, student,
+                                                         teacher):
+  """On-policy steps: each process completes its own rows (with the single process's
+  seeds for them) and records them in its own log; the union is the single process's."""
+  from rlds_lm import logs  # pylint: disable=g-import-not-at-top
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+  results, episodes = [], []
+  for name, processes, mesh in (("single", 1, 4), ("double", 2, 1)):
+    flags = _distill_flags(dataset, student, tmp_path / name, mesh_data=mesh,
+                           teacher=teacher, student_fraction=0.5, max_new_tokens=4,
+                           generation_top_k=3, seed=2)  # seed 2: steps 1, 2 on-policy
+    results.append(_finish_distill(_start_distill(tmp_path, name, flags, processes),
+                                   tmp_path, name))
+    logs_of = ([tmp_path / name / "generations"] if processes == 1 else
+               [tmp_path / name / "generations" / f"process_{p}" for p in range(2)])
+    found = {}
+    for log_dir in logs_of:
+      for e in logs.read_log(log_dir, logs.read_log_config(log_dir)):
+        found[e[S.EPISODE_ID]] = (e[S.STEPS][0][S.ACTION][S.ACT_TOKENS].tolist(),
+                                  e[S.STEPS][0][S.TEACHER][S.TEACHER_TOPK_IDS].tolist())
+    episodes.append(found)
+  single, double = _metrics(tmp_path / "single"), _metrics(tmp_path / "double")
+  on_policy = [row["step"] for row in single if row["on_policy"] == 1.0]
+  assert 0 < len(on_policy) < DISTILL_STEPS
+  assert double == single
+  assert episodes[1] == episodes[0] and episodes[0]
+  assert {r["student_digest"] for r in results[1]} == {results[0][0]["student_digest"]}
+
+
+@pytest.mark.parametrize("loss", ["topk_kd", "sampled_kd", "seqkd", "on_policy_jsd"])
+def test_the_exact_steps_sums_over_the_tokens_are_the_plain_steps_means(dataset, loss):
+  """``--exact_step`` trains on ``distill.summed_loss`` / tokens: the loss and NLL the
+  plain step takes the mean of, whichever loss and on the on-policy rows too."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rlds_lm import schema as S  # pylint: disable=g-import-not-at-top
+  from rlds_lm.models import gemma  # pylint: disable=g-import-not-at-top
+  from rlds_lm.trainers import data as D  # pylint: disable=g-import-not-at-top
+  from rlds_lm.trainers import distill  # pylint: disable=g-import-not-at-top
+  model = _child_model()
+  pipeline = D.DataPipeline(
+      {dataset: 1.0}, D.DataConfig(batch_size=4, max_length=16, seed=5), optional=(),
+      vocab_size=model.vocab_size, require=(S.TEACHER_TOPK_IDS, S.TEACHER_TOPK_LOGPROBS,
+                                            S.TEACHER_SAMPLED_IDS,
+                                            S.TEACHER_SAMPLED_COUNTS))
+  iterator = pipeline.iterator()
+  batch = next(iterator)
+  iterator.close()
+  on_policy = loss == "on_policy_jsd"
+  config = distill.DistillConfig(datasets={}, workdir="", teacher="t", beta=0.5,
+                                 loss="jsd" if on_policy else loss)
+  params, teacher = gemma.init_params(model, 1), gemma.init_params(model, 2)
+  extra = {"teacher": teacher, "teacher_config": model}
+  mean_fn = (distill.on_policy_loss if on_policy else distill.off_policy_loss)(config, model)
+  mean, metrics = mean_fn(params, batch, extra)
+  total, tokens, sums = distill.summed_loss(config, model, on_policy)(params, batch, extra)
+  assert float(tokens) == float(metrics["tokens"]) > 0
+  np.testing.assert_allclose(float(total) / float(tokens), float(mean), rtol=1e-6)
+  np.testing.assert_allclose(float(sums["nll"]) / float(tokens), float(metrics["nll"]),
+                             rtol=1e-6)
+  assert float(mean) > 0 and jax.numpy.isfinite(total)
