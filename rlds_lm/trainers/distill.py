@@ -60,6 +60,7 @@ from rlds_lm.models import checkpoint as ckpt_lib
 from rlds_lm.models import config as model_config
 from rlds_lm.models import gemma
 from rlds_lm.models import sampling
+from rlds_lm.models import sharding as shd
 from rlds_lm.models import teacher_scoring
 from rlds_lm.trainers import common
 from rlds_lm.trainers import data as D
@@ -337,7 +338,7 @@ def train(config: DistillConfig,
   model = student_config(config.student)
   place = common.Placement.create(model, config.mesh_data, config.mesh_model)
   if config.exact_step and place.mesh is None:
-    place = common.Placement(model, multihost.data_mesh())  # a 1 x 1 mesh
+    place = common.Placement(model, shd.make_mesh(1, 1))  # the step needs a mesh
   restore_on = {"mesh": place.mesh} if multi else {}
   model, params, origin = load_student(config.student, config.seed, **restore_on)
   teacher = None

@@ -487,3 +487,26 @@ def test_the_exact_steps_sums_over_the_tokens_are_the_plain_steps_means(dataset,
   np.testing.assert_allclose(float(sums["nll"]) / float(tokens), float(metrics["nll"]),
                              rtol=1e-6)
   assert float(mean) > 0 and jax.numpy.isfinite(total)
+
+
+def test_the_exact_step_on_one_device_trains_like_the_plain_step(tmp_path, dataset):
+  """``exact_step`` without a mesh (one process, one device) runs on a 1 x 1 mesh: the
+  plain step's curve to float32 rounding."""
+  from rlds_lm.trainers import common  # pylint: disable=g-import-not-at-top
+  from rlds_lm.trainers import distill  # pylint: disable=g-import-not-at-top
+  runs = {}
+  for exact in (False, True):
+    workdir = tmp_path / f"exact{exact}"
+    result = distill.train(distill.DistillConfig(
+        datasets={dataset: 1.0}, workdir=os.fspath(workdir), steps=3, batch_size=4,
+        max_length=16, log_every=1, checkpoint_every=3, exact_step=exact,
+        optim=common.OptimConfig(learning_rate=1e-2, warmup_steps=1)))
+    runs[exact] = (_metrics(workdir), result["student_digest"])
+  (plain, _), (exact, digest) = runs[False], runs[True]
+  assert [row["step"] for row in exact] == [1, 2, 3] and "weight" not in exact[0]
+  for key in ("loss", "nll", "tokens"):
+    np.testing.assert_allclose([r[key] for r in exact], [r[key] for r in plain],
+                               rtol=1e-5, err_msg=key)
+  assert digest
+  with pytest.raises(ValueError, match="exact_step needs mesh_model=1"):
+    distill.DistillConfig(datasets={}, workdir="", exact_step=True, mesh_model=2)
