@@ -48,6 +48,10 @@ COMMAND_BLOCKS = {
         "tests/pipelines/test_dask_runner.py::"
         "test_a_cluster_from_the_dask_command_lines_runs_a_stage (on a free port)",
     ("trainers.md", "# After the full run"): "test_pipelines_doc_full_run_works",
+    ("multihost.md", "for i in 0 1; do"):
+        "tests/trainers/test_multihost.py::test_distill_command_line_on_two_processes_"
+        "trains_exactly_like_one runs these flags (a free port, a small published dataset "
+        "and a one-layer student checkpoint)",
     ("schema.md", "python docs/gen_schema_examples.py"): "test_schema_doc_commands_run",
     ("benchmarks.md", "python -m benchmarks.record_throughput"):
         "test_benchmark_doc_commands_run (each with --quick)",

@@ -92,7 +92,11 @@ def save(path: str | os.PathLike[str], config: ModelConfig, params: gemma.Params
                             f"replace it")
     shutil.rmtree(path)
   os.makedirs(path)
-  with ocp.StandardCheckpointer() as checkpointer:
+  # This process alone writes host arrays: with several JAX processes the caller saves
+  # on one of them (Orbax would otherwise wait for the others at its barriers).
+  alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                             active_processes={jax.process_index()})
+  with ocp.StandardCheckpointer(multiprocessing_options=alone) as checkpointer:
     checkpointer.save(os.path.join(path, PARAMS_DIR), params)
     checkpointer.wait_until_finished()
   with open(os.path.join(path, CONFIG_FILE), "w") as f:

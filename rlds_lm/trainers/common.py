@@ -7,13 +7,17 @@
 * :class:`Placement`: puts parameters, optimizer state and batches on a ``("data",
   "model")`` mesh (:mod:`rlds_lm.models.sharding`) or on the default device; the same
   step function runs on 1 CPU device, several fake CPU devices, a GPU or a TPU slice.
+  With several JAX processes (:mod:`rlds_lm.trainers.multihost`) the mesh spans every
+  device of the job and each process's batch is its own rows of the global batch.
 * :class:`Checkpoints`: Orbax checkpoints of parameters, optimizer state and the data
   iterator state (``{"step", "fingerprint"}``), so a restart continues the exact batch
   sequence.
 * :class:`Metrics`: one JSON line per logged step, and PNG plots of chosen series.
 * :class:`Bookkeeper`: what each trainer's loop does after its update (log, evaluate,
   time the checkpoints) and at its end (final evaluation, exported model, plot), so the
-  three trainers keep their own linear loops without three copies of it.
+  three trainers keep their own linear loops without three copies of it. With several
+  processes, the files that exist once (``config.json``, ``metrics.jsonl``, plots, the
+  exported model) are written by process 0 only (:func:`save_model`).
 * :class:`TrainingDivergedError`: a non-finite loss stops training before anything is
   saved, naming the step and the records of the batch; the last good checkpoint stays.
 """
@@ -35,6 +39,7 @@ import optax
 from rlds_lm.models import gemma
 from rlds_lm.models import sharding as shd
 from rlds_lm.models.config import ModelConfig
+from rlds_lm.trainers import multihost
 
 Params = gemma.Params
 Batch = Mapping[str, Any]
@@ -118,6 +123,20 @@ class Placement:
 
   @classmethod
   def create(cls, config: ModelConfig, data: int = 1, model: int = 1) -> Placement:
+    """A ``(data, model)`` mesh over the first ``data * model`` devices (none for 1 x 1).
+
+    With several JAX processes the mesh is :func:`multihost.data_mesh`: every device of
+    the job, processes in order, so that each process's devices hold its own rows;
+    ``data`` must then be 1 (the default: every device) or ``devices / model``.
+    """
+    if jax.process_count() > 1:
+      every = jax.device_count() // max(model, 1)
+      if data not in (1, every):
+        raise ValueError(f"with {jax.process_count()} processes the data axis spans every "
+                         f"device of the job: mesh_data must be 1 (every device) or "
+                         f"{every} (devices {jax.device_count()} / model {model}), found "
+                         f"{data}")
+      return cls(config, multihost.data_mesh(model=model))
     if data * model == 1:
       return cls(config, None)
     return cls(config, shd.make_mesh(data, model))
@@ -129,6 +148,10 @@ class Placement:
   def params(self, params: Params) -> Params:
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, params)
+    if jax.process_count() > 1:  # the same values in every process -> global arrays
+      params = jax.tree.map(
+          lambda x: x if isinstance(x, jax.Array) and not x.is_fully_addressable
+          else np.asarray(x), params)
     return gemma.shard_params(params, self.config, self.mesh)
 
   def replicated(self, tree: Any) -> Any:
@@ -139,8 +162,11 @@ class Placement:
     return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
 
   def batch(self, batch: Batch) -> dict[str, jax.Array]:
+    """The global batch. With several processes, ``batch`` is this process's rows."""
     if self.mesh is None:
       return {k: jnp.asarray(v) for k, v in batch.items()}
+    if jax.process_count() > 1:
+      return multihost.global_batch(self.mesh, batch)
     return {k: jax.device_put(np.asarray(v), shd.batch_sharding(self.mesh, np.shape(v)))
             for k, v in batch.items()}
 
@@ -270,8 +296,37 @@ class Checkpoints:
 EvalFn = Callable[[ModelConfig, Params], Mapping[str, float]]
 
 
+def host_params(params: Params) -> Params:
+  """``params`` as NumPy arrays in this process; with several processes a collective
+  (every process calls it) that gathers the sharded leaves."""
+  if jax.process_count() > 1:
+    return multihost.to_host(params)
+  return jax.device_get(params)
+
+
+def save_model(directory: str, model: ModelConfig, params: Params) -> str:
+  """``params`` as a plain checkpoint (:func:`rlds_lm.models.checkpoint.save`,
+  replacing ``directory``); returns its digest.
+
+  With several processes every process calls it: the parameters are gathered, process 0
+  alone removes and writes ``directory`` (several processes removing it would race) and
+  the others wait for it, then return the same digest.
+  """
+  from rlds_lm.models import checkpoint  # pylint: disable=g-import-not-at-top
+  host = host_params(params)
+  if multihost.is_primary():
+    digest = checkpoint.save(directory, model, host, overwrite=True)
+  else:
+    digest = checkpoint.digest(model, host)
+  multihost.barrier(f"saved {directory}")  # no-op with one process
+  return digest
+
+
 def write_config(workdir: str, config: Any) -> None:
-  """``workdir/config.json``: the run's config (``config.to_json()``), as it was run."""
+  """``workdir/config.json``: the run's config (``config.to_json()``), as it was run
+  (by process 0 only when there are several)."""
+  if not multihost.is_primary():
+    return
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_json(), f, indent=2, sort_keys=True, default=str)
@@ -305,7 +360,7 @@ class Bookkeeper:
                                                               eval_every)
     self.eval_fn, self.model, self.progress = eval_fn, model, progress
     self.metrics = Metrics(os.path.join(workdir, "metrics.jsonl"),
-                           resume_from=resumed_from)
+                           resume_from=resumed_from, write=multihost.is_primary())
     self.last: dict[str, float] = {}  # the metrics of the last step done
     self.evals: dict[str, float] = {}  # the last periodic evaluation ...
     self.evaluated_at: int | None = None  # ... and its step
@@ -314,6 +369,8 @@ class Bookkeeper:
     """``eval_fn``'s metrics as ``eval/<name>``, logged at ``step`` ({} without one)."""
     if self.eval_fn is None:
       return {}
+    if jax.process_count() > 1:  # every process evaluates the gathered parameters
+      params = host_params(params)
     values = {f"eval/{k}": v for k, v in self.eval_fn(self.model, params).items()}
     self.metrics.log(step, values)
     self.evals, self.evaluated_at = values, step
@@ -352,13 +409,17 @@ class Bookkeeper:
              title: str) -> dict[str, Any]:
     """The end of every trainer: the final evaluation, the trained model as a plain
     checkpoint ``workdir/name`` (``pipelines.generate --policy`` samples from it) and the
-    metrics plot. Returns ``{"eval", name, name + "_digest", "plot"}``."""
-    from rlds_lm.models import checkpoint  # pylint: disable=g-import-not-at-top
+    metrics plot. Returns ``{"eval", name, name + "_digest", "plot"}``.
+
+    With several processes every process calls it (it gathers the parameters); process 0
+    writes the checkpoint and the plot, and every process returns the same values.
+    """
     final = self.final_eval(params)
     directory = os.path.join(self.workdir, name)
-    digest = checkpoint.save(directory, model, jax.device_get(params), overwrite=True)
-    plot = self.metrics.plot(os.path.join(self.workdir, "metrics.png"), plot_keys,
-                             title=title)
+    digest = save_model(directory, model, params)
+    plot = os.path.join(self.workdir, "metrics.png")
+    if multihost.is_primary():
+      self.metrics.plot(plot, plot_keys, title=title)
     return {"eval": final, name: directory, f"{name}_digest": digest, "plot": plot}
 
 
@@ -381,10 +442,18 @@ def metric_curve(workdir: str | os.PathLike[str], key: str) -> list[list[float]]
 
 
 class Metrics:
-  """Appends ``{"step": n, ...}`` JSON lines to ``path``; :meth:`plot` draws PNGs."""
+  """Appends ``{"step": n, ...}`` JSON lines to ``path``; :meth:`plot` draws PNGs.
 
-  def __init__(self, path: str | os.PathLike[str], *, resume_from: int | None = None):
+  ``write=False`` (the processes other than 0 of a multi-process run) neither changes
+  nor writes the file; :meth:`read` still reads it.
+  """
+
+  def __init__(self, path: str | os.PathLike[str], *, resume_from: int | None = None,
+               write: bool = True):
     self.path = os.fspath(path)
+    self.write = write
+    if not write:
+      return
     os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
     if resume_from is not None and os.path.exists(self.path):
       # Drop lines logged after the checkpoint we resume from (they will be redone).
@@ -396,6 +465,8 @@ class Metrics:
       os.remove(self.path)
 
   def log(self, step: int, values: Mapping[str, float]) -> None:
+    if not self.write:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}},
                          sort_keys=True) + "\n")

@@ -29,6 +29,11 @@ reaches a threshold, as ``workdir/kept`` next to the final ``workdir/student``; 
 ``stop_when_kept`` the run ends there (training *until* a validation score, e.g. an SFT
 warm start), and the final student is that same one.
 
+On a TPU pod or several GPU hosts the same command runs once per host with the flags of
+:func:`rlds_lm.trainers.multihost.add_flags`: each process reads its own rows of every
+batch; ``exact_step`` makes the run bit-identical to one process with as many devices
+(docs/multihost.md).
+
 Example (CPU, seconds)::
 
     from rlds_lm.trainers import distill
@@ -39,6 +44,7 @@ Example (CPU, seconds)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -56,10 +62,12 @@ from rlds_lm.models import checkpoint as ckpt_lib
 from rlds_lm.models import config as model_config
 from rlds_lm.models import gemma
 from rlds_lm.models import sampling
+from rlds_lm.models import sharding as shd
 from rlds_lm.models import teacher_scoring
 from rlds_lm.trainers import common
 from rlds_lm.trainers import data as D
 from rlds_lm.trainers import losses as L
+from rlds_lm.trainers import multihost
 
 
 # --------------------------------------------------------------------------------------
@@ -143,8 +151,12 @@ class DistillConfig:
   tokenizer: str = "byte"  # the recorded generations' tokenizer (schema metadata)
   seed: int = 0
   optim: common.OptimConfig = common.OptimConfig()
-  mesh_data: int = 1
+  mesh_data: int = 1  # with several processes: 1 means every device of the job
   mesh_model: int = 1
+  # Sum the per-device token losses in device order (multihost.make_exact_train_step):
+  # the same bits on any process layout with the same device count; costs a gather of
+  # the gradients per step, mesh_model must be 1.
+  exact_step: bool = False
   log_every: int = 10
   checkpoint_every: int = 50
   eval_every: int = 0  # 0: evaluate at the end only (when an eval_fn is given)
@@ -164,6 +176,9 @@ class DistillConfig:
     if (LOSSES[self.loss].live_teacher or self.student_fraction > 0) and not self.teacher:
       raise ValueError("loss='jsd' and on-policy steps (student_fraction > 0) need a "
                        "teacher checkpoint")
+    if self.exact_step and self.mesh_model != 1:
+      raise ValueError(f"exact_step needs mesh_model=1 (replicated parameters), found "
+                       f"{self.mesh_model}")
     if self.generation_top_k < 1:
       raise ValueError(f"generation_top_k must be >= 1, found {self.generation_top_k}")
     if self.stop_when_kept and not self.keep_when:
@@ -179,10 +194,18 @@ class DistillConfig:
     return out
 
 
-def load_student(spec: str, seed: int):
-  """(ModelConfig, params, origin): a checkpoint directory, or a named config (fresh)."""
+def student_config(spec: str) -> model_config.ModelConfig:
+  """The student's architecture: a checkpoint directory's, or a named config."""
   if os.path.isdir(spec):
-    restored = ckpt_lib.restore(spec)
+    return ckpt_lib.load_config(spec)
+  return model_config.get_config(spec)
+
+
+def load_student(spec: str, seed: int, mesh: jax.sharding.Mesh | None = None):
+  """(ModelConfig, params, origin): a checkpoint directory (restored onto ``mesh`` when
+  given, else onto the first device), or a named config (fresh, on the default device)."""
+  if os.path.isdir(spec):
+    restored = ckpt_lib.restore(spec, mesh=mesh)
     return restored.config, restored.params, {"checkpoint": os.path.abspath(spec),
                                                "digest": restored.digest}
   config = model_config.get_config(spec)
@@ -210,6 +233,28 @@ def off_policy_loss(config: DistillConfig, model: model_config.ModelConfig):
     loss = L.masked_mean(per_token_fn(config, x), x.mask)
     nll = L.masked_mean(-common.gather_tokens(x.logp, x.targets), x.mask)
     return loss, {"nll": nll, "tokens": jnp.sum(x.mask)}
+
+  return loss_fn
+
+
+def summed_loss(config: DistillConfig, model: model_config.ModelConfig,
+                on_policy: bool = False):
+  """The loss of :func:`off_policy_loss` (or :func:`on_policy_loss`) as sums, for
+  :func:`multihost.make_exact_train_step`: ``loss_fn(params, rows, extra) -> (sum of the
+  per-token losses, trained tokens, {"nll": summed NLL, "tokens"})`` over a device's
+  rows; the step divides by the tokens of the whole batch."""
+  per_token_fn = _jsd if on_policy else LOSSES[config.loss].per_token
+
+  def masked_sum(values, mask):
+    return jnp.sum(jnp.where(mask, values.astype(jnp.float32), 0.0))
+
+  def loss_fn(params, batch, extra):
+    x = _inputs(model, params, batch, extra)
+    tokens = jnp.sum(x.mask, dtype=jnp.float32)
+    nll = (jnp.float32(0.0) if on_policy
+           else masked_sum(-common.gather_tokens(x.logp, x.targets), x.mask))
+    return masked_sum(per_token_fn(config, x), x.mask), tokens, {"nll": nll,
+                                                                 "tokens": tokens}
 
   return loss_fn
 
@@ -270,15 +315,41 @@ def train(config: DistillConfig,
     stop_at: stop after this many steps (with a checkpoint), as if the job had been
       preempted; calling ``train`` again resumes from it.
     progress: called with (steps done, metrics) whenever metrics are logged.
+
+  With several JAX processes (one per host, joined by :func:`multihost.initialize`
+  before this call), every process calls ``train`` with the same config: each reads only
+  its ``batch_size / processes`` rows of every batch, the step runs over every device
+  of the job, and process 0 writes the files that exist once (``config.json``,
+  ``metrics.jsonl``, the plot, the exported student); ``checkpoints/`` is written by all
+  of them (a directory every host sees). ``eval_fn`` then runs in every process on the
+  gathered parameters. On-policy steps complete each process's own rows and record
+  them in ``generations/process_<p>``.
+
+  Raises:
+    ValueError: a process count that does not divide ``batch_size`` (before anything
+      is written), a dataset without the fields the loss needs (``DataMismatchError``),
+      a batch without trained tokens.
   """
   started = time.perf_counter()
+  # 0. The job: refuse a process count that does not divide the batch before anything
+  # is written.
+  multi = jax.process_count() > 1
+  multihost.check_divides(config.batch_size)
   common.write_config(config.workdir, config)
 
-  # 1. Models. The student trains; the teacher (if any) only scores.
-  model, params, origin = load_student(config.student, config.seed)
+  # 1. Models. The student trains; the teacher (if any) only scores. With several
+  # processes the mesh spans every device of the job (processes in order) and the
+  # checkpoints are restored straight onto it.
+  model = student_config(config.student)
+  place = common.Placement.create(model, config.mesh_data, config.mesh_model)
+  if config.exact_step and place.mesh is None:
+    place = common.Placement(model, shd.make_mesh(1, 1))  # the step needs a mesh
+  restore_on = {"mesh": place.mesh} if multi else {}
+  model, params, origin = load_student(config.student, config.seed, **restore_on)
   teacher = None
   if config.teacher:
-    teacher = sampling.Policy.from_checkpoint(config.teacher, eos_id=config.eos_id)
+    teacher = sampling.Policy.from_checkpoint(config.teacher, eos_id=config.eos_id,
+                                              **restore_on)
     if teacher.config.vocab_size != model.vocab_size:
       raise D.DataMismatchError(f"teacher vocabulary {teacher.config.vocab_size} != "
                                 f"student vocabulary {model.vocab_size}")
@@ -288,12 +359,12 @@ def train(config: DistillConfig,
       dict(config.datasets),
       D.DataConfig(batch_size=config.batch_size, max_length=config.max_length,
                    seed=config.seed),
-      require=LOSSES[config.loss].requires, optional=(), vocab_size=model.vocab_size)
+      require=LOSSES[config.loss].requires, optional=(), vocab_size=model.vocab_size,
+      shard_index=jax.process_index(), shard_count=jax.process_count())
   if config.student_fraction > 0 and config.max_new_tokens >= config.max_length:
     raise ValueError("max_new_tokens must leave room for the prompt in max_length")
 
   # 3. Placement, optimizer, checkpoints: resume if the workdir has one.
-  place = common.Placement.create(model, config.mesh_data, config.mesh_model)
   optimizer = common.make_optimizer(dataclasses.replace(config.optim,
                                                         total_steps=config.steps))
   with place.context():
@@ -316,10 +387,15 @@ def train(config: DistillConfig,
       resumed_from=start_step if restored else None)
 
   teacher_config = teacher.config if teacher is not None else None
-  off_step = common.make_train_step(_with_static(off_policy_loss(config, model),
-                                                 teacher_config), optimizer)
-  on_step = common.make_train_step(_with_static(on_policy_loss(config, model),
-                                                teacher_config), optimizer)
+  if config.exact_step:
+    off_step, on_step = (multihost.make_exact_train_step(
+        _with_static(summed_loss(config, model, on), teacher_config), optimizer,
+        place.mesh) for on in (False, True))
+  else:
+    off_step = common.make_train_step(_with_static(off_policy_loss(config, model),
+                                                   teacher_config), optimizer)
+    on_step = common.make_train_step(_with_static(on_policy_loss(config, model),
+                                                  teacher_config), optimizer)
   recorder = (_generations_recorder(config, model)
               if config.student_fraction > 0 and config.record_generations else None)
   kept = _kept(config)
@@ -334,9 +410,14 @@ def train(config: DistillConfig,
         batch = _generate(config, model, params, teacher, batch, step, recorder)
       with place.context():
         device_batch = place.batch(batch)
+      # The exact step runs the model per device (a shard_map): outside jax.set_mesh.
+      with contextlib.nullcontext() if config.exact_step else place.context():
         params, opt_state, metrics = (on_step if on_policy else off_step)(
             params, opt_state, device_batch, extra)
       values = common.to_floats(metrics)
+      if config.exact_step:  # sums -> the means the plain step logs
+        values.pop("weight")
+        values["nll"] /= max(values["tokens"], 1.0)
       values["on_policy"] = float(on_policy)
       common.check_finite(step, values, batch)
       if step == start_step and values["tokens"] == 0:
@@ -352,6 +433,7 @@ def train(config: DistillConfig,
           books.steps = books.end = done  # its evaluation is the final one
           break
       if books.checkpoint_due(done):
+        multihost.check_same("data iterator state", iterator.get_state())
         checkpoints.save(done, params, opt_state, iterator.get_state(),
                          {"origin": origin, "metrics": values})
   finally:
@@ -382,18 +464,23 @@ class _Keeper:
     self.directory = os.path.join(workdir, "kept")
     self.metric = metric if metric.startswith("eval/") else f"eval/{metric}"
     self.op, self.threshold = op, threshold
+    # Read once: with several processes, process 0 writes it while the others decide.
+    self.kept = os.path.exists(self.directory + ".json")
 
   def due(self, logged: Mapping[str, float]) -> bool:
-    if self.metric not in logged or os.path.exists(self.directory + ".json"):
+    if self.metric not in logged or self.kept:
       return False
     value = logged[self.metric]
     return value >= self.threshold if self.op == ">=" else value <= self.threshold
 
   def save(self, step: int, model, params, logged: Mapping[str, float]) -> None:
-    digest = ckpt_lib.save(self.directory, model, jax.device_get(params), overwrite=True)
-    with open(self.directory + ".json", "w") as f:
-      json.dump({"step": step, "metric": self.metric, "value": logged[self.metric],
-                 "digest": digest}, f, indent=2, sort_keys=True)
+    digest = common.save_model(self.directory, model, params)  # every process calls it
+    if multihost.is_primary():
+      with open(self.directory + ".json", "w") as f:
+        json.dump({"step": step, "metric": self.metric, "value": logged[self.metric],
+                   "digest": digest}, f, indent=2, sort_keys=True)
+    multihost.barrier(f"kept {self.directory}")
+    self.kept = True
 
   def result(self) -> dict[str, Any] | None:
     if not os.path.exists(self.directory + ".json"):
@@ -422,7 +509,10 @@ def _generations_recorder(config: DistillConfig, model: model_config.ModelConfig
   from rlds_lm import recorder  # pylint: disable=g-import-not-at-top
   schema = S.SchemaConfig(vocab_size=model.vocab_size, tokenizer=config.tokenizer,
                           teacher_top_k=config.generation_top_k)
-  return recorder.Recorder(os.path.join(config.workdir, "generations"), schema)
+  directory = os.path.join(config.workdir, "generations")
+  if jax.process_count() > 1:  # one log per process: each records its own rows
+    directory = os.path.join(directory, f"process_{jax.process_index()}")
+  return recorder.Recorder(directory, schema)
 
 
 def _generate(config, model, params, teacher, batch, step, recorder):
@@ -431,16 +521,21 @@ def _generate(config, model, params, teacher, batch, step, recorder):
   prompts = prompts_of(batch)
   budget = config.max_length - config.max_new_tokens
   prompts = [p[-budget:] for p in prompts]
-  seeds = [int(s) for s in _step_rng(config.seed, step).integers(0, 2**62, len(prompts))]
-  params_host = jax.device_get(params)
+  # The whole batch's seeds; with several processes, this process's rows' share.
+  first = jax.process_index() * len(prompts)
+  seeds = [int(s) for s in _step_rng(config.seed, step).integers(
+      0, 2**62, len(prompts) * jax.process_count())[first:first + len(prompts)]]
+  params_host = common.host_params(params)  # every process samples its own rows
   completions = sampling.sample(
       model, params_host, prompts, seeds, sampling.SamplerConfig(config.temperature),
       config.max_new_tokens, eos_id=config.eos_id).completions()
   if recorder is not None:
     sequences = [np.concatenate([p, c.tokens]) for p, c in zip(prompts, completions)]
     keep = [i for i, c in enumerate(completions) if len(c.tokens)]
+    teacher_params = (common.host_params(teacher.params) if jax.process_count() > 1
+                      else teacher.params)
     annotated = teacher_scoring.annotate(
-        teacher.config, teacher.params, [sequences[i] for i in keep],
+        teacher.config, teacher_params, [sequences[i] for i in keep],
         [len(prompts[i]) for i in keep], top_k=config.generation_top_k) if keep else []
     schema = recorder.config
     for i, arrays in zip(keep, annotated):
@@ -454,7 +549,12 @@ def _generate(config, model, params, teacher, batch, step, recorder):
 
 
 def main(argv=None) -> int:
-  """``python -m rlds_lm.trainers.distill --dataset PATH[=WEIGHT] ... --workdir DIR``."""
+  """``python -m rlds_lm.trainers.distill --dataset PATH[=WEIGHT] ... --workdir DIR``.
+
+  Multi-host: run the same command once per host with ``--coordinator_address``,
+  ``--num_processes`` and ``--process_id`` (or ``--coordinator_address auto`` on Cloud
+  TPU / SLURM); see docs/multihost.md. Exit status 2: a refused config, data or job.
+  """
   import argparse  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
@@ -478,27 +578,40 @@ def main(argv=None) -> int:
                       help="do not record the on-policy generations")
   parser.add_argument("--learning_rate", type=float, default=1e-3)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--mesh_data", type=int, default=1)
+  parser.add_argument("--mesh_data", type=int, default=1,
+                      help="data-parallel devices (several processes: 1 = every device)")
+  parser.add_argument("--mesh_model", type=int, default=1,
+                      help="model-parallel devices (within a host)")
+  parser.add_argument("--exact_step", action="store_true",
+                      help="device-ordered sums: the same bits on any process layout")
+  parser.add_argument("--log_every", type=int, default=10)
+  parser.add_argument("--checkpoint_every", type=int, default=50)
+  multihost.add_flags(parser)
   args = parser.parse_args(argv)
   datasets = {}
   for spec in args.dataset:
     path, _, weight = spec.partition("=")
     datasets[path] = float(weight or 1.0)
   try:
+    # Before anything touches a device; one process without a coordinator: a no-op.
+    multihost.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         initialization_timeout=args.initialization_timeout)
     config = DistillConfig(
         datasets=datasets, workdir=args.workdir, student=args.student, teacher=args.teacher,
         loss=args.loss, beta=args.beta, student_fraction=args.student_fraction,
         steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
         max_new_tokens=args.max_new_tokens, seed=args.seed, mesh_data=args.mesh_data,
-        generation_top_k=args.generation_top_k,
+        mesh_model=args.mesh_model, exact_step=args.exact_step, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, generation_top_k=args.generation_top_k,
         record_generations=not args.no_record_generations,
         optim=common.OptimConfig(learning_rate=args.learning_rate))
     result = train(config)
-  except (ValueError, FileNotFoundError, common.TrainingDivergedError) as e:
+  except (ValueError, FileNotFoundError, common.TrainingDivergedError,
+          multihost.ClusterError) as e:
     print(f"distill: error: {e}", file=sys.stderr)
     return 2
   print(json.dumps({k: result[k] for k in ("metrics", "student", "student_digest", "plot",
-                                           "seconds", "resumed_from")},
+                                           "seconds", "resumed_from", "data")},
                    indent=2, default=str))
   return 0
 
