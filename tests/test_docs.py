@@ -157,6 +157,31 @@ def test_benchmark_doc_commands_run(tmp_path):
     assert "quick" in (tmp_path / str(i) / "benchmarks.md").read_text()
 
 
+def test_results_doc_commands_run(tmp_path):
+  """docs/results.md's reproductions, each run by the command the doc gives (as its
+  --quick smoke run, two at a time), each writing its section and its claims."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(REPO, "docs", "results.md"), encoding="utf-8") as f:
+    text = f.read()
+  names = re.findall(r"`python -m benchmarks\.(repro_\w+) --out docs/`", text)
+  assert sorted(set(names)) == ["repro_gkd", "repro_jbond", "repro_rlef"]
+  commands = []
+  for name in sorted(set(names)):
+    (tmp_path / name).mkdir()
+    commands.append(f"python -m benchmarks.{name} --out {tmp_path / name} --quick")
+  (tmp_path / "commands").write_text("\n".join(commands) + "\n")
+  _run_block(f"xargs -P 2 -d '\\n' -I CMD bash -c CMD < {tmp_path / 'commands'}", REPO,
+             timeout=1200)
+  for name in sorted(set(names)):
+    section = (tmp_path / name / "results.md").read_text()
+    assert f"<!-- begin: {name} -->" in section and "uick" in section
+    with open(os.path.join(REPO, "benchmarks", "results", f"{name}.quick.json"),
+              encoding="utf-8") as f:
+      claims = json.load(f)["claims"]
+    assert claims and all({"claim", "measured", "reproduced"} <= set(c) for c in claims)
+
+
 def _python_blocks(doc: str) -> list[str]:
   with open(os.path.join(REPO, "docs", doc)) as f:
     return re.findall(r"```python\n(.*?)```", f.read(), re.S)
