@@ -57,8 +57,22 @@ NAME = "repro_rlef"
 DOC_NAME = G.DOC_NAME
 DOC_INTRO = G.DOC_INTRO
 BOS, EOS = G.BOS, G.EOS
-# How FULL was chosen: validation-document probes only (see the docs section).
-TUNING_NOTE = "(filled in below)"
+# How FULL was chosen: probes evaluated on held-out documents of a probe config (the same
+# world settings, other documents: validation), never on the reported test documents.
+TUNING_NOTE = (
+    "How the sizes were chosen (probes on a probe dataset of the same settings, whose "
+    "held-out documents served as validation; never the test documents reported here; "
+    "all on a machine shared with other jobs at load average 8-11 on 2 CPUs): an SFT "
+    "probe of d_model 64, 300 steps of batch 16, reached 11.5 +- 2.3 % held-out oracle "
+    "entailment (NLI 0.214, 39 % of samples ending with EOS within 80 tokens); d_model 128 "
+    "learned faster per step (loss 0.102 against 0.134 at step 240) but cost about twice "
+    "as much per step and did not fit the budget; so SFT went to 400 steps at d_model 64 "
+    "and the summary budget to 96 tokens. One RL probe (NLI reward, kl_coef 0.03, "
+    "learning rate 1e-3, 4 x 4 samples per step, 30 steps) drifted to 6-8 nats of KL "
+    "within 10 steps while the held-out oracle fell (11.5 % -> 5.2 %), so the RL learning "
+    "rate went to 3e-4; the samples per step were halved (2 documents x 4) to fit 100 "
+    "steps per run and three runs into the budget, and the sweep to two kl_coefs "
+    "(0.01, 0.1). No further tuning fit in the session.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -649,8 +663,7 @@ def markdown(data: dict[str, Any]) -> str:
                  f"{c['claim']}. Measured: {c['measured']}." for c in data["claims"]]
   lines = [
       f"## Entailment-feedback RL on grounded summarisation (`{data['benchmark']}`)",
-      quick_note,
-      large_note,
+      quick_note + large_note,
       "A toy replication of RLEF (Roit et al., 2023, \"Factually Consistent "
       "Summarization via Reinforcement Learning with Textual Entailment Feedback\") with "
       "the paper's premise: the supervised summariser learns from references of which a "
@@ -739,7 +752,31 @@ def discussion(data: Mapping[str, Any]) -> str:
         f"{_pct(f['hallucinates'])}, malformed sentences {_pct(start['unparsed'])} -> "
         f"{_pct(f['unparsed'])}, extractive sentences {_pct(start['extractive'])} -> "
         f"{_pct(f['extractive'])}, {start['sentences']:.2f} -> {f['sentences']:.2f} "
-        f"sentences per summary.")
+        f"sentences and {start['length']:.1f} -> {f['length']:.1f} tokens per summary, "
+        f"ending with EOS {_pct(start['eos'])} -> {_pct(f['eos'])}.")
+  runs = nli_runs(data)
+  if runs:
+    f = runs[0]["final"]
+    if f["eos"] < start["eos"] and f["unparsed"] > start["unparsed"]:
+      parts.append(
+          f"With kl_coef {runs[0]['kl_coef']:g} the NLI-rewarded policy stopped ending its "
+          f"summaries (EOS {_pct(start['eos'])} -> {_pct(f['eos'])}): they run to the "
+          f"{data['sizes']['max_new_tokens']}-token limit and end in a cut-off sentence, "
+          f"and malformed sentences rose ({_pct(start['unparsed'])} -> "
+          f"{_pct(f['unparsed'])}). The learned scorer still rates such fragments (its "
+          f"score is a mean over sentences of lexical overlap), the oracle counts them as "
+          f"unsupported: a gaming of the scorer, but towards longer summaries, not the "
+          f"paper's shorter ones.")
+  control = [r for r in data["runs"] if r["reward"] == "oracle"]
+  if runs and control:
+    same = [r for r in runs if r["kl_coef"] == control[0]["kl_coef"]]
+    if same:
+      n, o = same[0]["final"], control[0]["final"]
+      parts.append(
+          f"At the same kl_coef the learned reward recovers "
+          f"{(n['oracle'] - start['oracle']) / max(o['oracle'] - start['oracle'], 1e-9):.0%}"
+          f" of the oracle control's gain in oracle entailment ({_pct(n['oracle'])} "
+          f"against {_pct(o['oracle'])}), at {n['kl']:.2f} against {o['kl']:.2f} nats.")
   return " ".join(parts)
 
 
