@@ -31,7 +31,7 @@ Results go to ``benchmarks/results/repro_rlef.json`` (``claims``: one
 ``{"claim", "measured", "reproduced"}`` per claim) and, with ``--out DIR``, to the
 ``repro_rlef`` section of ``DIR/results.md`` and the plot ``DIR/repro_rlef.png``.
 
-    python -m benchmarks.repro_rlef --out docs/      # about 10 minutes on 2 idle CPUs
+    python -m benchmarks.repro_rlef --out docs/      # 24 min measured at load 7-10 on 2 CPUs
     python -m benchmarks.repro_rlef --quick          # smoke run, about a minute
     python -m benchmarks.repro_rlef --large          # the GPU setting (wider, longer)
     python -m benchmarks.repro_rlef --eval-split validation   # tuning: never the test set
