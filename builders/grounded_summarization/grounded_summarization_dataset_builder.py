@@ -2,7 +2,9 @@
 
 A prompt source for summarization RL with entailment rewards: every document is built
 from a set of true facts (triples) plus distractor sentences, and comes with the facts
-and 1-3 reference summaries that assert only supported facts.
+and 1-3 reference summaries that assert only supported facts (or, with
+``unfaithful_references`` > 0, that fraction of them states one fact the document does
+not support, the premise of RLEF).
 ``rlds_lm.tasks.summarization.entailment`` scores any summary exactly against the facts
 (the world and its parser live in :mod:`rlds_lm.tasks.summarization`). No downloads;
 examples are generated deterministically from a per-split seed derived from names, and
@@ -24,6 +26,8 @@ class GroundedSummarizationConfig(tfds.core.BuilderConfig):
   """Document size and split sizes."""
   num_people: tuple[int, int] = (2, 3)  # inclusive range per document
   num_distractors: tuple[int, int] = (1, 3)
+  # Probability that a reference summary states one unsupported fact (0: all faithful).
+  unfaithful_references: float = 0.0
   num_train: int = 0
   num_test: int = 0
 
@@ -54,7 +58,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "facts": tfds.features.Sequence(
                 tfds.features.Text(), doc="true facts, one 'subject|relation|object' each"),
             "reference_summaries": tfds.features.Sequence(
-                tfds.features.Text(), doc="1-3 summaries asserting only true facts"),
+                tfds.features.Text(),
+                doc="1-3 summaries (true facts, bar unfaithful_references)"),
         }),
         disable_shuffling=True,
     )
@@ -77,7 +82,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     seen = set(exclude)
     index = 0
     while count:
-      example = world.make_example(seed, index, config.num_people, config.num_distractors)
+      example = world.make_example(seed, index, config.num_people, config.num_distractors,
+                                   config.unfaithful_references)
       index += 1
       if example["prompt_id"] in seen:
         continue

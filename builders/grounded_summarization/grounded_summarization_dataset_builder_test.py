@@ -1,5 +1,6 @@
 """Tests for the grounded_summarization builder and its entailment oracle."""
 
+import pytest
 import tensorflow_datasets as tfds
 
 from builders.grounded_summarization import grounded_summarization_dataset_builder
@@ -35,6 +36,42 @@ class GroundedSummarizationBuilderTest(tfds.testing.DatasetBuilderTestCase):
         result = world.entailment(example["facts"], summary)
         self.assertEqual(result["score"], 1.0, summary)
         self.assertEqual(result["unsupported"] + result["unparsed"], [])
+
+
+def test_unfaithful_references_state_one_fact_the_document_never_mentions(tmp_path):
+  config = grounded_summarization_dataset_builder.GroundedSummarizationConfig(
+      name="unfaithful", num_people=(1, 2), num_distractors=(0, 1), num_train=40,
+      unfaithful_references=1.0)
+  builder = grounded_summarization_dataset_builder.Builder(config=config,
+                                                           data_dir=str(tmp_path))
+  examples = [ex for _, ex in builder._generate_examples(split="train",
+                                                         exclude=frozenset())]
+  assert len(examples) == 40
+  for example in examples:
+    for summary in example["reference_summaries"]:
+      result = world.entailment(example["facts"], summary)
+      assert len(result["unsupported"]) == 1, summary
+      assert result["unparsed"] == [] and len(result["supported"]) >= 1
+      _, _, obj = result["unsupported"][0]
+      assert obj not in example["document"], (summary, example["document"])
+
+
+def test_unfaithful_fraction_keeps_the_documents_and_sets_the_rate():
+  for index in range(5):  # 0 draws nothing more: the faithful stream is unchanged
+    assert (world.make_example("s", index, (2, 3), (1, 3), unfaithful=0.0)
+            == world.make_example("s", index, (2, 3), (1, 3)))
+  summaries = unfaithful = 0
+  for index in range(300):
+    example = world.make_example("s", index, (1, 1), (0, 1), unfaithful=0.4)
+    same_world = world.make_example("s", index, (1, 1), (0, 1))
+    assert (example["document"], example["facts"]) == (same_world["document"],
+                                                        same_world["facts"])
+    for summary in example["reference_summaries"]:
+      summaries += 1
+      unfaithful += world.entailment(example["facts"], summary)["score"] < 1.0
+  assert 0.33 < unfaithful / summaries < 0.47, (unfaithful, summaries)
+  with pytest.raises(ValueError, match="unfaithful"):
+    world.make_example("s", 0, (1, 1), (0, 1), unfaithful=1.5)
 
 
 def test_every_template_round_trips():

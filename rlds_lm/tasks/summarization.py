@@ -203,14 +203,22 @@ def _contradicts(triple: Triple, facts: set[Triple]) -> bool:
 
 
 def make_example(seed: str, index: int, num_people: tuple[int, int],
-                 num_distractors: tuple[int, int]) -> dict:
+                 num_distractors: tuple[int, int], unfaithful: float = 0.0) -> dict:
   """Example ``index`` of the stream ``seed``: a pure function of its arguments.
 
   A few people (each with a city, an employer and a birth year), their employers'
   headquarters, sometimes a founder; the document states every fact once (in a random
   template) among distractor sentences, in a shuffled order. 1-3 reference summaries
   each state a different subset of the facts with the canonical templates.
+
+  ``unfaithful``: the probability that a reference summary has one of its facts
+  replaced by an unsupported one (:func:`unsupported_variant`: same subject and
+  relation, an object the document never mentions), like the extrinsic hallucinations
+  of real summarization references (XSum). 0 (the default) leaves every reference
+  faithful and the examples exactly as without the option.
   """
+  if not 0.0 <= unfaithful <= 1.0:
+    raise ValueError(f"unfaithful must be a probability in [0, 1], found {unfaithful}")
   rng = random.Random(content_id(seed, index))
   n_people = rng.randint(*num_people)
   names = rng.sample([f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES], n_people)
@@ -242,6 +250,10 @@ def make_example(seed: str, index: int, num_people: tuple[int, int],
   for _ in range(rng.randint(1, 3)):
     chosen = rng.sample(facts, rng.randint(2, min(4, len(facts))))
     chosen.sort(key=facts.index)  # in fact order: people first, one person at a time
+    # Only drawn when asked for, so the faithful stream stays as it always was.
+    if unfaithful and rng.random() < unfaithful:
+      k = rng.randrange(len(chosen))
+      chosen[k] = unsupported_variant(chosen[k], document, rng)
     summary = " ".join(render(f) for f in chosen)
     if summary not in summaries:
       summaries.append(summary)
@@ -251,6 +263,16 @@ def make_example(seed: str, index: int, num_people: tuple[int, int],
       "facts": [to_line(f) for f in facts],
       "reference_summaries": summaries,
   }
+
+
+def unsupported_variant(triple: Triple, document: str, rng: random.Random) -> Triple:
+  """``triple`` with its object replaced by one of the same type that ``document`` never
+  mentions: a fact the document does not support (an extrinsic hallucination)."""
+  subject, relation, obj = triple
+  pool = {"lives_in": CITIES, "headquartered_in": CITIES, "works_at": COMPANIES,
+          "founded": COMPANIES, "born_in_year": YEARS}[relation]
+  candidates = [o for o in pool if o != obj and o not in document]
+  return subject, relation, rng.choice(candidates)
 
 
 # --------------------------------------------------------------------------------------
