@@ -146,8 +146,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(assets, jbond_run, 
   checkpoints.close()
 
 
-def test_reinforce_steps_with_a_plugged_in_reward(assets, tmp_path, monkeypatch):
-  # A dense scorer (share of digits in the completion), through the REWARDS hook.
+def _plug_in_digits_reward(monkeypatch) -> None:
+  """Registers reward "digits" (share of digits in the completion) for one test."""
   def digits(record, completions):
     del record
     return [sum(c.isdigit() for c in text) / max(1, len(text)) for text in completions]
@@ -155,6 +155,11 @@ def test_reinforce_steps_with_a_plugged_in_reward(assets, tmp_path, monkeypatch)
   monkeypatch.setitem(bond.REWARDS, "digits", bond.Reward(
       fields=("question",), prompt=bond.REWARDS["arithmetic"].prompt, score=digits,
       task="arithmetic"))
+
+
+def test_reinforce_steps_with_a_plugged_in_reward(assets, tmp_path, monkeypatch):
+  # A dense scorer (share of digits in the completion), through the REWARDS hook.
+  _plug_in_digits_reward(monkeypatch)
   config = _config(assets, tmp_path / "reinforce", algorithm="reinforce", reward="digits")
   assert config.kl_weight == bond.DEFAULT_KL_COEF["reinforce"] > 0
   bond.train(config)
@@ -211,13 +216,7 @@ def test_best_of_takes_the_best_of_each_run_of_n():
 def test_bond_draws_reference_samples_for_quantiles_and_best_of_n(assets, tmp_path,
                                                                   monkeypatch):
   # Non-iterative BOND: the anchor is the initial policy; k reference samples a prompt.
-  def digits(record, completions):
-    del record
-    return [sum(c.isdigit() for c in text) / max(1, len(text)) for text in completions]
-
-  monkeypatch.setitem(bond.REWARDS, "digits", bond.Reward(
-      fields=("question",), prompt=bond.REWARDS["arithmetic"].prompt, score=digits,
-      task="arithmetic"))
+  _plug_in_digits_reward(monkeypatch)
   config = _config(assets, tmp_path / "bond", algorithm="bond", reward="digits", bond_n=2,
                    quantile_samples=4, steps=2, baseline=True)
   assert config.kl_weight == 0.0
