@@ -217,11 +217,75 @@ class PublishEpisodes(beam.PTransform):
     return infos, dead, stats
 
 
+class LogsInput:
+  """Recorder logs as the input of ``publish`` (``--logs``), the episodes that ``tfds
+  build builders/lm_logs`` publishes: every complete episode of every log, validated,
+  one copy per ``episode_id`` (the one from the earliest log in the given order).
+
+  TFDS's own Beam writer, which ``tfds build`` uses, does not run on Beam's DaskRunner
+  (its shard assignment reads side inputs that the DaskRunner leaves empty); this path
+  reads the logs with the same transforms and writes with the stages' writer, which
+  needs no side inputs, so it runs on every runner.
+  """
+
+  def __init__(self, logs: str, splits: str):
+    from builders.lm_logs import lm_logs_dataset_builder as LB  # pylint: disable=g-import-not-at-top
+
+    names = [s for s in splits.split(",") if s] or ["train"]
+    if len(names) != 1:
+      raise PipelineError(f"--splits: with --logs, one split receives every episode; "
+                          f"found {names}")
+    try:
+      self.log_dirs = LB.resolve_log_dirs([p for p in logs.split(",") if p])
+      self.schema = LB.common_schema(self.log_dirs)
+    except (OSError, ValueError) as err:
+      raise PipelineError(f"--logs={logs}: {err}") from err
+    self.splits = tuple(names)
+    self.path = ",".join(self.log_dirs)
+    self.num_examples = {names[0]: 0}  # known once the pipeline has read the logs
+
+  def reader(self) -> beam.PTransform:
+    """() -> ``(split, episode)``, one per distinct episode_id."""
+    return _ReadLogs(self.log_dirs, self.schema.to_json(), self.splits[0])
+
+  def lineage(self) -> dict[str, Any]:
+    return {"logs": list(self.log_dirs), "splits": dict(self.num_examples)}
+
+  def upstream_lineage(self) -> dict[str, Any]:
+    """Logs have no producing stage of ours: nothing upstream."""
+    return {}
+
+
+def _to_split(id_and_episode: tuple[str, Any], split: str) -> tuple[str, Any]:
+  return split, id_and_episode[1]
+
+
+class _ReadLogs(beam.PTransform):
+  """() -> ``(split, episode)`` from Recorder logs (``builders.lm_logs``' transforms)."""
+
+  def __init__(self, log_dirs: Sequence[str], schema_json: str, split: str):
+    super().__init__()
+    self._log_dirs, self._schema_json, self._split = tuple(log_dirs), schema_json, split
+
+  def expand(self, pbegin):
+    from builders.lm_logs import log_transforms as LT  # pylint: disable=g-import-not-at-top
+
+    return (pbegin
+            | "Episodes" >> LT.episodes_from_logs(self._log_dirs, self._schema_json)
+            | "ToSplit" >> beam.Map(_to_split, split=self._split))
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m pipelines.publish", description=__doc__,
                                    formatter_class=HelpFormatter)
-  parser.add_argument("--input", required=True, help="a stage's output dataset directory")
-  parser.add_argument("--splits", default="", help="comma-separated splits (default: all)")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--input", help="a stage's output dataset directory")
+  source.add_argument("--logs", help="Recorder log directories instead (comma-separated "
+                      "paths or glob patterns, e.g. 'logs/worker-*'): what `tfds build "
+                      "builders/lm_logs` publishes, on any runner, the DaskRunner included")
+  parser.add_argument("--splits", default="", help="comma-separated splits (default: all); "
+                      "with --logs, the one split that receives every episode (default: "
+                      "train)")
   parser.add_argument("--data_dir", required=True, help="TFDS data directory")
   parser.add_argument("--name", required=True, help="dataset name (snake_case)")
   parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH")
@@ -243,8 +307,11 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   args, beam_args = build_parser().parse_known_args(argv)
   started = time.perf_counter()
   setup = build_config(args)
-  source = dataset_io.open_input(args.input,
-                                 [s for s in args.splits.split(",") if s] or None)
+  if args.logs:
+    source = LogsInput(args.logs, args.splits)
+  else:
+    source = dataset_io.open_input(args.input,
+                                   [s for s in args.splits.split(",") if s] or None)
   schema = source.schema
   out = setup.out_dir
   options = scaffold.pipeline_options(beam_args, args.workers)  # checks the runner first
@@ -258,11 +325,15 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   out = scaffold.prepare_output(out, overwrite=True)
   with tf.io.gfile.GFile(marker, "w") as f:
     f.write("publishing; this version is incomplete until this file is removed\n")
-  total = sum(source.num_examples[s] for s in source.splits)
-  scaffold.progress(STAGE, f"{total} episodes from {source.path} -> {out}")
+  if args.logs:
+    scaffold.progress(STAGE, f"{len(source.log_dirs)} log(s) {source.path} -> {out}")
+  else:
+    total = sum(source.num_examples[s] for s in source.splits)
+    scaffold.progress(STAGE, f"{total} episodes from {source.path} -> {out}")
 
   pipeline = beam.Pipeline(options=options)
-  episodes = pipeline | "Read" >> dataset_io.ReadRecords(source)
+  episodes = pipeline | "Read" >> (source.reader() if args.logs
+                                   else dataset_io.ReadRecords(source))
   infos, dead, stats = episodes | "Publish" >> PublishEpisodes(setup, schema, source.splits,
                                                                args.num_shards)
   written = [infos, stats | "WriteStats" >> dataset_io.WriteLines(
@@ -275,10 +346,15 @@ def run(argv: Sequence[str] | None = None) -> scaffold.StageResult:
   result.wait_until_finish()
   with tf.io.gfile.GFile(os.path.join(out, DL.TMP_DIR, STATS_FILE)) as f:
     stats = json.loads(f.read())
+  if args.logs:  # the distinct episodes of the logs (copies in several logs count once)
+    total = sum(stats["episodes"].values())
+    source.num_examples = dict(stats["episodes"])
+    lineage["input"] = source.lineage()
   stage_result = scaffold.finalize(
       result=result, out_dir=out, name=args.name, config=schema, splits=source.splits,
       stage=STAGE, description=args.description, lineage=lineage, inputs_total=total,
-      started=started, max_dropped_fraction=args.max_dropped_fraction, upstream=[source],
+      started=started, max_dropped_fraction=args.max_dropped_fraction,
+      upstream=[] if args.logs else [source],
       stage_args=vars(args))
   for file_format in setup.file_formats[1:]:
     scaffold.progress(STAGE, f"adding the {file_format} copy")

@@ -132,8 +132,9 @@ def _refuse_dask(download_config: tfds.download.DownloadConfig) -> None:
     raise ValueError(
         "lm_logs: TFDS's Beam writer does not run on Beam's DaskRunner (its shard "
         "assignment reads side inputs that the DaskRunner leaves empty, Beam 2.77); "
-        "build with the local runner (--beam_pipeline_options=runner=DirectRunner), or "
-        "Dataflow/Flink/Spark")
+        "on Dask, publish the same logs with `python -m pipelines.publish --logs=...` "
+        "(the same episodes through the stages' writer), or build with the local runner "
+        "(--beam_pipeline_options=runner=DirectRunner) or Dataflow/Flink/Spark")
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):

@@ -300,3 +300,42 @@ def test_a_worker_killed_mid_stage_then_a_rerun_gives_the_whole_output(
   assert _files(os.fspath(out)) == _files(expected)
   assert _dead(os.fspath(out)) == _dead(expected)
   assert not (out / "_rlds_lm_tmp").exists()
+
+
+def test_logs_published_on_dask_equal_the_lm_logs_builder(cluster, tmp_path):
+  """`publish --logs` (the lm_logs builder's episodes through the stages' writer) on the
+  DaskRunner: the episodes of `tfds build builders/lm_logs` on the local runner, one copy
+  of each episode recorded in two logs."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+
+  from builders.lm_logs import lm_logs_dataset_builder as B  # pylint: disable=g-import-not-at-top
+  from rlds_lm import recorder  # pylint: disable=g-import-not-at-top
+
+  schema = S.SchemaConfig(vocab_size=259, teacher_top_k=4, reward_names=("correct",))
+  episodes = [T.fake_rollout(schema, seed=i, turns=1 + i % 2, action_len=3 + i)
+              for i in range(7)]
+  for name, part in (("worker-0", episodes[:5]), ("worker-1", episodes[3:])):
+    with recorder.Recorder(tmp_path / "logs" / name, schema) as rec:
+      for episode in part:
+        rec.record(episode)
+  logs = os.fspath(tmp_path / "logs" / "worker-*")
+  published = publish.run([f"--logs={logs}", f"--data_dir={tmp_path / 'dask'}",
+                           "--name=from_logs", "--num_shards=2", "--runner=DaskRunner",
+                           f"--dask_client_address={cluster.address}"])
+  builder = B.Builder(config=B.LmLogsConfig(name="from_logs", log_dir=logs),
+                      data_dir=os.fspath(tmp_path / "tfds"))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      beam_options=pipeline_options.PipelineOptions(flags=["--runner=DirectRunner"])))
+  expected = sorted(_episodes(os.fspath(builder.data_dir), "train"),
+                    key=lambda e: e[S.EPISODE_ID])
+  actual = sorted(_episodes(published.path, "train"), key=lambda e: e[S.EPISODE_ID])
+  assert len(expected) == 7
+  assert [e[S.EPISODE_ID] for e in actual] == [e[S.EPISODE_ID] for e in expected]
+  for a, e in zip(actual, expected):
+    T.assert_episodes_equal(a, e)
+  summary = _summary(published.path)[-1]
+  assert summary["inputs"] == summary["written"] == 7 and summary["dropped"] == 0
+  with pytest.raises(PipelineError, match="matches no directory"):
+    publish.run([f"--logs={tmp_path / 'nothing-*'}", f"--data_dir={tmp_path / 'x'}",
+                 "--name=none"])
