@@ -100,15 +100,25 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike[st
 
   Ids: pad=0, bos=1, eos=2, unk=3 (the layout Gemma uses), byte fallback on so every
   string round-trips (the 256 byte pieces need ``vocab_size`` of about 300 or more).
+  Writes ``model_prefix + ".model"``. The model is trained in memory, so its bytes (and
+  so the tokenizer's name) depend on the texts and options only, not on where it is
+  written (a model written by the trainer stores its output path).
   """
+  import io  # pylint: disable=g-import-not-at-top
+
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
-  prefix = os.fspath(model_prefix)
+  path = os.fspath(model_prefix) + ".model"
+  model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(list(texts)), model_prefix=prefix, vocab_size=vocab_size,
+      sentence_iterator=iter(list(texts)), model_writer=model, vocab_size=vocab_size,
       model_type=model_type, pad_id=0, bos_id=1, eos_id=2, unk_id=3, byte_fallback=True,
       character_coverage=1.0, num_threads=1, minloglevel=2)
-  return SentencePieceTokenizer(prefix + ".model")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "wb") as f:
+    f.write(model.getvalue())
+  os.replace(path + ".tmp", path)
+  return SentencePieceTokenizer(path)
 
 
 def tokenizer_from_name(name: str, model_path: str | None = None) -> Tokenizer:

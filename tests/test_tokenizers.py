@@ -29,3 +29,17 @@ def test_sentencepiece_trained_locally(tmp_path):
   with pytest.raises(ValueError, match="needs its SentencePiece model"):
     tokenizers.tokenizer_from_name(tok.name)
   assert tokenizers.tokenizer_from_name("byte").vocab_size == 259
+
+
+def test_the_same_sentencepiece_training_gives_the_same_identity_anywhere(tmp_path):
+  # The name is what a dataset stores to say which tokenizer wrote it: the same texts and
+  # options must give the same one whatever folder the model is written to.
+  texts = [f"{a} plus {b} is {a + b}" for a in range(40) for b in range(20)]
+  a = tokenizers.train_sentencepiece(texts, tmp_path / "one" / "spm", vocab_size=300)
+  b = tokenizers.train_sentencepiece(texts, tmp_path / "two" / "other", vocab_size=300)
+  assert a.name == b.name
+  assert (tmp_path / "one" / "spm.model").read_bytes() == (
+      tmp_path / "two" / "other.model").read_bytes()
+  c = tokenizers.train_sentencepiece(texts[:-100], tmp_path / "three" / "spm",
+                                     vocab_size=300)
+  assert c.name != a.name
