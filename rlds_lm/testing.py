@@ -9,7 +9,13 @@ Use them to test your own pipelines::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -218,3 +224,61 @@ class ScriptedServer:
   def __exit__(self, *exc: Any) -> None:
     self.httpd.shutdown()
     self.httpd.server_close()
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on right now."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_checkpoint(checkpoint: str, name: str, *, args: Sequence[str] = (),
+                      env: Mapping[str, str] | None = None, log_path: str | None = None,
+                      timeout_s: float = 180.0) -> Iterator[str]:
+  """``rlds-lm serve CHECKPOINT`` in a subprocess on a free localhost port; yields its
+  ``http://127.0.0.1:PORT/v1`` endpoint once ``/health`` answers and stops the server
+  on exit (terminate, then kill after 30 s).
+
+  Args:
+    checkpoint: the checkpoint directory to serve.
+    name: the served model name.
+    args: more ``rlds-lm serve`` flags.
+    env: extra environment variables of the server.
+    log_path: where the server's output goes (default: ``serve_NAME.log`` beside the
+      checkpoint); its tail is in the error when the server exits or never answers.
+    timeout_s: how long to wait for ``/health``.
+  """
+  import requests  # pylint: disable=g-import-not-at-top
+
+  port = free_port()
+  log_path = log_path or os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
+                                      f"serve_{name}.log")
+  with open(log_path, "w", encoding="utf-8") as log:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlds_lm.cli", "serve", checkpoint, "--port", str(port),
+         "--name", name, *args], env={**os.environ, **(env or {})}, stdout=log,
+        stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.monotonic() + timeout_s
+    while True:
+      if proc.poll() is not None:
+        with open(log_path, encoding="utf-8") as f:
+          raise RuntimeError(f"rlds-lm serve exited:\n{f.read()[-3000:]}")
+      try:
+        if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+          break
+      except requests.ConnectionError:
+        pass
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"rlds-lm serve did not answer within {timeout_s:g} s")
+      time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/v1"
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()

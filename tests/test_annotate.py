@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from rlds_lm import recorder as recorder_lib
 from rlds_lm import schema as S
 from rlds_lm import tokenizers
 from rlds_lm import validate as V
+from rlds_lm import testing as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
@@ -157,12 +157,6 @@ def test_agreement_counts_pairs_of_judges_per_prompt():
                                                           "rate": 0.5}
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _start(dataset, out, port):
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.Popen(
@@ -213,7 +207,7 @@ def _page(browser, url):
                     "install chromium)")
 def test_in_a_real_browser_with_a_kill_and_a_second_annotator(groups_dataset, tmp_path):
   playwright = pytest.importorskip("playwright.sync_api")
-  out, port = str(tmp_path / "out"), _free_port()
+  out, port = str(tmp_path / "out"), T.free_port()
   url = f"http://127.0.0.1:{port}/"
   server = _start(groups_dataset, out, port)
   try:

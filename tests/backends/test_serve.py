@@ -5,10 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,14 +19,9 @@ from rlds_lm.models import checkpoint
 from rlds_lm.models import config as model_config
 from rlds_lm.models import gemma
 from rlds_lm.models import sampling
+from rlds_lm import testing as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,35 +30,11 @@ def served(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("serve") / "ckpt")
   config = model_config.get_config("tiny")
   checkpoint.save(path, config, gemma.init_params(config, 3))
-  port = _free_port()
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             RLDS_LM_SERVE_TEST_KEY="sk-test", JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "rlds_lm.cli", "serve", path, "--port", str(port),
-       "--name", "tiny-policy", "--api_key_env", "RLDS_LM_SERVE_TEST_KEY"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  endpoint = f"http://127.0.0.1:{port}/v1"
-  try:
-    deadline = time.monotonic() + 180
-    while True:
-      if proc.poll() is not None:
-        pytest.fail(f"rlds-lm serve exited:\n{proc.stdout.read()[-3000:]}")
-      try:
-        if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-          break
-      except requests.ConnectionError:
-        pass
-      if time.monotonic() > deadline:
-        pytest.fail("rlds-lm serve did not answer within 180 s")
-      time.sleep(0.5)
+  env = {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+         "RLDS_LM_SERVE_TEST_KEY": "sk-test", "JAX_PLATFORMS": "cpu"}
+  with T.served_checkpoint(path, "tiny-policy", env=env,
+                           args=["--api_key_env", "RLDS_LM_SERVE_TEST_KEY"]) as endpoint:
     yield endpoint, local.LocalBackend.from_checkpoint(path, name="tiny-policy")
-  finally:
-    proc.terminate()
-    try:
-      proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
 
 
 def _client(endpoint, **kwargs):

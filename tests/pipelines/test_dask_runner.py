@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -189,7 +188,7 @@ def test_a_cluster_from_the_dask_command_lines_runs_a_stage(runs, tmp_path):
   """docs/pipelines.md's other way: `dask scheduler` and `dask worker` processes."""
   import distributed  # pylint: disable=g-import-not-at-top
   dask = os.path.join(os.path.dirname(sys.executable), "dask")
-  address = f"tcp://127.0.0.1:{_free_port()}"
+  address = f"tcp://127.0.0.1:{T.free_port()}"
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, PYTHONPATH=repo)
   started = []
@@ -218,15 +217,9 @@ def test_a_cluster_from_the_dask_command_lines_runs_a_stage(runs, tmp_path):
         process.wait(10)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_a_scheduler_that_does_not_answer_fails_fast_and_writes_nothing(runs, tmp_path):
   scored = runs[0]["scored"]
-  address = f"tcp://127.0.0.1:{_free_port()}"
+  address = f"tcp://127.0.0.1:{T.free_port()}"
   started = time.perf_counter()
   with pytest.raises(PipelineError, match="did not answer"):
     score.run([f"--rollouts={runs[0]['teacher']}", "--scorers=arithmetic",

@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-import requests
 
 from pipelines import generate
 from pipelines import judge
@@ -30,44 +25,6 @@ from pipeline_testlib import by_id  # pylint: disable=g-bad-import-order
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ONE_WORKER = ["--workers=1", "--num_shards=2"]
 FIXTURES = os.path.join(REPO, "tests", "backends", "fixtures")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _serve(checkpoint: str, name: str):
-  port = _free_port()
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  log = open(os.path.join(os.path.dirname(checkpoint), f"serve_{name}.log"), "w")
-  proc = subprocess.Popen([sys.executable, "-m", "rlds_lm.cli", "serve", checkpoint,
-                           "--port", str(port), "--name", name],
-                          env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-  proc.log_path = log.name
-  deadline = time.monotonic() + 180
-  while True:
-    if proc.poll() is not None:
-      raise RuntimeError(f"rlds-lm serve exited: {open(proc.log_path).read()[-2000:]}")
-    try:
-      if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-        return proc, f"http://127.0.0.1:{port}/v1"
-    except requests.ConnectionError:
-      pass
-    if time.monotonic() > deadline:
-      proc.kill()
-      raise RuntimeError("rlds-lm serve did not answer within 180 s")
-    time.sleep(0.5)
-
-
-def _stop(proc):
-  proc.terminate()
-  try:
-    proc.wait(timeout=30)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    proc.wait()
 
 
 def _chain(assets, work, policy, teacher_model, extra_policy=(), extra_teacher=()):
@@ -92,18 +49,13 @@ def _chain(assets, work, policy, teacher_model, extra_policy=(), extra_teacher=(
 @pytest.fixture(scope="module")
 def served_chain(assets, tmp_path_factory):
   """The five stages twice: in process, and with policy and teacher behind rlds-lm serve."""
-  policy_proc, policy_url = _serve(assets["policy"], "tiny")
-  try:
-    teacher_proc, teacher_url = _serve(assets["teacher"], "teacher")
-    try:
-      endpoint = ["--api_key_env=", "--max_concurrency=4"]
-      served = _chain(assets, tmp_path_factory.mktemp("served"), policy_url, teacher_url,
-                      ["--served_model=tiny", *endpoint],
-                      ["--served_model=teacher", *endpoint])
-    finally:
-      _stop(teacher_proc)
-  finally:
-    _stop(policy_proc)
+  env = {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  with testing.served_checkpoint(assets["policy"], "tiny", env=env) as policy_url, \
+       testing.served_checkpoint(assets["teacher"], "teacher", env=env) as teacher_url:
+    endpoint = ["--api_key_env=", "--max_concurrency=4"]
+    served = _chain(assets, tmp_path_factory.mktemp("served"), policy_url, teacher_url,
+                    ["--served_model=tiny", *endpoint],
+                    ["--served_model=teacher", *endpoint])
   local = _chain(assets, tmp_path_factory.mktemp("local"), assets["policy"],
                  assets["teacher"])
   return local, served

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,13 @@ import time
 import numpy as np
 import pytest
 
+from rlds_lm import testing as T
 from rlds_lm.trainers import multihost
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_multihost_child.py")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, EVERY = 4, 2
 RUN_TIMEOUT = 150  # seconds per run (2 cores shared with other work)
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _env(devices: int, processes: int, process_id: int, port: int) -> dict[str, str]:
@@ -65,7 +59,7 @@ def _start(tmp, name: str, dataset: str, workdir, processes: int, **extra):
               checkpoint_every=EVERY, out=os.fspath(out), timeout=60, **extra)
   spec_path = tmp / f"{name}.spec.json"
   spec_path.write_text(json.dumps(spec))
-  port = _free_port()
+  port = T.free_port()
   procs = []
   for p in range(processes):
     log = open(tmp / f"{name}.{p}.log", "w")  # pylint: disable=consider-using-with
@@ -194,7 +188,7 @@ def test_kill_one_process_restart_both_resumes_exactly(runs, dataset):
 @pytest.mark.cluster
 def test_a_coordinator_that_does_not_answer_is_a_clear_error():
   code = ("from rlds_lm.trainers import multihost\n"
-          f"multihost.initialize('127.0.0.1:{_free_port()}', 2, 1, initialization_timeout=2)")
+          f"multihost.initialize('127.0.0.1:{T.free_port()}', 2, 1, initialization_timeout=2)")
   result = subprocess.run([sys.executable, "-c", code], env=_env(1, 1, 0, 0),
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 1
@@ -291,7 +285,7 @@ def teacher(tmp_path_factory):
 def _start_distill(tmp, name: str, flags: list[str], processes: int, *, dying=None):
   """``python -m rlds_lm.trainers.distill FLAGS`` once per process (4 devices in all),
   each with the multi-host flags; ``dying=(after, process)`` runs :data:`DYING_DISTILL`."""
-  port = _free_port()
+  port = T.free_port()
   procs = []
   for p in range(processes):
     job = ([] if processes == 1 else
