@@ -126,6 +126,7 @@ def quickstart_teacher(workdir: str, sizes: Sizes, quickstart_dir: str | None
   from rlds_lm import quickstart  # pylint: disable=g-import-not-at-top
   from rlds_lm import toy  # pylint: disable=g-import-not-at-top
   from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from rlds_lm.models import gemma  # pylint: disable=g-import-not-at-top
 
   qc = quickstart.QuickstartConfig()
   train, test = toy.split_problems(qc.max_operand, qc.test_fraction, qc.seed)
@@ -164,17 +165,12 @@ def quickstart_teacher(workdir: str, sizes: Sizes, quickstart_dir: str | None
   fit_logits, _ = first(train, sizes.fit_tokens + sizes.validation_tokens)
   return {"name": "quickstart", "vocab_size": model.vocab_size, "logits": logits,
           "tokens": tokens, "fit_logits": fit_logits, "checkpoint": path,
-          "params": int(sum(np.asarray(x).size for x in _leaves(params))),
+          "params": gemma.count_params_of(params),
           "d_model": model.d_model, "num_layers": model.num_layers, "steps": steps,
           "origin": origin, "tokenizer": "byte", "train_s": time.perf_counter() - t0,
           "evaluated": f"answer tokens (answer bytes + EOS) of the first test problems "
                        f"({len(test)} test problems)",
           "fit": "answer tokens of the train problems"}
-
-
-def _leaves(params: Any) -> list[Any]:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_leaves(params)
 
 
 def _text_lines() -> tuple[list[str], list[str]]:
@@ -205,6 +201,7 @@ def text_teacher(workdir: str, sizes: Sizes) -> dict[str, Any]:
   from rlds_lm import tokenizers  # pylint: disable=g-import-not-at-top
   from rlds_lm import toy  # pylint: disable=g-import-not-at-top
   from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from rlds_lm.models import gemma  # pylint: disable=g-import-not-at-top
 
   t0 = time.perf_counter()
   train_lines, held_lines = _text_lines()
@@ -256,7 +253,7 @@ def text_teacher(workdir: str, sizes: Sizes) -> dict[str, Any]:
   nll = _nll(logits, targets)  # held-out loss of the teacher: how much it learned
   return {"name": "text", "vocab_size": model.vocab_size, "logits": logits[:n],
           "tokens": targets[:n], "fit_logits": logits[n:], "checkpoint": path,
-          "params": int(sum(np.asarray(x).size for x in _leaves(params))),
+          "params": gemma.count_params_of(params),
           "d_model": model.d_model, "num_layers": model.num_layers,
           "steps": sizes.text_steps, "origin": "trained here", "tokenizer": tok.name,
           "train_chunks": len(train_chunks), "held_out_nll": nll,
