@@ -34,12 +34,6 @@ and the plot ``DIR/repro_gkd.png``.
     python -m benchmarks.repro_gkd --out docs/      # about 10 minutes on 2 idle CPUs
     python -m benchmarks.repro_gkd --quick          # smoke run, about a minute
     python -m benchmarks.repro_gkd --size large     # the GPU setting
-
-The arithmetic helpers above the experiment (``Sizes``, ``split_problems``,
-``publish_references``, ``warm_start``, ``results_main``, ...) are the shared toy
-plumbing that ``repro_jbond`` and ``repro_rlef`` import; the previous arithmetic GKD
-experiment that used them is gone (docs/results.md explains why it could not show the
-paper's effect).
 """
 
 from __future__ import annotations
@@ -55,157 +49,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks import _results as R
 from rlds_lm import toy
 from rlds_lm.tasks import digit_sum
 from rlds_lm.tasks import dyck
 
 NAME = "repro_gkd"
-DOC_NAME = "results.md"
-DOC_INTRO = """\
-# Results
-
-Experiments run with rlds_lm's own trainers on data published as rollout datasets, as
-opposed to the throughput measurements of [benchmarks.md](benchmarks.md). Each one is a
-script in `benchmarks/` that writes its raw numbers to `benchmarks/results/<name>.json`
-and regenerates its own section of this file between `<!-- begin: <name> -->` /
-`<!-- end: <name> -->` markers (plots next to it); everything outside the markers is
-written by hand. They are toy-scale, CPU-sized replications of published claims: they
-check that the code paths behave as the papers describe, not that the claims hold at
-scale.
-
-"""
-
-# --------------------------------------------------------------------------------------
-# Shared toy plumbing: repro_jbond and repro_rlef import these (the arithmetic warm start,
-# the report helpers); the GKD experiment below uses only the report helpers.
-# --------------------------------------------------------------------------------------
-
-BOS, EOS = toy.BOS, toy.EOS
-MAX_NEW_TOKENS = toy.ANSWER_TOKENS
-prompt_tokens, answer_tokens = toy.prompt_tokens, toy.answer_tokens
-is_correct, make_eval_fn = toy.is_correct, toy.make_eval_fn
-MAX_LENGTH = 16  # BOS + "19-19=" + answer + EOS fits
-
-
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-  """Everything that sets the experiment's size."""
-
-  max_operand: int  # operands in [0, max_operand)
-  test_fraction: float  # share of the distinct problems held out for the test split
-  teacher_steps: int
-  teacher_batch: int
-  teacher_lr: float
-  teacher_samples: int  # teacher samples per train prompt (SeqKD / supervised KD data)
-  top_k: int  # stored teacher top-k
-  warm_steps: int  # SFT steps of the common student starting point
-  warm_lr: float
-  student_steps: int  # steps of every method from that starting point
-  student_batch: int
-  student_lr: float
-  eval_every: int
-  seeds: tuple[int, ...]
-  betas: tuple[float, ...]
-  teacher_width: int = 96  # d_model; 4 heads, MLP 4x, 4 layers
-
-
-FULL = Sizes(max_operand=20, test_fraction=0.25, teacher_steps=1200, teacher_batch=32,
-             teacher_lr=5e-3, teacher_samples=4, top_k=16, warm_steps=300, warm_lr=5e-3,
-             student_steps=200, student_batch=32, student_lr=3e-3, eval_every=25,
-             seeds=(0, 1), betas=(0.1, 0.5, 0.9))
-QUICK = Sizes(max_operand=6, test_fraction=0.25, teacher_steps=10, teacher_batch=8,
-              teacher_lr=3e-3, teacher_samples=1, top_k=8, warm_steps=5, warm_lr=3e-3,
-              student_steps=5, student_batch=8, student_lr=3e-3, eval_every=5,
-              seeds=(0,), betas=(0.5,), teacher_width=32)
-
-
-# --------------------------------------------------------------------------------------
-# Data.
-# --------------------------------------------------------------------------------------
-
-
-def split_problems(sizes: Sizes):
-  """(train, test): every distinct problem, in the generator's (random) order."""
-  from rlds_lm import toy  # pylint: disable=g-import-not-at-top
-  return toy.split_problems(sizes.max_operand, sizes.test_fraction)
-
-
-def publish_references(data_dir: str, problems) -> str:
-  """The train split with its reference answers as rollout episodes (SFT data)."""
-  from rlds_lm import toy  # pylint: disable=g-import-not-at-top
-  return toy.publish_references(data_dir, problems,
-                                lineage={"benchmark": NAME, "kind": "reference answers"})
-
-
-# --------------------------------------------------------------------------------------
-# Training.
-# --------------------------------------------------------------------------------------
-
-
-def _curve(workdir: str) -> list[list[float]]:
-  """[[step, accuracy], ...] from a run's metrics.jsonl (one point per step)."""
-  from rlds_lm.trainers import common  # pylint: disable=g-import-not-at-top
-  return common.metric_curve(workdir, "eval/accuracy")
-
-
-def _distill_config(sizes: Sizes, **kwargs: Any):
-  from rlds_lm.trainers import common  # pylint: disable=g-import-not-at-top
-  from rlds_lm.trainers import distill  # pylint: disable=g-import-not-at-top
-  steps, lr = kwargs.pop("steps"), kwargs.pop("lr")
-  return distill.DistillConfig(
-      steps=steps, max_length=MAX_LENGTH, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0,
-      optim=common.OptimConfig(learning_rate=lr, warmup_steps=max(1, steps // 20)),
-      log_every=max(1, sizes.eval_every), checkpoint_every=steps,
-      eval_every=sizes.eval_every, eos_id=EOS, **kwargs)
-
-
-def warm_start(work: str, seed: int, reference: str, sizes: Sizes,
-               eval_fn) -> dict[str, Any]:
-  """The common starting point of every method: ``tiny`` from ``seed``, SFT'd."""
-  from rlds_lm.trainers import distill  # pylint: disable=g-import-not-at-top
-  workdir = os.path.join(work, "runs", f"warm_start_seed{seed}")
-  result = distill.train(_distill_config(
-      sizes, datasets={reference: 1.0}, workdir=workdir, student="tiny", loss="seqkd",
-      steps=sizes.warm_steps, batch_size=sizes.student_batch, lr=sizes.warm_lr,
-      seed=seed), eval_fn)
-  return {"method": "warm_start", "seed": seed, "checkpoint": result["student"],
-          "accuracy": result["eval"]["eval/accuracy"], "curve": _curve(workdir),
-          "seconds": result["seconds"]}
-
-
-def _restore(path: str):
-  from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  restored = ckpt_lib.restore(path)
-  return restored.config, restored.params
-
-
-def plot_name(quick: bool, name: str = NAME) -> str:
-  return f"{name}{'.quick' if quick else ''}.png"
-
-
-def save_figure(fig, path: str) -> str:
-  """Writes a results figure (PNG) and releases it."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def results_main(name: str, args, run, markdown, plot) -> int:
-  """The shared ``main`` body of the reproductions: run (or reload), plot next to
-  docs/results.md, and regenerate the section ``name`` there."""
-
-  def render(data: dict[str, Any]) -> str:
-    if args.out:
-      os.makedirs(args.out, exist_ok=True)
-      path = plot(data, os.path.join(args.out, plot_name(data["quick"], name)))
-      print(f"wrote {path}")
-    return markdown(data)
-
-  return C.run_benchmark(name, args, run, render, doc_name=DOC_NAME, intro=DOC_INTRO)
-
-
+EOS = toy.EOS
 
 
 # ======================================================================================
@@ -621,7 +471,6 @@ def ds_train_student(work: str, method: DsMethod, seed: int, datasets: Mapping[s
   ``compute_ratio`` times as many (a constant learning rate after the warm-up, so their
   first ``student_steps`` are the equal-steps comparison); test metrics at the
   equal-steps point (kept by ``keep_when`` on the step count) and at the end."""
-  from rlds_lm.models import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from rlds_lm.trainers import distill  # pylint: disable=g-import-not-at-top
   workdir = os.path.join(work, "runs", f"{method.key}_seed{seed}")
   steps = sizes.student_steps * (1 if method.on_policy else sizes.compute_ratio)
@@ -650,7 +499,7 @@ def ds_train_student(work: str, method: DsMethod, seed: int, datasets: Mapping[s
       eval_every=sizes.eval_every, seed=seed), val_and_mark, progress=progress)
   steady = steady_seconds(points)
   train_seconds = steady[-1][1] if steady else result["seconds"]
-  final_test = test_fn(*_restore_ckpt(ckpt_lib, result["student"]))
+  final_test = test_fn(*R.restore(result["student"]))
   return {"method": method.key, "seed": seed, "steps": steps,
           "val": {k: common_curve(workdir, f"eval/{k}")
                   for k in ("valid", "kl", *(f"valid_L{n}" for n in sizes.lengths),
@@ -679,10 +528,6 @@ def equal_compute(run: dict[str, Any], seconds: float, test_fn) -> None:
 def _is_on(sizes: GkdSizes, key: str) -> bool:
   return any(m.key == key and m.student_fraction == 1.0 for m in ds_methods(sizes))
 
-
-def _restore_ckpt(ckpt_lib, path):
-  restored = ckpt_lib.restore(path)
-  return restored.config, restored.params
 
 
 def ds_teacher_quality(teacher_dir: str, problems_by_length, seed: int,
@@ -748,7 +593,7 @@ def ds_run(args) -> dict[str, Any]:
                              task=spec.name, policy="oracle",
                              top_k=sizes.top_k, lineage={"kind": "exact samples",
                                                           "teacher_digest": digest})
-    restored = _restore(teacher["checkpoint"])
+    restored = R.restore(teacher["checkpoint"])
     ts_problems = spec.problems(sizes.teacher_rows, sizes.lengths, seed=3)
     ts = sample_rows(*restored, ts_problems,
                      [S.content_seed("teacher-sample", digest, i)
@@ -767,7 +612,7 @@ def ds_run(args) -> dict[str, Any]:
     runs, warm = [], []
     for seed in sizes.seeds:
       start = ds_warm_start(work, seed, reference, sizes, val_fn)
-      start["test"] = test_fn(*_restore(start["checkpoint"]))
+      start["test"] = test_fn(*R.restore(start["checkpoint"]))
       print(f"warm start seed {seed}: {start['steps']} steps, val validity "
             f"{start['eval'].get('eval/valid', float('nan')):.3f}, test "
             f"{start['test']['valid']:.3f}, {start['seconds']:.0f} s", flush=True)
@@ -983,7 +828,7 @@ def ds_plot(data: dict[str, Any], path: str) -> str:
   fig.suptitle(f"GKD on {data['sizes']['task']}: mean of {seeds} seed{'s' if seeds > 1 else ''} "
                f"(bars: seed min-max; solid: lambda = 1, dotted: 0.5, dashed: off-policy)",
                fontsize=10)
-  return save_figure(fig, path)
+  return R.save_figure(fig, path)
 
 
 def _cell(stats, scale: float = 100, digits: int = 1) -> str:
@@ -1111,7 +956,7 @@ def ds_markdown(data: dict[str, Any]) -> str:
       "Claims (one line each in `benchmarks/results/repro_gkd.json`):", "",
       *claim_lines, "", evidence(data, rows), "",
       f"![Validity and teacher KL against the output length; validation validity "
-      f"against training time]({plot_name(data['quick'])})", "",
+      f"against training time]({R.plot_name(data['quick'], NAME)})", "",
       "Caveats. The grid is cut to fit the 2-CPU budget: lambda = 1 runs beta in "
       "{0, 0.5, 1}, lambda = 0 and 0.5 run beta = 0.5 only (`--size large` runs the "
       "full 3 x 3 grid); one run trains on all lengths at once, so the length sweep is "
@@ -1137,7 +982,7 @@ def main(argv=None) -> int:
   parser.add_argument("--task", choices=sorted(TASK_SPECS), default="",
                       help="override the task (default: the size's)")
   args = parser.parse_args(argv)
-  return results_main(NAME, args, ds_run, ds_markdown, ds_plot)
+  return R.results_main(NAME, args, ds_run, ds_markdown, ds_plot)
 
 
 if __name__ == "__main__":

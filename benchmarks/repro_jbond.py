@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks import repro_gkd as G
+from benchmarks import _results as R
 
 NAME = "repro_jbond"
 REWARD_NAME = "toy_number_distance"
@@ -702,7 +702,7 @@ def plot(data: dict[str, Any], path: str) -> str:
       ax.set_title("BOND / J-BOND / REINFORCE on toy_number (-log10(1 + |x - target|)), "
                    f"seed {data['sizes']['seed']}", fontsize=9)
       ax.legend(fontsize=7, loc="lower right")
-  return G.save_figure(fig, path)
+  return R.save_figure(fig, path)
 
 
 def outcome(data: Mapping[str, Any]) -> str:
@@ -884,7 +884,7 @@ def markdown(data: dict[str, Any]) -> str:
       "",
       f"![Reward against KL(policy || reference): the Best-of-N frontier, the "
       f"KL-regularised optimum, and the checkpoints of BOND, J-BOND and REINFORCE]"
-      f"({G.plot_name(data['quick'], data['benchmark'])})",
+      f"({R.plot_name(data['quick'], data['benchmark'])})",
       "",
       gpu_line(data),
       "",
@@ -911,7 +911,7 @@ def main(argv=None) -> int:
   parser.add_argument("--prompts-per-step", type=int, default=0,
                       help="override the prompts per step")
   args = parser.parse_args(argv)
-  return G.results_main(NAME + "_gpu" if args.gpu else NAME, args, run, markdown, plot)
+  return R.results_main(NAME + "_gpu" if args.gpu else NAME, args, run, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -51,12 +51,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks import repro_gkd as G
+from benchmarks import _results as R
+from rlds_lm import toy
 
 NAME = "repro_rlef"
-DOC_NAME = G.DOC_NAME
-DOC_INTRO = G.DOC_INTRO
-BOS, EOS = G.BOS, G.EOS
+BOS, EOS = toy.BOS, toy.EOS
 # How FULL was chosen: probes evaluated on held-out documents of a probe config (the same
 # world settings, other documents: validation), never on the reported test documents.
 TUNING_NOTE = (
@@ -371,7 +370,7 @@ def train_rlef(work: str, prompts: str, policy: str, nli_dir: str, reward: str,
       if "oracle" in row:
         curve.append({k: float(row[k]) for k in CURVE_KEYS if k in row})
   t0 = time.perf_counter()
-  final = eval_fn(*G._restore(result["policy"]))  # pylint: disable=protected-access
+  final = eval_fn(*R.restore(result["policy"]))
   return {"reward": reward, "kl_coef": kl_coef, "final": final, "curve": curve,
           "prompts": result["prompts"], "seconds": result["seconds"],
           "eval_seconds": time.perf_counter() - t0}
@@ -418,7 +417,7 @@ def run(args) -> dict[str, Any]:
     print(f"nli: {nli_report}; references: {ceiling}; scorer: {blind_spots}", flush=True)
 
     sft = train_sft(work, references, sizes)
-    ref_model, ref_params = G._restore(sft["checkpoint"])  # pylint: disable=protected-access
+    ref_model, ref_params = R.restore(sft["checkpoint"])
     eval_fn = make_eval_fn(eval_records, classifier, ref_params, sizes)
     t0 = time.perf_counter()
     start = eval_fn(ref_model, ref_params)
@@ -640,7 +639,7 @@ def plot(data: dict[str, Any], path: str) -> str:
                f"{_pct(data['sizes']['unfaithful'])} unfaithful references; policy "
                f"d_model {data['sizes']['width']}, {data['sizes']['layers']} layers; 1 seed",
                fontsize=10)
-  return G.save_figure(fig, path)
+  return R.save_figure(fig, path)
 
 
 def _final_row(label: str, f: Mapping[str, Any], seconds: str) -> list[str]:
@@ -729,7 +728,7 @@ def markdown(data: dict[str, Any]) -> str:
       discussion(data),
       "",
       f"![Training-batch oracle and NLI, held-out score against KL, length and KL against "
-      f"step]({G.plot_name(data['quick'], data['benchmark'])})",
+      f"step]({R.plot_name(data['quick'], data['benchmark'])})",
       "",
   ]
   for run in data["runs"][:1] + [r for r in data["runs"] if r["reward"] == "oracle"]:
@@ -823,7 +822,7 @@ def main(argv=None) -> int:
   name = NAME + ("_large" if args.large else "") + (
       "_validation" if args.eval_split == "validation" else "")
   args.result_name = name
-  return G.results_main(name, args, run, markdown, plot)
+  return R.results_main(name, args, run, markdown, plot)
 
 
 if __name__ == "__main__":
