@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -297,6 +299,24 @@ def test_packed_refuses_repeated_ids_and_bad_blobs(logits, tokens):
     TT.get_codec("gzip", VOCAB)
   with pytest.raises(ValueError, match="PackedCodec.levels: expected 1..255, found 300"):
     TT.PackedCodec(VOCAB, levels=300)
+
+
+FIXTURE_V1 = os.path.join(os.path.dirname(__file__), "fixtures", "teacher_packed_v1.npz")
+
+
+@pytest.mark.parametrize("case", ["zstd128", "zlib32", "none", "notail", "wide"])
+def test_packed_decodes_blobs_written_by_format_version_1(case):
+  # Blobs encoded by PackedCodec format version 1 (commit a3b9814, before issue 15), with
+  # the arrays that code decoded them to: they must still decode to the same arrays.
+  saved = np.load(FIXTURE_V1)
+  vocab, num_tokens = (int(x) for x in saved[f"{case}/meta"])
+  blob = saved[f"{case}/blob"].tobytes()
+  assert blob[1] == 1  # the format version byte
+  out = TT.decode(blob, num_tokens, vocab)
+  fields = {key.split("/", 1)[1] for key in saved.files if key.startswith(case + "/")}
+  assert set(out) == fields - {"blob", "meta"}
+  for name, value in out.items():
+    np.testing.assert_array_equal(value, saved[f"{case}/{name}"], err_msg=name)
 
 
 def test_bit_packing_round_trip():
