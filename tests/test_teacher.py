@@ -319,6 +319,51 @@ def test_packed_decodes_blobs_written_by_format_version_1(case):
     np.testing.assert_array_equal(value, saved[f"{case}/{name}"], err_msg=name)
 
 
+def test_packed_writes_format_version_2_and_names_unknown_versions(logits, tokens):
+  codec = TT.PackedCodec(VOCAB)
+  data = codec.encode(_arrays(logits, tokens))
+  assert data[:2] == bytes([codec.tag, 2])
+  with pytest.raises(ValueError, match=r"packed data: expected format version 1 or 2, "
+                                       r"found 9 \(written by a newer rlds_lm\?\)"):
+    codec.decode(data[:1] + b"\x09" + data[2:], TOKENS)
+  with pytest.raises(ValueError, match="fp16 data: expected format version 1, found 2"):
+    TT.Fp16Codec(VOCAB).decode(bytes([TT.Fp16Codec.tag]) + data[1:], TOKENS)
+
+
+@pytest.mark.parametrize("layout", ["frequency-ordered", "shuffled"])
+@pytest.mark.parametrize("compressor", ["zstd", "zlib", "none"])
+def test_packed_round_trip_of_wide_turns(layout, compressor):
+  # Enough entries (T * K = 16384) for the id coder to split rows into several contexts.
+  vocab, t, k = 8192, 128, 128
+  x = TT.zipf_logits(t, vocab, seed=7, shuffle_ids=layout == "shuffled")
+  arrays = TT.teacher_arrays(x, np.zeros(t, np.int32), top_k=k)
+  codec = TT.PackedCodec(vocab, compressor=compressor)
+  out = codec.decode(codec.encode(arrays), t)
+  np.testing.assert_array_equal(np.sort(out[S.TEACHER_TOPK_IDS], -1),
+                                np.sort(arrays[S.TEACHER_TOPK_IDS], -1))
+  got = _by_id(out[S.TEACHER_TOPK_IDS], out[S.TEACHER_TOPK_LOGPROBS]).astype(np.float64)
+  want = _by_id(arrays[S.TEACHER_TOPK_IDS], arrays[S.TEACHER_TOPK_LOGPROBS]).astype(np.float64)
+  assert np.abs(np.exp(got / 2) - np.exp(want / 2)).max() <= 0.5 / codec.levels + 2e-3
+
+
+def test_packed_entropy_codes_the_bits_below_each_gaps_leading_one():
+  # Every gap is 64: bit length 7, and the 6 bits below its leading 1 are all 0. Raw
+  # bits would cost 6 bits per id whatever their values; the top two of them are coded
+  # with the bit length, so their regularity is paid for once, not per id.
+  t, k, vocab = 64, 32, 4096
+  offsets = np.random.default_rng(0).integers(0, 64, t)
+  ids = offsets[:, None] + 64 * np.arange(k)[None, :]
+  logprobs = np.log(np.full((t, k), 0.5 / k))
+  arrays = {S.TEACHER_TOPK_IDS: ids.astype(np.int32),
+            S.TEACHER_TOPK_LOGPROBS: logprobs.astype(np.float32)}
+  codec = TT.PackedCodec(vocab)
+  sizes = codec.size_breakdown(arrays)
+  assert sizes["topk_id_bits"] <= t * k * 4 / 8 + 2
+  assert sizes["topk_id_classes"] + sizes["topk_id_bits"] < 0.75 * t * k * 6 / 8
+  out = codec.decode(codec.encode(arrays), t)
+  np.testing.assert_array_equal(np.sort(out[S.TEACHER_TOPK_IDS], -1), ids)
+
+
 def test_bit_packing_round_trip():
   rng = np.random.default_rng(0)
   nbits = rng.integers(0, 40, 500)

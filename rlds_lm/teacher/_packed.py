@@ -22,7 +22,7 @@ from rlds_lm.teacher._bytes import _check
 from rlds_lm.teacher._bytes import _check_vocab
 from rlds_lm.teacher._bytes import _header
 from rlds_lm.teacher._bytes import _le
-from rlds_lm.teacher._bytes import _read_header
+from rlds_lm.teacher._bytes import _read_versioned_header
 from rlds_lm.teacher._bytes import _sampled_entries
 from rlds_lm.teacher._bytes import _sampled_layout
 from rlds_lm.teacher._bytes import _varint
@@ -44,8 +44,16 @@ _TAU_OFFSET = 32768
 _TAU_DTYPE = np.dtype("<u2")
 _TAU_BUCKET = 1.5  # probability contexts: -ln(tau) in 1.5-nat buckets ...
 _TAU_CONTEXTS = 8  # ... the last one open-ended
-_SYMBOLS_PER_CONTEXT = 1024  # fewer contexts for small turns (each costs a frame header)
-_MAX_ID_CONTEXTS = 16
+# Format versions: 1 (id gaps coded by bit length; tau as one 16-bit stream) is read;
+# 2 is written: each gap's bit length and the ID_SYMBOL_BITS bits below its leading 1 form
+# one entropy-coded symbol, the number of id contexts is chosen per turn by trial, and
+# tau's high and low bytes are two streams.
+_VERSION = 2
+_VERSIONS = (1, 2)
+_ID_SYMBOL_BITS = 2
+_ID_CONTEXT_CHOICES = (1, 2, 4, 8, 16)
+_MIN_SYMBOLS_PER_CONTEXT = 256
+_TRIAL_LEVEL = 3
 
 
 class _Streams:
@@ -139,10 +147,6 @@ def _position_contexts(t: int, k: int, n: int) -> np.ndarray:
   return np.broadcast_to((np.arange(k) * n) // max(k, 1), (t, k))
 
 
-def _num_contexts(symbols: int, limit: int) -> int:
-  return int(np.clip(symbols // _SYMBOLS_PER_CONTEXT, 1, limit))
-
-
 def _gaps(sorted_ids: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Elias-gamma split of ascending ids: (class = bit length of gap + 1, mantissa).
 
@@ -161,6 +165,38 @@ def _ungaps(classes: np.ndarray, mantissa: np.ndarray, starts: np.ndarray) -> np
   total = np.cumsum(value)
   row_base = np.maximum.accumulate(np.where(starts, total - value, 0))
   return total - row_base - 1
+
+
+def _gap_symbols(classes: np.ndarray, mantissa: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Format 2: (symbol, low bits, their widths) of Elias-gamma gaps.
+
+  The symbol ``class * 4 + top`` holds the bit length and the (up to) ``_ID_SYMBOL_BITS``
+  bits below the leading 1, left-aligned, so it is entropy-coded: within one bit length,
+  gaps are far from uniform (small gaps are more likely), which raw bits cannot use.
+  """
+  extra = np.minimum(classes - 1, _ID_SYMBOL_BITS)
+  low_bits = classes - 1 - extra
+  top = mantissa >> low_bits
+  low = mantissa & ((np.int64(1) << low_bits) - 1)
+  symbols = (classes << _ID_SYMBOL_BITS) | (top << (_ID_SYMBOL_BITS - extra))
+  return symbols, low, low_bits
+
+
+def _symbol_classes(symbols: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray]:
+  """Inverse of :func:`_gap_symbols` up to the low bits: (class, top bits, low widths)."""
+  classes = symbols >> _ID_SYMBOL_BITS
+  if symbols.size and (classes.min() < 1 or classes.max() > 32):
+    raise ValueError(f"packed data: expected {what} with bit lengths in 1..32, found "
+                     f"{classes.min()}..{classes.max()}")
+  extra = np.minimum(classes - 1, _ID_SYMBOL_BITS)
+  pad = _ID_SYMBOL_BITS - extra
+  field = symbols & ((1 << _ID_SYMBOL_BITS) - 1)
+  if np.any(field & ((np.int64(1) << pad) - 1)):
+    raise ValueError(f"packed data: expected {what} whose unused bits are 0, found "
+                     f"others (corrupt data)")
+  return classes, field >> pad, classes - 1 - extra
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +275,7 @@ class PackedCodec:
     teacher = _check(arrays, self.vocab_size)
     streams = _Streams(self.compressor, self.level)
     sections: dict[str, list[bytes]] = {
-        "header": [_header(self.tag, teacher),
+        "header": [_header(self.tag, teacher, _VERSION),
                    bytes([_COMPRESSORS[self.compressor], self.levels])],
         "tail_mass": [], "topk_id_classes": [], "topk_id_bits": [], "topk_probs": [],
         "token_logprob": [], "sampled": []}
@@ -252,12 +288,12 @@ class PackedCodec:
       rows, ids, counts = _sampled_entries(teacher)
       starts = np.ones(rows.size, bool)
       starts[1:] = rows[1:] != rows[:-1]
-      classes, mantissa = _gaps(ids, starts)
+      symbols, low, low_bits = _gap_symbols(*_gaps(ids, starts))
       count_dtype = _count_dtype(teacher.s)
       sections["sampled"] += [
           streams.pack((counts - 1).astype(count_dtype).tobytes()),
-          streams.pack(classes.astype(np.uint8).tobytes()),
-          streams.pack(pack_bits(mantissa, classes - 1), compress=False)]
+          streams.pack(symbols.astype(np.uint8).tobytes()),
+          streams.pack(pack_bits(low, low_bits), compress=False)]
     return sections
 
   def _encode_topk(self, teacher: _Teacher, streams: _Streams,
@@ -272,18 +308,30 @@ class PackedCodec:
       raise ValueError(f"{S.TEACHER_TOPK_IDS}: expected distinct ids in each row, found id "
                        f"{ids[row, col]} twice in row {row}")
     tau_code = self._tau_code(logprobs)
-    sections["tail_mass"].append(streams.pack(tau_code.astype(_TAU_DTYPE).tobytes()))
+    sections["tail_mass"] += [streams.pack((tau_code >> 8).astype(np.uint8).tobytes()),
+                              streams.pack((tau_code & 255).astype(np.uint8).tobytes())]
 
     starts = np.zeros((t, k), bool)
     starts[:, 0] = True
-    classes, mantissa = _gaps(ids.reshape(-1), starts.reshape(-1))
-    n_ctx = _num_contexts(t * k, _MAX_ID_CONTEXTS)
-    contexts = _position_contexts(t, k, n_ctx)
+    symbols, low, low_bits = _gap_symbols(*_gaps(ids.reshape(-1), starts.reshape(-1)))
+    symbols = symbols.reshape(t, k)
+    # Which split of the row positions into contexts pays for its extra streams depends
+    # on the vocabulary's layout and the turn's size: try each with a fast compression
+    # level (it ranks the splits as the slow one does, to a fraction of a byte per
+    # token), keep the smallest.
+    trial = _Streams(self.compressor, min(self.level, _TRIAL_LEVEL))
+    sizes = {}
+    for n_ctx in _ID_CONTEXT_CHOICES:
+      if n_ctx > 1 and (t * k < n_ctx * _MIN_SYMBOLS_PER_CONTEXT
+                        or self.compressor == "none"):
+        break
+      sizes[n_ctx] = sum(len(trial.pack(b)) for b in _context_symbols(
+          symbols, _position_contexts(t, k, n_ctx), n_ctx))
+    n_ctx = min(sizes, key=sizes.get)
     sections["topk_id_classes"].append(bytes([n_ctx]))
-    sections["topk_id_classes"] += [
-        streams.pack(b) for b in _context_symbols(classes.reshape(t, k), contexts, n_ctx)]
-    sections["topk_id_bits"].append(
-        streams.pack(pack_bits(mantissa, classes - 1), compress=False))
+    sections["topk_id_classes"] += [streams.pack(b) for b in _context_symbols(
+        symbols, _position_contexts(t, k, n_ctx), n_ctx)]
+    sections["topk_id_bits"].append(streams.pack(pack_bits(low, low_bits), compress=False))
 
     bins = np.rint(np.exp(logprobs / 2) * self.levels)  # sqrt(p) * levels
     bins = np.clip(bins, 0, self.levels).astype(np.int64)
@@ -311,7 +359,8 @@ class PackedCodec:
 
   def decode(self, data: bytes, num_tokens: int) -> dict[str, np.ndarray]:
     reader = _Reader(data, self.name)
-    k, s, has_tlp = _read_header(reader, self.tag, num_tokens, self.vocab_size)
+    version, k, s, has_tlp = _read_versioned_header(reader, self.tag, num_tokens,
+                                                    self.vocab_size, _VERSIONS)
     compressor = _COMPRESSOR_NAMES.get(reader.byte("the compressor"))
     if compressor is None:
       raise ValueError(f"packed data: expected a compressor id in {_COMPRESSOR_NAMES}")
@@ -321,7 +370,7 @@ class PackedCodec:
     t = num_tokens
     out: dict[str, np.ndarray] = {}
     if k:
-      out.update(self._decode_topk(reader, compressor, levels, t, k))
+      out.update(self._decode_topk(reader, compressor, levels, t, k, version))
     if has_tlp:
       out[S.TEACHER_TOKEN_LOGPROB] = reader.array(np.float16, t, "token_logprob").astype(
           np.float32)
@@ -339,7 +388,7 @@ class PackedCodec:
       starts[1:] = rows[1:] != rows[:-1]
       classes = np.frombuffer(_unpack_stream(reader, compressor, counts.size,
                                              "sampled id classes"), np.uint8).astype(np.int64)
-      mantissa = self._read_mantissa(reader, classes, "sampled id bits")
+      classes, mantissa = self._read_gaps(reader, classes, version, "sampled id")
       ids = _ungaps(classes, mantissa, starts)
       self._check_ids(ids, S.TEACHER_SAMPLED_IDS)
       out.update(_sampled_layout(rows, ids, counts, t, s))
@@ -359,6 +408,17 @@ class PackedCodec:
       raise ValueError("packed data: expected whole sampled counts, found a partial one")
     return np.frombuffer(data, dtype).astype(np.int64) + 1
 
+  def _read_gaps(self, reader: _Reader, symbols: np.ndarray, version: int,
+                 what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(class, mantissa) of the gaps whose entropy-coded symbols are ``symbols``; reads
+    their raw bits."""
+    if version == 1:
+      return symbols, self._read_mantissa(reader, symbols, f"{what} bits")
+    classes, top, low_bits = _symbol_classes(symbols, f"{what} classes")
+    size = -(-int(low_bits.sum()) // 8)
+    low = unpack_bits(_unpack_stream(reader, "none", size, f"{what} bits"), low_bits)
+    return classes, (top << low_bits) | low
+
   def _read_mantissa(self, reader: _Reader, classes: np.ndarray, what: str) -> np.ndarray:
     if classes.size and (classes.min() < 1 or classes.max() > 53):
       raise ValueError(f"packed data: expected {what} classes in 1..53, found "
@@ -373,11 +433,18 @@ class PackedCodec:
                        f"{ids.max()} (data written for another vocab_size?)")
 
   def _decode_topk(self, reader: _Reader, compressor: str, levels: int, t: int,
-                   k: int) -> dict[str, np.ndarray]:
+                   k: int, version: int) -> dict[str, np.ndarray]:
     has_tail = k < self.vocab_size
-    size = t * _TAU_DTYPE.itemsize if has_tail else 0
-    tau_code = np.frombuffer(_unpack_stream(reader, compressor, size, "tail masses"),
-                             _TAU_DTYPE).astype(np.int64)
+    if version == 1:
+      size = t * _TAU_DTYPE.itemsize if has_tail else 0
+      tau_code = np.frombuffer(_unpack_stream(reader, compressor, size, "tail masses"),
+                               _TAU_DTYPE).astype(np.int64)
+    else:
+      size = t if has_tail else 0
+      high, low = (np.frombuffer(_unpack_stream(reader, compressor, size, f"tail masses "
+                                                f"({part} bytes)"), np.uint8)
+                   for part in ("high", "low"))
+      tau_code = (high.astype(np.int64) << 8) | low
     n_ctx = reader.byte("the id contexts")
     contexts = _position_contexts(t, k, n_ctx)
     classes = np.zeros((t, k), np.int64)
@@ -385,8 +452,7 @@ class PackedCodec:
       held = contexts == c
       stream = _unpack_stream(reader, compressor, int(held.sum()), f"id classes {c}")
       classes[held] = np.frombuffer(stream, np.uint8)
-    classes = classes.reshape(-1)
-    mantissa = self._read_mantissa(reader, classes, "id bits")
+    classes, mantissa = self._read_gaps(reader, classes.reshape(-1), version, "id")
     starts = np.zeros((t, k), bool)
     starts[:, 0] = True
     ids = _ungaps(classes, mantissa, starts.reshape(-1)).reshape(t, k)
