@@ -45,15 +45,18 @@ _TAU_DTYPE = np.dtype("<u2")
 _TAU_BUCKET = 1.5  # probability contexts: -ln(tau) in 1.5-nat buckets ...
 _TAU_CONTEXTS = 8  # ... the last one open-ended
 # Format versions: 1 (id gaps coded by bit length; tau as one 16-bit stream) is read;
-# 2 is written: each gap's bit length and the ID_SYMBOL_BITS bits below its leading 1 form
-# one entropy-coded symbol, the number of id contexts is chosen per turn by trial, and
-# tau's high and low bytes are two streams.
+# 2 is written: each gap's bit length and the 0, 2 or 3 bits below its leading 1 form one
+# entropy-coded symbol, that width and the number of id contexts are chosen per turn by
+# trial, and tau's high and low bytes are two streams.
 _VERSION = 2
 _VERSIONS = (1, 2)
-_ID_SYMBOL_BITS = 2
+_SYMBOL_BITS_FIRST = 2  # the contexts are chosen with this width, ...
+_SYMBOL_BITS_OTHERS = (0, 3)  # ... then these widths are tried with those contexts
+_MAX_SYMBOL_BITS = 3
 _ID_CONTEXT_CHOICES = (1, 2, 4, 8, 16)
 _MIN_SYMBOLS_PER_CONTEXT = 256
-_TRIAL_LEVEL = 3
+_TRIAL_LEVEL = 3  # the level of the trials, ...
+_TRIAL_FULL_LEVEL_UP_TO = 8192  # ... except for this many gaps or fewer (cheap anyway)
 
 
 class _Streams:
@@ -167,36 +170,45 @@ def _ungaps(classes: np.ndarray, mantissa: np.ndarray, starts: np.ndarray) -> np
   return total - row_base - 1
 
 
-def _gap_symbols(classes: np.ndarray, mantissa: np.ndarray
+def _gap_symbols(classes: np.ndarray, mantissa: np.ndarray, width: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Format 2: (symbol, low bits, their widths) of Elias-gamma gaps.
 
-  The symbol ``class * 4 + top`` holds the bit length and the (up to) ``_ID_SYMBOL_BITS``
-  bits below the leading 1, left-aligned, so it is entropy-coded: within one bit length,
+  The symbol ``class << width | top`` holds the bit length and the (up to) ``width`` bits
+  below the leading 1, left-aligned, so they are entropy-coded: within one bit length
   gaps are far from uniform (small gaps are more likely), which raw bits cannot use.
+  The other bits below the leading 1 are stored raw.
   """
-  extra = np.minimum(classes - 1, _ID_SYMBOL_BITS)
+  extra = np.minimum(classes - 1, width)
   low_bits = classes - 1 - extra
   top = mantissa >> low_bits
   low = mantissa & ((np.int64(1) << low_bits) - 1)
-  symbols = (classes << _ID_SYMBOL_BITS) | (top << (_ID_SYMBOL_BITS - extra))
+  symbols = (classes << width) | (top << (width - extra))
   return symbols, low, low_bits
 
 
-def _symbol_classes(symbols: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray,
-                                                               np.ndarray]:
+def _symbol_classes(symbols: np.ndarray, width: int, what: str
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Inverse of :func:`_gap_symbols` up to the low bits: (class, top bits, low widths)."""
-  classes = symbols >> _ID_SYMBOL_BITS
+  if width > _MAX_SYMBOL_BITS:
+    raise ValueError(f"packed data: expected {what} of at most {_MAX_SYMBOL_BITS} extra "
+                     f"bits, found {width}")
+  classes = symbols >> width
   if symbols.size and (classes.min() < 1 or classes.max() > 32):
     raise ValueError(f"packed data: expected {what} with bit lengths in 1..32, found "
                      f"{classes.min()}..{classes.max()}")
-  extra = np.minimum(classes - 1, _ID_SYMBOL_BITS)
-  pad = _ID_SYMBOL_BITS - extra
-  field = symbols & ((1 << _ID_SYMBOL_BITS) - 1)
+  extra = np.minimum(classes - 1, width)
+  pad = width - extra
+  field = symbols & ((1 << width) - 1)
   if np.any(field & ((np.int64(1) << pad) - 1)):
     raise ValueError(f"packed data: expected {what} whose unused bits are 0, found "
                      f"others (corrupt data)")
   return classes, field >> pad, classes - 1 - extra
+
+
+def _fits(classes: np.ndarray, width: int) -> bool:
+  """Whether every symbol of ``width`` extra bits fits in a byte."""
+  return not classes.size or int(classes.max()) << width | ((1 << width) - 1) <= 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,12 +300,11 @@ class PackedCodec:
       rows, ids, counts = _sampled_entries(teacher)
       starts = np.ones(rows.size, bool)
       starts[1:] = rows[1:] != rows[:-1]
-      symbols, low, low_bits = _gap_symbols(*_gaps(ids, starts))
+      classes, mantissa = _gaps(ids, starts)
       count_dtype = _count_dtype(teacher.s)
-      sections["sampled"] += [
-          streams.pack((counts - 1).astype(count_dtype).tobytes()),
-          streams.pack(symbols.astype(np.uint8).tobytes()),
-          streams.pack(pack_bits(low, low_bits), compress=False)]
+      sections["sampled"].append(streams.pack((counts - 1).astype(count_dtype).tobytes()))
+      sections["sampled"] += self._pack_gaps(
+          classes, mantissa, streams, {1: np.zeros(classes.shape, np.int64)})[1]
     return sections
 
   def _encode_topk(self, teacher: _Teacher, streams: _Streams,
@@ -313,31 +324,57 @@ class PackedCodec:
 
     starts = np.zeros((t, k), bool)
     starts[:, 0] = True
-    symbols, low, low_bits = _gap_symbols(*_gaps(ids.reshape(-1), starts.reshape(-1)))
-    symbols = symbols.reshape(t, k)
-    # Which split of the row positions into contexts pays for its extra streams depends
-    # on the vocabulary's layout and the turn's size: try each with a fast compression
-    # level (it ranks the splits as the slow one does, to a fraction of a byte per
-    # token), keep the smallest.
-    trial = _Streams(self.compressor, min(self.level, _TRIAL_LEVEL))
-    sizes = {}
-    for n_ctx in _ID_CONTEXT_CHOICES:
-      if n_ctx > 1 and (t * k < n_ctx * _MIN_SYMBOLS_PER_CONTEXT
-                        or self.compressor == "none"):
-        break
-      sizes[n_ctx] = sum(len(trial.pack(b)) for b in _context_symbols(
-          symbols, _position_contexts(t, k, n_ctx), n_ctx))
-    n_ctx = min(sizes, key=sizes.get)
-    sections["topk_id_classes"].append(bytes([n_ctx]))
-    sections["topk_id_classes"] += [streams.pack(b) for b in _context_symbols(
-        symbols, _position_contexts(t, k, n_ctx), n_ctx)]
-    sections["topk_id_bits"].append(streams.pack(pack_bits(low, low_bits), compress=False))
+    classes, mantissa = _gaps(ids.reshape(-1), starts.reshape(-1))
+    # Contexts: position in the sorted row, in n_ctx equal parts (a position predicts
+    # the id's magnitude, hence its gap's).
+    choices = tuple(n for n in _ID_CONTEXT_CHOICES
+                    if n == 1 or (t * k >= n * _MIN_SYMBOLS_PER_CONTEXT
+                                  and self.compressor != "none"))
+    contexts = {n: _position_contexts(t, k, n).reshape(-1) for n in choices}
+    n_ctx, packed = self._pack_gaps(classes, mantissa, streams, contexts)
+    sections["topk_id_classes"] += [bytes([n_ctx])] + packed[:-1]
+    sections["topk_id_bits"].append(packed[-1])
 
     bins = np.rint(np.exp(logprobs / 2) * self.levels)  # sqrt(p) * levels
     bins = np.clip(bins, 0, self.levels).astype(np.int64)
     p_ctx = self._prob_contexts(tau_code, t, k)
     sections["topk_probs"] += [
         streams.pack(b) for b in _context_symbols(bins, p_ctx, _TAU_CONTEXTS)]
+
+  def _pack_gaps(self, classes: np.ndarray, mantissa: np.ndarray, streams: _Streams,
+                 contexts: dict[int, np.ndarray]) -> tuple[int, list[bytes]]:
+    """Format 2's gap coding: ``(n_ctx, [width byte, one symbol stream per context, the
+    raw low bits])``.
+
+    ``contexts`` maps each allowed number of contexts to the context of every gap.
+    Which number of contexts and which symbol width pay for their larger code tables
+    depends on the vocabulary's layout and the turn's size: the contexts are tried with
+    width ``_SYMBOL_BITS_FIRST``, then the other widths with the best contexts, each at
+    a fast compression level (it ranks them as the slow one does, to a fraction of a
+    byte per token; small turns are tried at the codec's level), and the smallest
+    kept.
+    """
+    trial = streams
+    if classes.size > _TRIAL_FULL_LEVEL_UP_TO:
+      trial = _Streams(self.compressor, min(self.level, _TRIAL_LEVEL))
+    coded = {w: _gap_symbols(classes, mantissa, w)
+             for w in (_SYMBOL_BITS_FIRST,) + _SYMBOL_BITS_OTHERS if _fits(classes, w)}
+
+    def split(width: int, n_ctx: int) -> list[bytes]:
+      symbols = coded[width][0].astype(np.uint8)
+      return [symbols[contexts[n_ctx] == c].tobytes() for c in range(n_ctx)]
+
+    def size(width: int, n_ctx: int) -> int:
+      raw = -(-int(coded[width][2].sum()) // 8)
+      return raw + sum(len(trial.pack(b)) for b in split(width, n_ctx))
+
+    width = next(iter(coded))
+    n_ctx = min(contexts, key=lambda n: size(width, n)) if len(contexts) > 1 else 1
+    if len(coded) > 1:
+      width = min(coded, key=lambda w: size(w, n_ctx))
+    _, low, low_bits = coded[width]
+    return n_ctx, ([bytes([width])] + [streams.pack(b) for b in split(width, n_ctx)]
+                   + [streams.pack(pack_bits(low, low_bits), compress=False)])
 
   def _tau_code(self, logprobs: np.ndarray) -> np.ndarray:
     if logprobs.shape[1] == self.vocab_size:
@@ -386,9 +423,10 @@ class PackedCodec:
       rows = np.searchsorted(ends, np.arange(counts.size))
       starts = np.ones(counts.size, bool)
       starts[1:] = rows[1:] != rows[:-1]
+      width = reader.byte("the sampled id symbol width") if version > 1 else 0
       classes = np.frombuffer(_unpack_stream(reader, compressor, counts.size,
                                              "sampled id classes"), np.uint8).astype(np.int64)
-      classes, mantissa = self._read_gaps(reader, classes, version, "sampled id")
+      classes, mantissa = self._read_gaps(reader, classes, version, width, "sampled id")
       ids = _ungaps(classes, mantissa, starts)
       self._check_ids(ids, S.TEACHER_SAMPLED_IDS)
       out.update(_sampled_layout(rows, ids, counts, t, s))
@@ -408,13 +446,13 @@ class PackedCodec:
       raise ValueError("packed data: expected whole sampled counts, found a partial one")
     return np.frombuffer(data, dtype).astype(np.int64) + 1
 
-  def _read_gaps(self, reader: _Reader, symbols: np.ndarray, version: int,
+  def _read_gaps(self, reader: _Reader, symbols: np.ndarray, version: int, width: int,
                  what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(class, mantissa) of the gaps whose entropy-coded symbols are ``symbols``; reads
-    their raw bits."""
+    """(class, mantissa) of the gaps whose entropy-coded symbols (of ``width`` extra
+    bits) are ``symbols``; reads their raw bits."""
     if version == 1:
       return symbols, self._read_mantissa(reader, symbols, f"{what} bits")
-    classes, top, low_bits = _symbol_classes(symbols, f"{what} classes")
+    classes, top, low_bits = _symbol_classes(symbols, width, f"{what} classes")
     size = -(-int(low_bits.sum()) // 8)
     low = unpack_bits(_unpack_stream(reader, "none", size, f"{what} bits"), low_bits)
     return classes, (top << low_bits) | low
@@ -446,13 +484,14 @@ class PackedCodec:
                    for part in ("high", "low"))
       tau_code = (high.astype(np.int64) << 8) | low
     n_ctx = reader.byte("the id contexts")
+    width = reader.byte("the id symbol width") if version > 1 else 0
     contexts = _position_contexts(t, k, n_ctx)
     classes = np.zeros((t, k), np.int64)
     for c in range(n_ctx):
       held = contexts == c
       stream = _unpack_stream(reader, compressor, int(held.sum()), f"id classes {c}")
       classes[held] = np.frombuffer(stream, np.uint8)
-    classes, mantissa = self._read_gaps(reader, classes.reshape(-1), version, "id")
+    classes, mantissa = self._read_gaps(reader, classes.reshape(-1), version, width, "id")
     starts = np.zeros((t, k), bool)
     starts[:, 0] = True
     ids = _ungaps(classes, mantissa, starts.reshape(-1)).reshape(t, k)
