@@ -344,6 +344,10 @@ def test_packed_round_trip_of_wide_turns(layout, compressor):
   got = _by_id(out[S.TEACHER_TOPK_IDS], out[S.TEACHER_TOPK_LOGPROBS]).astype(np.float64)
   want = _by_id(arrays[S.TEACHER_TOPK_IDS], arrays[S.TEACHER_TOPK_LOGPROBS]).astype(np.float64)
   assert np.abs(np.exp(got / 2) - np.exp(want / 2)).max() <= 0.5 / codec.levels + 2e-3
+  fp16 = TT.Fp16Codec(vocab)
+  np.testing.assert_array_equal(  # entropy-coded, but float16 exactly
+      out[S.TEACHER_TOKEN_LOGPROB],
+      fp16.decode(fp16.encode(arrays), t)[S.TEACHER_TOKEN_LOGPROB])
 
 
 def test_packed_entropy_codes_the_bits_below_each_gaps_leading_one():
