@@ -44,10 +44,10 @@ _TAU_OFFSET = 32768
 _TAU_DTYPE = np.dtype("<u2")
 _TAU_BUCKET = 1.5  # probability contexts: -ln(tau) in 1.5-nat buckets ...
 _TAU_CONTEXTS = 8  # ... the last one open-ended
-# Format versions: 1 (id gaps coded by bit length; tau as one 16-bit stream) is read;
-# 2 is written: each gap's bit length and the 0, 2 or 3 bits below its leading 1 form one
-# entropy-coded symbol, that width and the number of id contexts are chosen per turn by
-# trial, and tau's high and low bytes are two streams.
+# Format versions: 1 (id gaps coded by bit length; tau and token_logprob as 16-bit words)
+# is read; 2 is written: each gap's bit length and the 0, 2 or 3 bits below its leading 1
+# form one entropy-coded symbol, that width and the number of id contexts are chosen per
+# turn by trial, and the high and low bytes of tau and token_logprob are two streams each.
 _VERSION = 2
 _VERSIONS = (1, 2)
 _SYMBOL_BITS_FIRST = 2  # the contexts are chosen with this width, ...
@@ -223,7 +223,7 @@ class PackedCodec:
     symbol that is entropy-coded; the remaining bits are stored raw. Within one bit
     length, gaps are far from uniform on a frequency-ordered vocabulary (small ones are
     likelier), which raw bits cannot exploit: on the trained text teacher (V = 8,192,
-    k = 128) this takes the ids from 93 to 82 bytes/token. Symbols are split into 1, 2,
+    k = 128) this takes the ids from 93 to 83 bytes/token. Symbols are split into 1, 2,
     4, 8 or 16 streams by position in the sorted row (a position predicts the id's
     magnitude, hence the gap's), each compressed on its own (zstd by default), so each
     gets its own statistics. More streams and wider symbols cost larger code tables, so
@@ -245,8 +245,9 @@ class PackedCodec:
   * **Sampled-k**: ids as above (one context), ``count - 1`` entropy-coded; the number
     of distinct ids per row follows from the counts summing to ``S``.
 
-  The blob's format version is 2; blobs of version 1 (before the symbol width, the
-  choice of contexts and the split tail-mass bytes) still decode, to the same arrays.
+  The blob's format version is 2; blobs of version 1 (class-only id symbols, contexts
+  fixed by the turn's size, tail mass and ``token_logprob`` as 16-bit words) still
+  decode, to the same arrays.
 
   Decoded top-k rows are re-sorted most likely first by the *decoded* log-prob, ties
   broken by ascending id (entries that quantise to the same bin may swap). Sampled-k
