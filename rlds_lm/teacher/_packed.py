@@ -317,8 +317,8 @@ class PackedCodec:
       classes, mantissa = _gaps(ids, starts)
       count_dtype = _count_dtype(teacher.s)
       sections["sampled"].append(streams.pack((counts - 1).astype(count_dtype).tobytes()))
-      sections["sampled"] += self._pack_gaps(
-          classes, mantissa, streams, {1: np.zeros(classes.shape, np.int64)})[1]
+      sections["sampled"] += self._pack_gaps(classes[None], mantissa[None], streams,
+                                             (1,))[1]
     return sections
 
   def _encode_topk(self, teacher: _Teacher, streams: _Streams,
@@ -344,8 +344,8 @@ class PackedCodec:
     choices = tuple(n for n in _ID_CONTEXT_CHOICES
                     if n == 1 or (t * k >= n * _MIN_SYMBOLS_PER_CONTEXT
                                   and self.compressor != "none"))
-    contexts = {n: _position_contexts(t, k, n).reshape(-1) for n in choices}
-    n_ctx, packed = self._pack_gaps(classes, mantissa, streams, contexts)
+    n_ctx, packed = self._pack_gaps(classes.reshape(t, k), mantissa.reshape(t, k),
+                                    streams, choices)
     sections["topk_id_classes"] += [bytes([n_ctx])] + packed[:-1]
     sections["topk_id_bits"].append(packed[-1])
 
@@ -356,39 +356,45 @@ class PackedCodec:
         streams.pack(b) for b in _context_symbols(bins, p_ctx, _TAU_CONTEXTS)]
 
   def _pack_gaps(self, classes: np.ndarray, mantissa: np.ndarray, streams: _Streams,
-                 contexts: dict[int, np.ndarray]) -> tuple[int, list[bytes]]:
+                 choices: tuple[int, ...]) -> tuple[int, list[bytes]]:
     """Format 2's gap coding: ``(n_ctx, [width byte, one symbol stream per context, the
     raw low bits])``.
 
-    ``contexts`` maps each allowed number of contexts to the context of every gap.
-    Which number of contexts and which symbol width pay for their larger code tables
-    depends on the vocabulary's layout and the turn's size: the contexts are tried with
-    width ``_SYMBOL_BITS_FIRST``, then the other widths with the best contexts, each at
-    a fast compression level (it ranks them as the slow one does, to a fraction of a
-    byte per token; small turns are tried at the codec's level), and the smallest
-    kept.
+    ``classes`` and ``mantissa`` are [rows, K]; context ``c`` of ``n_ctx`` holds the
+    positions ``j`` with ``j * n_ctx // K == c``, row-major (as
+    :func:`_position_contexts`), for ``n_ctx`` in ``choices``. Which number of contexts
+    and which symbol width pay for their larger code tables depends on the vocabulary's
+    layout and the turn's size: the contexts are tried with width
+    ``_SYMBOL_BITS_FIRST``, then the other widths with the best contexts, each at a fast
+    compression level (it ranks them as the slow one does, to a fraction of a byte per
+    token; small turns are tried at the codec's level), and the smallest kept.
     """
     trial = streams
     if classes.size > _TRIAL_FULL_LEVEL_UP_TO:
       trial = _Streams(self.compressor, min(self.level, _TRIAL_LEVEL))
-    coded = {w: _gap_symbols(classes, mantissa, w)
-             for w in (_SYMBOL_BITS_FIRST,) + _SYMBOL_BITS_OTHERS if _fits(classes, w)}
+    coded = {}
+    for w in (_SYMBOL_BITS_FIRST,) + _SYMBOL_BITS_OTHERS:
+      if _fits(classes, w):
+        symbols, low, low_bits = _gap_symbols(classes, mantissa, w)
+        coded[w] = (symbols.astype(np.uint8), low, low_bits, -(-int(low_bits.sum()) // 8))
+    k = classes.shape[1]
 
     def split(width: int, n_ctx: int) -> list[bytes]:
-      symbols = coded[width][0].astype(np.uint8)
-      return [symbols[contexts[n_ctx] == c].tobytes() for c in range(n_ctx)]
+      bounds = np.searchsorted((np.arange(k) * n_ctx) // max(k, 1), np.arange(n_ctx + 1))
+      symbols = coded[width][0]
+      return [symbols[:, lo:hi].tobytes() for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def size(width: int, n_ctx: int) -> int:
-      raw = -(-int(coded[width][2].sum()) // 8)
-      return raw + sum(len(trial.pack(b)) for b in split(width, n_ctx))
+      return coded[width][3] + sum(len(trial.pack(b)) for b in split(width, n_ctx))
 
     width = next(iter(coded))
-    n_ctx = min(contexts, key=lambda n: size(width, n)) if len(contexts) > 1 else 1
+    n_ctx = min(choices, key=lambda n: size(width, n)) if len(choices) > 1 else choices[0]
     if len(coded) > 1:
       width = min(coded, key=lambda w: size(w, n_ctx))
-    _, low, low_bits = coded[width]
+    _, low, low_bits, _ = coded[width]
     return n_ctx, ([bytes([width])] + [streams.pack(b) for b in split(width, n_ctx)]
-                   + [streams.pack(pack_bits(low, low_bits), compress=False)])
+                   + [streams.pack(pack_bits(low.reshape(-1), low_bits.reshape(-1)),
+                                   compress=False)])
 
   def _tau_code(self, logprobs: np.ndarray) -> np.ndarray:
     if logprobs.shape[1] == self.vocab_size:
