@@ -350,6 +350,35 @@ def test_packed_round_trip_of_wide_turns(layout, compressor):
       fp16.decode(fp16.encode(arrays), t)[S.TEACHER_TOKEN_LOGPROB])
 
 
+@pytest.mark.parametrize("compressor", ["zstd", "none"])
+def test_packed_round_trip_of_ids_at_the_largest_vocabulary(compressor):
+  # Id 2**31 - 1 first in its row is a gap of 32 bits: its symbol holds at most 2 more
+  # bits in a byte, which the encoder must respect whatever width compresses best.
+  vocab = 2**31
+  ids = np.array([[2**31 - 1, 0], [5, 2**31 - 2], [2**30, 2**31 - 1]], np.int32)
+  arrays = {S.TEACHER_TOPK_IDS: ids,
+            S.TEACHER_TOPK_LOGPROBS: np.log([[0.5, 0.25], [0.4, 0.4], [0.9, 0.05]]),
+            S.TEACHER_SAMPLED_IDS: ids,
+            S.TEACHER_SAMPLED_COUNTS: np.array([[1, 1], [1, 1], [2, 0]], np.int32)}
+  codec = TT.PackedCodec(vocab, compressor=compressor)
+  out = codec.decode(codec.encode(arrays), 3)
+  np.testing.assert_array_equal(np.sort(out[S.TEACHER_TOPK_IDS], -1), np.sort(ids, -1))
+  np.testing.assert_array_equal(out[S.TEACHER_SAMPLED_IDS],
+                                [[0, 2**31 - 1], [5, 2**31 - 2], [2**30, 0]])
+
+
+def test_packed_refuses_an_unknown_symbol_width(logits, tokens):
+  codec = TT.PackedCodec(VOCAB)
+  arrays = _arrays(logits, tokens, s=0)
+  data = codec.encode(arrays)
+  # The width byte follows the tail masses and the id contexts byte.
+  at = (sum(codec.size_breakdown(arrays)[name] for name in ("header", "tail_mass")) + 1)
+  assert data[at] in (0, 2, 3)
+  with pytest.raises(ValueError, match="expected id classes of at most 3 extra bits, "
+                                       "found 7"):
+    codec.decode(data[:at] + b"\x07" + data[at + 1:], TOKENS)
+
+
 def test_packed_entropy_codes_the_bits_below_each_gaps_leading_one():
   # Every gap is 64: bit length 7, and the 6 bits below its leading 1 are all 0. Raw
   # bits would cost 6 bits per id whatever their values; the top two of them are coded
