@@ -463,6 +463,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines.append(C.markdown_table(
         ["k", "codec", "bytes/token", "KL (nats/token)", f"vs {TC.BASELINE}",
          "encode tokens/s", "decode tokens/s"], table, ["r", "l", "r", "r", "r", "r", "r"]))
+    lines += ["", _breakdown(t["rows"])]
     prior_table = []
     for r in t["prior_rows"]:
       prior_table.append([
@@ -482,6 +483,26 @@ def markdown(data: dict[str, Any]) -> str:
               f"{b[TC.BASELINE]['kl_mean']:.5f}).", ""]
   lines += C.run_footer(data)
   return "\n".join(lines) + "\n"
+
+
+_SECTIONS = (("topk_id_classes", "id symbols (entropy-coded)"),
+             ("topk_id_bits", "id low bits (raw)"), ("topk_probs", "probabilities"),
+             ("tail_mass", "tail mass"), ("token_logprob", "`token_logprob`"),
+             ("header", "headers"))
+
+
+def _breakdown(rows: list[dict[str, Any]]) -> str:
+  """Where ``packed`` spends its bytes, per k (``PackedCodec.size_breakdown``)."""
+  table = []
+  for r in rows:
+    by = r.get("bytes_per_token_by_section")
+    if r["codec"] == TC.DEFAULT and by:
+      table.append([r["top_k"]] + [f"{by.get(key, 0.0):.1f}" for key, _ in _SECTIONS]
+                   + [f"{r['bytes_per_token']:.1f}"])
+  return (f"Where `{TC.DEFAULT}` spends its bytes (bytes/token, from "
+          "`PackedCodec.size_breakdown`):\n\n" + C.markdown_table(
+              ["k"] + [label for _, label in _SECTIONS] + ["total"], table,
+              ["r"] * (len(_SECTIONS) + 2)))
 
 
 def _findings(data: dict[str, Any]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -297,6 +299,102 @@ def test_packed_refuses_repeated_ids_and_bad_blobs(logits, tokens):
     TT.get_codec("gzip", VOCAB)
   with pytest.raises(ValueError, match="PackedCodec.levels: expected 1..255, found 300"):
     TT.PackedCodec(VOCAB, levels=300)
+
+
+FIXTURE_V1 = os.path.join(os.path.dirname(__file__), "fixtures", "teacher_packed_v1.npz")
+
+
+@pytest.mark.parametrize("case", ["zstd128", "zlib32", "none", "notail", "wide"])
+def test_packed_decodes_blobs_written_by_format_version_1(case):
+  # Blobs encoded by PackedCodec format version 1 (commit a3b9814, before issue 15), with
+  # the arrays that code decoded them to: they must still decode to the same arrays.
+  saved = np.load(FIXTURE_V1)
+  vocab, num_tokens = (int(x) for x in saved[f"{case}/meta"])
+  blob = saved[f"{case}/blob"].tobytes()
+  assert blob[1] == 1  # the format version byte
+  out = TT.decode(blob, num_tokens, vocab)
+  fields = {key.split("/", 1)[1] for key in saved.files if key.startswith(case + "/")}
+  assert set(out) == fields - {"blob", "meta"}
+  for name, value in out.items():
+    np.testing.assert_array_equal(value, saved[f"{case}/{name}"], err_msg=name)
+
+
+def test_packed_writes_format_version_2_and_names_unknown_versions(logits, tokens):
+  codec = TT.PackedCodec(VOCAB)
+  data = codec.encode(_arrays(logits, tokens))
+  assert data[:2] == bytes([codec.tag, 2])
+  with pytest.raises(ValueError, match=r"packed data: expected format version 1 or 2, "
+                                       r"found 9 \(written by a newer rlds_lm\?\)"):
+    codec.decode(data[:1] + b"\x09" + data[2:], TOKENS)
+  with pytest.raises(ValueError, match="fp16 data: expected format version 1, found 2"):
+    TT.Fp16Codec(VOCAB).decode(bytes([TT.Fp16Codec.tag]) + data[1:], TOKENS)
+
+
+@pytest.mark.parametrize("layout", ["frequency-ordered", "shuffled"])
+@pytest.mark.parametrize("compressor", ["zstd", "zlib", "none"])
+def test_packed_round_trip_of_wide_turns(layout, compressor):
+  # Enough entries (T * K = 16384) for the id coder to split rows into several contexts.
+  vocab, t, k = 8192, 128, 128
+  x = TT.zipf_logits(t, vocab, seed=7, shuffle_ids=layout == "shuffled")
+  arrays = TT.teacher_arrays(x, np.zeros(t, np.int32), top_k=k)
+  codec = TT.PackedCodec(vocab, compressor=compressor)
+  out = codec.decode(codec.encode(arrays), t)
+  np.testing.assert_array_equal(np.sort(out[S.TEACHER_TOPK_IDS], -1),
+                                np.sort(arrays[S.TEACHER_TOPK_IDS], -1))
+  got = _by_id(out[S.TEACHER_TOPK_IDS], out[S.TEACHER_TOPK_LOGPROBS]).astype(np.float64)
+  want = _by_id(arrays[S.TEACHER_TOPK_IDS], arrays[S.TEACHER_TOPK_LOGPROBS]).astype(np.float64)
+  assert np.abs(np.exp(got / 2) - np.exp(want / 2)).max() <= 0.5 / codec.levels + 2e-3
+  fp16 = TT.Fp16Codec(vocab)
+  np.testing.assert_array_equal(  # entropy-coded, but float16 exactly
+      out[S.TEACHER_TOKEN_LOGPROB],
+      fp16.decode(fp16.encode(arrays), t)[S.TEACHER_TOKEN_LOGPROB])
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "none"])
+def test_packed_round_trip_of_ids_at_the_largest_vocabulary(compressor):
+  # Id 2**31 - 1 first in its row is a gap of 32 bits: its symbol holds at most 2 more
+  # bits in a byte, which the encoder must respect whatever width compresses best.
+  vocab = 2**31
+  ids = np.array([[2**31 - 1, 0], [5, 2**31 - 2], [2**30, 2**31 - 1]], np.int32)
+  arrays = {S.TEACHER_TOPK_IDS: ids,
+            S.TEACHER_TOPK_LOGPROBS: np.log([[0.5, 0.25], [0.4, 0.4], [0.9, 0.05]]),
+            S.TEACHER_SAMPLED_IDS: ids,
+            S.TEACHER_SAMPLED_COUNTS: np.array([[1, 1], [1, 1], [2, 0]], np.int32)}
+  codec = TT.PackedCodec(vocab, compressor=compressor)
+  out = codec.decode(codec.encode(arrays), 3)
+  np.testing.assert_array_equal(np.sort(out[S.TEACHER_TOPK_IDS], -1), np.sort(ids, -1))
+  np.testing.assert_array_equal(out[S.TEACHER_SAMPLED_IDS],
+                                [[0, 2**31 - 1], [5, 2**31 - 2], [2**30, 0]])
+
+
+def test_packed_refuses_an_unknown_symbol_width(logits, tokens):
+  codec = TT.PackedCodec(VOCAB)
+  arrays = _arrays(logits, tokens, s=0)
+  data = codec.encode(arrays)
+  # The width byte follows the tail masses and the id contexts byte.
+  at = (sum(codec.size_breakdown(arrays)[name] for name in ("header", "tail_mass")) + 1)
+  assert data[at] in (0, 2, 3)
+  with pytest.raises(ValueError, match="expected id classes of at most 3 extra bits, "
+                                       "found 7"):
+    codec.decode(data[:at] + b"\x07" + data[at + 1:], TOKENS)
+
+
+def test_packed_entropy_codes_the_bits_below_each_gaps_leading_one():
+  # Every gap is 64: bit length 7, and the 6 bits below its leading 1 are all 0. Raw
+  # bits would cost 6 bits per id whatever their values; the top two of them are coded
+  # with the bit length, so their regularity is paid for once, not per id.
+  t, k, vocab = 64, 32, 4096
+  offsets = np.random.default_rng(0).integers(0, 64, t)
+  ids = offsets[:, None] + 64 * np.arange(k)[None, :]
+  logprobs = np.log(np.full((t, k), 0.5 / k))
+  arrays = {S.TEACHER_TOPK_IDS: ids.astype(np.int32),
+            S.TEACHER_TOPK_LOGPROBS: logprobs.astype(np.float32)}
+  codec = TT.PackedCodec(vocab)
+  sizes = codec.size_breakdown(arrays)
+  assert sizes["topk_id_bits"] <= t * k * 4 / 8 + 2
+  assert sizes["topk_id_classes"] + sizes["topk_id_bits"] < 0.75 * t * k * 6 / 8
+  out = codec.decode(codec.encode(arrays), t)
+  np.testing.assert_array_equal(np.sort(out[S.TEACHER_TOPK_IDS], -1), ids)
 
 
 def test_bit_packing_round_trip():

@@ -272,14 +272,24 @@ def _check_decoded_ids(codec: Any, out: Mapping[str, np.ndarray]) -> None:
                        f"found {bad} (corrupt, or written for another vocabulary?)")
 
 
-def _header(tag: int, teacher: _Teacher) -> bytes:
+def _header(tag: int, teacher: _Teacher, version: int = _FORMAT_VERSION) -> bytes:
   flags = _FLAG_TOKEN_LOGPROB if teacher.token_logprob is not None else 0
-  return (bytes([tag, _FORMAT_VERSION]) + _varint(teacher.num_tokens) + _varint(teacher.k)
+  return (bytes([tag, version]) + _varint(teacher.num_tokens) + _varint(teacher.k)
           + _varint(teacher.s) + bytes([flags]))
 
 
 def _read_header(reader: _Reader, tag: int, num_tokens: int,
                  vocab_size: int) -> tuple[int, int, bool]:
+  """Checks the header of a blob in format version 1; returns ``(K, S, has_tlp)``."""
+  _, k, s, has_tlp = _read_versioned_header(reader, tag, num_tokens, vocab_size,
+                                            (_FORMAT_VERSION,))
+  return k, s, has_tlp
+
+
+def _read_versioned_header(reader: _Reader, tag: int, num_tokens: int, vocab_size: int,
+                           versions: tuple[int, ...]) -> tuple[int, int, int, bool]:
+  """Checks a header whose format version is one of ``versions``; returns
+  ``(version, K, S, has_tlp)``."""
   found = reader.byte("the codec tag")
   if found != tag:
     from rlds_lm.teacher._codecs import _TAG_NAMES  # pylint: disable=g-import-not-at-top
@@ -287,9 +297,10 @@ def _read_header(reader: _Reader, tag: int, num_tokens: int,
                      f"({_TAG_NAMES.get(tag)!r}), found tag {found} "
                      f"({_TAG_NAMES.get(found, 'unknown')!r})")
   version = reader.byte("the format version")
-  if version != _FORMAT_VERSION:
-    raise ValueError(f"{reader.codec} data: expected format version {_FORMAT_VERSION}, "
-                     f"found {version}")
+  if version not in versions:
+    expected = " or ".join(str(v) for v in versions)
+    raise ValueError(f"{reader.codec} data: expected format version {expected}, found "
+                     f"{version} (written by a newer rlds_lm?)")
   t = reader.varint("T")
   if t != num_tokens:
     raise ValueError(f"{reader.codec} data: expected num_tokens = {num_tokens}, found "
@@ -302,7 +313,7 @@ def _read_header(reader: _Reader, tag: int, num_tokens: int,
   if s >= 2**31:
     raise ValueError(f"{reader.codec} data: expected S < 2**31, found S = {s}")
   flags = reader.byte("the flags")
-  return k, s, bool(flags & _FLAG_TOKEN_LOGPROB)
+  return version, k, s, bool(flags & _FLAG_TOKEN_LOGPROB)
 
 
 def _sampled_layout(rows: np.ndarray, ids: np.ndarray, counts: np.ndarray, t: int,
