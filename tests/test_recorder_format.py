@@ -97,14 +97,17 @@ def _records(dataset_dir):
 def test_published_dataset_is_identical_to_envloggers_own_writers(tmp_path, config, make):
   episodes = make()
   _reference_log(tmp_path / "reference", config, episodes)
-  with recorder.Recorder(tmp_path / "recorder", config) as rec:
-    for episode in episodes:
-      rec.record(episode)
+  for writer in (recorder.INLINE, recorder.PROCESS):
+    with recorder.Recorder(tmp_path / writer, config, writer=writer) as rec:
+      for episode in episodes:
+        rec.record(episode)
   paths = [recorder.publish_log(tmp_path / log, data_dir=tmp_path / f"data-{log}",
-                                name="same") for log in ("reference", "recorder")]
-  reference, ours = (_records(p) for p in paths)
-  assert len(ours) == len(episodes)
-  assert ours == reference  # record for record, byte for byte
+                                name="same")
+           for log in ("reference", recorder.INLINE, recorder.PROCESS)]
+  reference, inline, process = (_records(p) for p in paths)
+  assert len(inline) == len(episodes)
+  assert inline == reference  # record for record, byte for byte
+  assert process == reference
 
 
 _CHILD = """
