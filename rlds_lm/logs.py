@@ -517,6 +517,7 @@ class RiegeliEpisodeWriter:
 
 WRITER_LOCK = ".rlds_lm_writers.lock"  # held (shared) by every live writer process
 DEFAULT_MAX_UNFLUSHED = 64  # the process writer's bound: see ProcessEpisodeWriter
+FLUSH_DELAY = 0.005  # s: the writer process flushes once its pipe stays empty this long
 
 # Frames from the recording process to its writer (all integers little-endian):
 #   episode: b"E" seq:u64 records:u32 id_len:u32, then records + 1 sizes (u32), the
@@ -554,8 +555,8 @@ class ProcessEpisodeWriter:
 
   The recording process encodes each episode (:func:`encode_episode`) and writes its
   bytes into the pipe; the writer process (started once, with the writer) hands them to
-  envlogger's native writer and flushes whenever the pipe runs empty, or after
-  ``max_unflushed // 2`` episodes when it does not. The same files, byte for byte, as
+  envlogger's native writer and flushes once the pipe has stayed empty for
+  ``FLUSH_DELAY`` (5 ms), or after ``max_unflushed // 2`` episodes when it does not. The same files, byte for byte, as
   :class:`RiegeliEpisodeWriter` writes.
 
   Guarantees:
@@ -842,8 +843,9 @@ def _writer_process_main() -> None:
         break
       elif kind and kind not in (b"E", b"F"):
         raise ValueError(f"unknown frame {bytes(kind)!r}")
-      # An incomplete frame: flush while the pipe is empty, then wait for more.
-      if (durable < seq or owed) and not select.select([fd_in], [], [], 0)[0]:
+      # An incomplete frame: flush once the pipe has stayed empty for FLUSH_DELAY
+      # (a flush per episode costs the writer more than the episode itself), then wait.
+      if (durable < seq or owed) and not select.select([fd_in], [], [], FLUSH_DELAY)[0]:
         flush()
         if owed:
           ack(block=True)
