@@ -302,6 +302,9 @@ def _wire(value: Any, parts: list[Any]) -> int:
   """
   if value is None:
     return 0
+  if type(value) is _Wired:  # already serialized
+    parts.append(value.data)
+    return len(value.data)
   if isinstance(value, (bytes, memoryview)):  # Values.bytes_values (9)
     return _scalar(parts, b"\x4a" + _size(len(value)), value)
   if isinstance(value, dict):
@@ -404,13 +407,25 @@ def _serialized(value: Any) -> bytes:
   return b"".join(parts)
 
 
+class _Wired:
+  """Wire bytes :func:`_wire` already wrote, written again as they are."""
+
+  __slots__ = ("data",)
+
+  def __init__(self, data: bytes):
+    self.data = data
+
+
 def encode_episode(episode: Mapping[str, Any]) -> tuple[list[bytes], bytes]:
   """A validated episode as envlogger's writer stores it: the serialized ``Data`` of each
   log step (:func:`episode_to_log_steps`) and of the episode metadata (its index
   entry), equal to what ``codec.encode`` makes of them."""
   log_steps = episode_to_log_steps(episode, buffers=True)
-  metadata = log_steps[-1][2][EPISODE_METADATA_KEY]  # encoded once, in the last step
-  return [_serialized(step) for step in log_steps], _serialized(metadata)
+  last_custom = log_steps[-1][2]
+  # The metadata is serialized once: its index entry, and inside the last step.
+  metadata = _serialized(last_custom[EPISODE_METADATA_KEY])
+  last_custom[EPISODE_METADATA_KEY] = _Wired(metadata)
+  return [_serialized(step) for step in log_steps], metadata
 
 
 # --------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ _INT_BYTES = 10  # the longest varint: the serialized size of one integer, at mo
 
 # Scalar fields given as Python values: checked without numpy (_Checker._py_scalar).
 _PY_SCALARS = frozenset((bool, int, float))
+_DTYPES: dict[str, np.dtype] = {}  # schema dtype name -> np.dtype, built once each
 _INT_BOUNDS = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
 _F32 = struct.Struct("f")
 _FLOAT_ROUND = {"float32": lambda v: _F32.unpack(_F32.pack(v))[0], "float64": float}
@@ -183,7 +184,9 @@ class _Checker:
                 f"{field_size}")
 
   def _dtype(self, path: str, spec: S.FieldSpec, array: np.ndarray) -> np.ndarray:
-    want = np.dtype(spec.dtype)
+    want = _DTYPES.get(spec.dtype)
+    if want is None:
+      want = _DTYPES[spec.dtype] = np.dtype(spec.dtype)
     kind = array.dtype.kind
     if want.kind == "b":
       if kind != "b":
@@ -276,22 +279,23 @@ class _Checker:
 
   def tree(self, path: str, specs: Mapping[str, Any], value: Any,
            lengths: dict[str, int]) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
       self.fail(path or "<episode>", "a dict", _describe(value))
-    missing = [k for k in specs if k not in value]
-    if missing:
-      self.fail(_join(path, missing[0]), "a required field", "nothing (missing)")
-    unknown = sorted(k for k in value if k not in specs)
-    if unknown:
-      self.fail(_join(path, unknown[0]), f"one of the schema fields {sorted(specs)}",
-                "an unknown field")
+    if value.keys() != specs.keys():  # one set comparison in C for the usual case
+      missing = [k for k in specs if k not in value]
+      if missing:
+        self.fail(_join(path, missing[0]), "a required field", "nothing (missing)")
+      unknown = sorted(k for k in value if k not in specs)
+      if unknown:
+        self.fail(_join(path, unknown[0]), f"one of the schema fields {sorted(specs)}",
+                  "an unknown field")
     out = {}
+    prefix = path + "/" if path else ""
     for key, spec in specs.items():
-      sub = _join(path, key)
       if isinstance(spec, S.FieldSpec):
-        out[key] = self.leaf(sub, spec, value[key], lengths)
+        out[key] = self.leaf(prefix + key, spec, value[key], lengths)
       else:
-        out[key] = self.tree(sub, spec, value[key], lengths)
+        out[key] = self.tree(prefix + key, spec, value[key], lengths)
     return out
 
 
