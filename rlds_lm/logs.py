@@ -548,21 +548,33 @@ _PIPE_SIZE = 1 << 20  # the pipe's kernel buffer, if the system allows (F_SETPIP
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not exported before Python 3.10
 
 
-def wait_for_writers(log_dir: str | os.PathLike[str]) -> None:
-  """Blocks until no writer process is writing to ``log_dir``.
+def wait_for_writers(log_dir: str | os.PathLike[str], timeout: float | None = None) -> bool:
+  """Waits until no writer process is writing to ``log_dir``; False after ``timeout``
+  seconds if one still is (``None``: wait as long as it takes).
 
   A :class:`ProcessEpisodeWriter`'s process outlives a recording process killed with
   SIGKILL for as long as it needs to write what the pipe held and close the files; a
-  reader that must see everything (a test, a restart) waits here first.
+  reader that must see everything (a test, a restart) waits here first. A live
+  writer (a Recorder still open) holds the directory until it is closed.
   """
   import fcntl  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(os.fspath(log_dir), WRITER_LOCK)
   if not os.path.exists(path):
-    return
+    return True
+  deadline = None if timeout is None else time.monotonic() + timeout
   with open(path, "rb") as f:
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    while True:
+      try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline else 0))
+      except BlockingIOError:
+        if time.monotonic() >= deadline:
+          return False
+        time.sleep(0.01)
+        continue
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+      return True
 
 
 class ProcessEpisodeWriter:
@@ -588,6 +600,10 @@ class ProcessEpisodeWriter:
   * A failure in the writer process (or its death) raises ``RuntimeError`` on the next
     call, naming the first episode not known to be on disk.
   * :meth:`close` waits for the writer process to exit: none is left behind.
+
+  The writer process sees the pipe close when every copy of its write end is closed: a
+  recording process that forks children (``multiprocessing`` with ``fork``) shares it
+  with them, and after a SIGKILL the writer then finishes only once they have exited.
   """
 
   def __init__(self, log_dir: str | os.PathLike[str], config: S.SchemaConfig, *,

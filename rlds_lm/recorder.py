@@ -58,6 +58,7 @@ RIEGELI = "riegeli"
 TFDS = "tfds"
 PROCESS = "process"  # riegeli writer: envlogger's writer in a writer process
 INLINE = "inline"  # riegeli writer: in the caller's thread (default)
+WRITER_WAIT_S = 60.0  # how long a new Recorder waits for another's writer process
 
 
 class _TfdsBackend:
@@ -164,7 +165,11 @@ class Recorder:
     self._closed = False
 
   def _existing_riegeli_ids(self) -> set[str]:
-    logs.wait_for_writers(self.directory)  # a killed recorder's writer may still write
+    # A killed recorder's writer process may still be writing what its pipe held.
+    if not logs.wait_for_writers(self.directory, timeout=WRITER_WAIT_S):
+      raise RuntimeError(f"{self.directory}: a writer process is still writing there after "
+                         f"{WRITER_WAIT_S:.0f} s (an open Recorder with writer='process'); "
+                         "close it first")
     if not os.path.exists(os.path.join(self.directory, "metadata.riegeli")):
       return set()
     stored = logs.read_log_config(self.directory)

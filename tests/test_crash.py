@@ -168,3 +168,17 @@ def test_a_dead_writer_process_is_reported_on_the_next_call(tmp_path):
   with pytest.raises(RuntimeError, match="writer process"):
     rec.close()
   assert [e[S.EPISODE_ID] for e in logs.read_log(tmp_path)][:1] == [first]
+
+
+def test_reopening_while_a_writer_process_is_open_is_refused_after_a_wait(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.setattr(recorder, "WRITER_WAIT_S", 0.2)
+  with recorder.Recorder(tmp_path, ROLLOUT, writer=recorder.PROCESS) as rec:
+    rec.record(T.fake_rollout(ROLLOUT, seed=1))
+    assert not logs.wait_for_writers(tmp_path, timeout=0.1)
+    with pytest.raises(RuntimeError, match="still writing"):
+      recorder.Recorder(tmp_path, ROLLOUT)
+  assert logs.wait_for_writers(tmp_path, timeout=0.1)
+  with recorder.Recorder(tmp_path, ROLLOUT) as rec:  # closed: reopening works
+    with pytest.raises(V.EpisodeValidationError, match="duplicate"):
+      rec.record(T.fake_rollout(ROLLOUT, seed=1))
