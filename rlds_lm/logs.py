@@ -23,7 +23,9 @@ directory per writer session), so ``envlogger.Reader(DIR)`` and
   the files are the ones envlogger's ``RiegeliBackendWriter`` (``codec.encode``) writes,
   and the datasets published from them are byte-identical (tests/test_recorder_format.py),
   at a fraction of the Python cost. What remains is the native writer itself: the
-  floor in docs/benchmarks.md.
+  floor in docs/benchmarks.md. :class:`ProcessEpisodeWriter` runs that writer in a
+  writer process fed through a pipe (``Recorder(writer="process")``), with the
+  guarantees its docstring lists.
 """
 
 from __future__ import annotations
