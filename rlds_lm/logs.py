@@ -744,7 +744,9 @@ class ProcessEpisodeWriter:
       return True
     if not chunk:
       if self._error is None and not self._closed:
-        self._fail(f"the writer process exited (code {self._proc.poll()})")
+        code = self._proc.poll()
+        self._fail(f"the writer process exited (code {code}" +
+                   (", a signal: its stderr may say why)" if code and code < 0 else ")"))
       return False
     buf = self._ack_buffer
     buf += chunk

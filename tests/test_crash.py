@@ -182,3 +182,19 @@ def test_reopening_while_a_writer_process_is_open_is_refused_after_a_wait(tmp_pa
   with recorder.Recorder(tmp_path, ROLLOUT) as rec:  # closed: reopening works
     with pytest.raises(V.EpisodeValidationError, match="duplicate"):
       rec.record(T.fake_rollout(ROLLOUT, seed=1))
+
+
+def test_a_writer_process_that_fails_names_the_first_episode_not_on_disk(tmp_path):
+  # envlogger's native writer aborts the process on unknown options: with a writer
+  # process, the recording process survives and is told which episodes are lost.
+  rec = recorder.Recorder(tmp_path, ROLLOUT, writer=recorder.PROCESS,
+                          writer_options="no_such_option:7")
+  first = T.fake_rollout(ROLLOUT, seed=1)
+  with pytest.raises(RuntimeError, match=f"writer process.*from episode '{first[S.EPISODE_ID]}'"):
+    rec.record(first)
+    rec.flush()
+  with pytest.raises(RuntimeError, match="writer process"):
+    rec.record(T.fake_rollout(ROLLOUT, seed=2))
+  with pytest.raises(RuntimeError, match="writer process"):
+    rec.close()
+  assert _gone(rec.writer_pid)
