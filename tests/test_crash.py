@@ -190,7 +190,8 @@ def test_a_writer_process_that_fails_names_the_first_episode_not_on_disk(tmp_pat
   rec = recorder.Recorder(tmp_path, ROLLOUT, writer=recorder.PROCESS,
                           writer_options="no_such_option:7")
   first = T.fake_rollout(ROLLOUT, seed=1)
-  with pytest.raises(RuntimeError, match=f"writer process.*from episode '{first[S.EPISODE_ID]}'"):
+  lost = f"writer process.*from episode '{first[S.EPISODE_ID]}'"
+  with pytest.raises(RuntimeError, match=lost):
     rec.record(first)
     rec.flush()
   with pytest.raises(RuntimeError, match="writer process"):

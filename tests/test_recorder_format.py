@@ -125,11 +125,12 @@ with recorder.Recorder(sys.argv[1], ROLLOUT, flush_every=2) as rec:
 """
 
 
-def _child_stderr(log_dir, **extra):
+def _child_stderr(log_dir, writer="inline", **extra):
   env = {k: v for k, v in os.environ.items()
          if k not in ("GLOG_minloglevel", "RLDS_LM_VERBOSE")}
   env.update(extra, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  done = subprocess.run([sys.executable, "-c", _CHILD, str(log_dir)], env=env,
+  code = _CHILD.replace("flush_every=2", f"flush_every=2, writer={writer!r}")
+  done = subprocess.run([sys.executable, "-c", code, str(log_dir)], env=env,
                         capture_output=True, text=True, timeout=300, check=True)
   return done.stderr
 
@@ -142,6 +143,12 @@ def test_flush_with_nothing_new_writes_nothing_and_no_empty_steps_lines(tmp_path
   between = verbose.split("MARK flushes", 1)[1].split("MARK end", 1)[0]
   assert "Empty steps" not in between, between
   assert len(list(logs.read_log(tmp_path / "verbose"))) == 3
+
+
+def test_a_writer_process_is_as_quiet(tmp_path):
+  quiet = _child_stderr(tmp_path / "quiet", writer=recorder.PROCESS)
+  assert "Empty steps" not in quiet, quiet
+  assert len(list(logs.read_log(tmp_path / "quiet"))) == 3
 
 
 def test_flush_makes_batched_episodes_readable_before_close(tmp_path):
