@@ -222,3 +222,20 @@ def test_a_binding_that_refuses_serialized_bytes_gets_parsed_messages(tmp_path):
   back = list(logs.read_log(tmp_path))
   for got, want in zip(back, episodes, strict=True):
     T.assert_episodes_equal(got, want)
+
+
+def test_top_k_mass_check_decides_as_float64_does_at_the_limit():
+  # Validation settles most rows with a float32 sum and re-sums rows near the limit
+  # in float64: the decision must be the float64 one, right at the limit too.
+  episode = T.fake_rollout(ROLLOUT, seed=3)
+  teacher = episode[S.STEPS][0][S.TEACHER]
+  length, k = teacher[S.TEACHER_TOPK_LOGPROBS].shape
+  limit = 1.0 + V._MASS_SLACK
+  for offset in (-3e-4, -1e-4, -2e-5, -1e-6, 0.0, 1e-6, 2e-5, 1e-4, 3e-4):
+    row = np.full(k, np.log((limit + offset) / k), np.float32)
+    teacher[S.TEACHER_TOPK_LOGPROBS] = np.tile(row, (length, 1))
+    too_much = np.exp(row.astype(np.float64)).sum() > limit
+    outcome, message = _outcome(episode)
+    assert outcome == ("error" if too_much else "ok"), (offset, message)
+    if too_much:
+      assert "summing to <= 1" in message
