@@ -116,10 +116,10 @@ class Recorder:
       (:func:`rlds_lm.publish.check_dataset_name`).
     split: split to append to (tfds backend), an identifier too.
     episodes_per_shard: episodes per TFDS shard (tfds backend).
-    writer: where the riegeli backend writes: ``"process"`` (default), a writer
-      process fed through a pipe (:class:`rlds_lm.logs.ProcessEpisodeWriter`), or
-      ``"inline"``, in the caller's thread. See the module docstring for what each
-      guarantees.
+    writer: where the riegeli backend writes: ``"inline"`` (default), in the caller's
+      thread, or ``"process"``, a writer process fed through a pipe
+      (:class:`rlds_lm.logs.ProcessEpisodeWriter`). See the module docstring for what
+      each guarantees.
     flush_every: ``writer="inline"``: flush the Riegeli log after every N-th episode.
       The default 1 gives the inline crash guarantee; N > 1 trades it (a kill may lose
       up to N - 1 closed episodes too) for fewer fsyncs.
