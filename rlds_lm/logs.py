@@ -585,8 +585,9 @@ class ProcessEpisodeWriter:
   The recording process encodes each episode (:func:`encode_episode`) and writes its
   bytes into the pipe; the writer process (started once, with the writer) hands them to
   envlogger's native writer and flushes once the pipe has stayed empty for
-  ``FLUSH_DELAY`` (5 ms), or after ``max_unflushed // 2`` episodes when it does not. The same files, byte for byte, as
-  :class:`RiegeliEpisodeWriter` writes.
+  ``FLUSH_DELAY`` (5 ms), or after ``max_unflushed // 2`` episodes when it does not.
+  The log is :class:`RiegeliEpisodeWriter`'s, in fewer and larger Riegeli chunks; the
+  dataset published from it is the same, record for record.
 
   Guarantees:
 
