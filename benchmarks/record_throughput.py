@@ -217,7 +217,8 @@ def run(args) -> dict[str, Any]:
             "cpu_ratio_to_raw": (cpu_tps / raw_cpu_tps if cpu_tps and raw_cpu_tps
                                  else (1.0 if cpu_tps else None)),
             "top_k": k, "storage": storage, "writer": writer, "writer_options": options,
-            "recorder_writer": recorder_writer, "flush_every": flush_every, "seconds": res["seconds"],
+            "recorder_writer": recorder_writer, "flush_every": flush_every,
+            "seconds": res["seconds"],
             "median_s": res["median_s"],
             "episodes_per_s": passes * num_episodes / res["median_s"],
             "tokens_per_s": tps, "ratio_to_raw": tps / raw_tps if raw_tps else 1.0,

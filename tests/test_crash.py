@@ -145,8 +145,9 @@ def test_no_writer_process_is_left_after_close_or_exit(tmp_path):
   assert _gone(pid, timeout=5)
   # A recording process that exits without close(): its writer process still finishes.
   code = ("import sys; from conftest import ROLLOUT; from rlds_lm import recorder, testing"
-          " as T; rec = recorder.Recorder(sys.argv[1], ROLLOUT, writer='process'); print(rec.writer_pid, "
-          "flush=True); rec.record(T.fake_rollout(ROLLOUT, seed=2)); sys.exit(0)")
+          " as T; rec = recorder.Recorder(sys.argv[1], ROLLOUT, writer='process'); "
+          "print(rec.writer_pid, flush=True); rec.record(T.fake_rollout(ROLLOUT, seed=2)); "
+          "sys.exit(0)")
   env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
   done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], env=env,
                         capture_output=True, text=True, timeout=120, check=True)
