@@ -307,6 +307,8 @@ def _wire(value: Any, parts: list[Any]) -> int:
   if type(value) is _Wired:  # already serialized
     parts.append(value.data)
     return len(value.data)
+  if type(value) is _Tree:
+    return _wire_tree(value.tree, parts)
   if isinstance(value, (bytes, memoryview)):  # Values.bytes_values (9)
     return _scalar(parts, b"\x4a" + _size(len(value)), value)
   if isinstance(value, dict):
@@ -418,16 +420,105 @@ class _Wired:
     self.data = data
 
 
+class _Tree:
+  """A tree of validated fields that :func:`_wire` writes as it writes
+  ``_encode_tree(tree, buffers=True)``, without building that copy (:func:`_wire_tree`)."""
+
+  __slots__ = ("tree",)
+
+  def __init__(self, tree: Mapping[str, Any]):
+    self.tree = tree
+
+
+def _wire_tree(tree: Mapping[str, Any], parts: list[Any]) -> int:
+  """``_wire(_encode_tree(tree, buffers=True), parts)`` in one pass over ``tree``."""
+  if not tree:
+    return 0
+  body: list[Any] = []
+  size = 0
+  for key, item in tree.items():
+    if type(key) is not str:  # nothing appended to parts yet
+      return _wire(_encode_tree(tree, True), parts)
+    head_at = len(body)
+    body.append(b"")
+    kind = type(item)
+    if kind is np.ndarray and item.dtype != object and not (
+        item.dtype == np.uint8 and item.ndim == 3):
+      view = memoryview(np.ascontiguousarray(item)).cast("B")
+      values_head = b"\x4a" + _size(len(view))  # Values.bytes_values (9)
+      data = _scalar_head(len(values_head) + len(view)) + values_head
+      body.append(data)
+      n = len(data) + len(view)
+      if len(view):
+        body.append(view)
+    elif kind is float:  # as np.float64
+      data = _DATA_F64_HEAD + _F64.pack(item)
+      body.append(data)
+      n = len(data)
+    elif kind is str:  # Values.string_values (8)
+      text = item.encode("utf-8")
+      values_head = b"\x42" + _size(len(text))
+      data = _scalar_head(len(values_head) + len(text)) + values_head + text
+      body.append(data)
+      n = len(data)
+    elif kind is bool:  # as np.bool_
+      data = _DATA_TRUE if item else _DATA_FALSE
+      body.append(data)
+      n = len(data)
+    elif kind is int:  # as np.int64: Values.int64_values (4), packed
+      data = _varint(item)
+      n = _scalar(body, b"\x22" + _size(len(data)) + data)
+    elif kind is dict:
+      n = _wire_tree(item, body)
+    elif kind is _Wired:
+      body.append(item.data)
+      n = len(item.data)
+    else:  # anything else converted as _encode_tree converts it
+      n = _wire(_encode_tree({key: item}, True)[key], body)
+    key_head = _KEY_HEADS.get(key)
+    if key_head is None:
+      key_bytes = key.encode("utf-8")
+      key_head = b"\x0a" + _size(len(key_bytes)) + key_bytes + b"\x12"
+      if len(_KEY_HEADS) < 10_000:
+        _KEY_HEADS[key] = key_head
+    entry = key_head + _size(n)  # Dict.values (1): {key (1), value (2)}
+    head = b"\x0a" + _size(len(entry) + n) + entry
+    body[head_at] = head
+    size += len(head) + n
+  head = b"\x22" + _size(size)  # Data.dict (4)
+  parts.append(head)
+  parts.extend(body)
+  return len(head) + size
+
+
 def encode_episode(episode: Mapping[str, Any]) -> tuple[list[bytes], bytes]:
   """A validated episode as envlogger's writer stores it: the serialized ``Data`` of each
   log step (:func:`episode_to_log_steps`) and of the episode metadata (its index
-  entry), equal to what ``codec.encode`` makes of them."""
-  log_steps = episode_to_log_steps(episode, buffers=True)
-  last_custom = log_steps[-1][2]
+  entry), equal to what ``codec.encode`` makes of them.
+
+  Written straight from the validated fields (``_Tree``), in the layout
+  :func:`episode_to_log_steps` builds, without building its steps.
+  """
+  import dm_env  # pylint: disable=g-import-not-at-top
+
+  steps = episode[S.STEPS]
   # The metadata is serialized once: its index entry, and inside the last step.
-  metadata = _serialized(last_custom[EPISODE_METADATA_KEY])
-  last_custom[EPISODE_METADATA_KEY] = _Wired(metadata)
-  return [_serialized(step) for step in log_steps], metadata
+  metadata = _serialized(_Tree({k: v for k, v in episode.items() if k != S.STEPS}))
+  n = len(steps)
+  # (timestep (step_type, reward, discount, observation), action, custom_data)
+  records = [_serialized(((dm_env.StepType.FIRST, None, None,
+                           _Tree(steps[0][S.OBSERVATION])), None, None))]
+  for j in range(1, n):
+    prev = steps[j - 1]
+    custom = {k: v for k, v in prev.items() if k not in _CORE}
+    step_type = dm_env.StepType.MID
+    if j == n - 1:
+      custom[EPISODE_METADATA_KEY] = _Wired(metadata)
+      step_type = dm_env.StepType.LAST
+    timestep = (step_type, np.float64(prev[S.REWARD]), np.float64(prev[S.DISCOUNT]),
+                _Tree(steps[j][S.OBSERVATION]))
+    records.append(_serialized((timestep, _Tree(prev[S.ACTION]), _Tree(custom))))
+  return records, metadata
 
 
 # --------------------------------------------------------------------------------------

@@ -239,3 +239,23 @@ def test_top_k_mass_check_decides_as_float64_does_at_the_limit():
     assert outcome == ("error" if too_much else "ok"), (offset, message)
     if too_much:
       assert "summing to <= 1" in message
+
+
+@pytest.mark.parametrize("config,episodes", [
+    (ROLLOUT, lambda: rollouts(3) + [_odd_episode()]), (AGENTIC, lambda: agentic(2)),
+    (PREFERENCE, lambda: preferences(2))], ids=["rollout-teacher", "agentic-image",
+                                                "preference"])
+def test_encode_episode_is_what_envloggers_codec_encodes(config, episodes):
+  codec, storage_pb2 = _codec()
+  for episode in episodes():
+    episode = V.validate_episode(episode, config)
+    reference = logs.episode_to_log_steps(episode)
+    records, metadata = logs.encode_episode(episode)
+    assert len(records) == len(reference)
+    for ref, record in zip(reference, records):
+      assert storage_pb2.Data.FromString(record) == codec.encode(ref)
+    assert storage_pb2.Data.FromString(metadata) == codec.encode(
+        reference[-1][2][logs.EPISODE_METADATA_KEY])
+    # Byte for byte what _wire writes of episode_to_log_steps' steps.
+    assert records == [logs._serialized(step)
+                       for step in logs.episode_to_log_steps(episode, buffers=True)]
