@@ -23,7 +23,9 @@ directory per writer session), so ``envlogger.Reader(DIR)`` and
   the files are the ones envlogger's ``RiegeliBackendWriter`` (``codec.encode``) writes,
   and the datasets published from them are byte-identical (tests/test_recorder_format.py),
   at a fraction of the Python cost. What remains is the native writer itself: the
-  floor in docs/benchmarks.md.
+  floor in docs/benchmarks.md. :class:`ProcessEpisodeWriter` runs that writer in a
+  writer process fed through a pipe (``Recorder(writer="process")``), with the
+  guarantees its docstring lists.
 """
 
 from __future__ import annotations
@@ -302,6 +304,11 @@ def _wire(value: Any, parts: list[Any]) -> int:
   """
   if value is None:
     return 0
+  if type(value) is _Wired:  # already serialized
+    parts.append(value.data)
+    return len(value.data)
+  if type(value) is _Tree:
+    return _wire_tree(value.tree, parts)
   if isinstance(value, (bytes, memoryview)):  # Values.bytes_values (9)
     return _scalar(parts, b"\x4a" + _size(len(value)), value)
   if isinstance(value, dict):
@@ -404,13 +411,114 @@ def _serialized(value: Any) -> bytes:
   return b"".join(parts)
 
 
+class _Wired:
+  """Wire bytes :func:`_wire` already wrote, written again as they are."""
+
+  __slots__ = ("data",)
+
+  def __init__(self, data: bytes):
+    self.data = data
+
+
+class _Tree:
+  """A tree of validated fields that :func:`_wire` writes as it writes
+  ``_encode_tree(tree, buffers=True)``, without building that copy (:func:`_wire_tree`)."""
+
+  __slots__ = ("tree",)
+
+  def __init__(self, tree: Mapping[str, Any]):
+    self.tree = tree
+
+
+def _wire_tree(tree: Mapping[str, Any], parts: list[Any]) -> int:
+  """``_wire(_encode_tree(tree, buffers=True), parts)`` in one pass over ``tree``."""
+  if not tree:
+    return 0
+  body: list[Any] = []
+  size = 0
+  for key, item in tree.items():
+    if type(key) is not str:  # nothing appended to parts yet
+      return _wire(_encode_tree(tree, True), parts)
+    head_at = len(body)
+    body.append(b"")
+    kind = type(item)
+    if kind is np.ndarray and item.dtype != object and not (
+        item.dtype == np.uint8 and item.ndim == 3):
+      view = memoryview(np.ascontiguousarray(item)).cast("B")
+      values_head = b"\x4a" + _size(len(view))  # Values.bytes_values (9)
+      data = _scalar_head(len(values_head) + len(view)) + values_head
+      body.append(data)
+      n = len(data) + len(view)
+      if len(view):
+        body.append(view)
+    elif kind is float:  # as np.float64
+      data = _DATA_F64_HEAD + _F64.pack(item)
+      body.append(data)
+      n = len(data)
+    elif kind is str:  # Values.string_values (8)
+      text = item.encode("utf-8")
+      values_head = b"\x42" + _size(len(text))
+      data = _scalar_head(len(values_head) + len(text)) + values_head + text
+      body.append(data)
+      n = len(data)
+    elif kind is bool:  # as np.bool_
+      data = _DATA_TRUE if item else _DATA_FALSE
+      body.append(data)
+      n = len(data)
+    elif kind is int:  # as np.int64: Values.int64_values (4), packed
+      data = _varint(item)
+      n = _scalar(body, b"\x22" + _size(len(data)) + data)
+    elif kind is dict:
+      n = _wire_tree(item, body)
+    elif kind is _Wired:
+      body.append(item.data)
+      n = len(item.data)
+    else:  # anything else converted as _encode_tree converts it
+      n = _wire(_encode_tree({key: item}, True)[key], body)
+    key_head = _KEY_HEADS.get(key)
+    if key_head is None:
+      key_bytes = key.encode("utf-8")
+      key_head = b"\x0a" + _size(len(key_bytes)) + key_bytes + b"\x12"
+      if len(_KEY_HEADS) < 10_000:
+        _KEY_HEADS[key] = key_head
+    entry = key_head + _size(n)  # Dict.values (1): {key (1), value (2)}
+    head = b"\x0a" + _size(len(entry) + n) + entry
+    body[head_at] = head
+    size += len(head) + n
+  head = b"\x22" + _size(size)  # Data.dict (4)
+  parts.append(head)
+  parts.extend(body)
+  return len(head) + size
+
+
 def encode_episode(episode: Mapping[str, Any]) -> tuple[list[bytes], bytes]:
   """A validated episode as envlogger's writer stores it: the serialized ``Data`` of each
   log step (:func:`episode_to_log_steps`) and of the episode metadata (its index
-  entry), equal to what ``codec.encode`` makes of them."""
-  log_steps = episode_to_log_steps(episode, buffers=True)
-  metadata = log_steps[-1][2][EPISODE_METADATA_KEY]  # encoded once, in the last step
-  return [_serialized(step) for step in log_steps], _serialized(metadata)
+  entry), equal to what ``codec.encode`` makes of them.
+
+  Written straight from the validated fields (``_Tree``), in the layout
+  :func:`episode_to_log_steps` builds, without building its steps.
+  """
+  import dm_env  # pylint: disable=g-import-not-at-top
+
+  steps = episode[S.STEPS]
+  # The metadata is serialized once: its index entry, and inside the last step.
+  metadata = _serialized(_Tree({k: v for k, v in episode.items() if k != S.STEPS}))
+  n = len(steps)
+  # (timestep (step_type, reward, discount, observation), action, custom_data)
+  records = [_serialized(((dm_env.StepType.FIRST, None, None,
+                           _Tree(steps[0][S.OBSERVATION])), None, None))]
+  for j in range(1, n):
+    prev = steps[j - 1]
+    custom = {k: v for k, v in prev.items() if k not in _CORE}
+    step_type = dm_env.StepType.MID
+    if j == n - 1:
+      custom[EPISODE_METADATA_KEY] = _Wired(metadata)
+      step_type = dm_env.StepType.LAST
+    timestep = (step_type, np.float64(prev[S.REWARD]), np.float64(prev[S.DISCOUNT]),
+                _Tree(steps[j][S.OBSERVATION]))
+    records.append(_serialized((timestep, _Tree(prev[S.ACTION]), _Tree(custom))))
+  return records, metadata
 
 
 # --------------------------------------------------------------------------------------
@@ -509,6 +617,381 @@ class RiegeliEpisodeWriter:
       self._closed = True
       self._unflushed = 0
       self._writer.close()
+
+
+# --------------------------------------------------------------------------------------
+# The writer process: envlogger's writer off the caller's path.
+# --------------------------------------------------------------------------------------
+
+WRITER_LOCK = ".rlds_lm_writers.lock"  # held (shared) by every live writer process
+DEFAULT_MAX_UNFLUSHED = 64  # the process writer's bound: see ProcessEpisodeWriter
+FLUSH_DELAY = 0.005  # s: the writer process flushes once its pipe stays empty this long
+
+# Frames from the recording process to its writer (all integers little-endian):
+#   episode: b"E" seq:u64 records:u32 id_len:u32, then records + 1 sizes (u32), the
+#            episode id (utf-8), each record's bytes, the metadata's bytes;
+#   flush:   b"F" seq:u64 (answered with a durable ack once flushed);
+#   close:   b"C" (the writer flushes, closes its files and exits).
+# Frames back: b"D" seq:u64 (every episode up to seq is flushed, i.e. durable);
+#              b"X" seq:u64 size:u32 message (writing episode seq failed; the writer exits).
+_EPISODE_HEAD = struct.Struct("<cQII")
+_SEQ = struct.Struct("<cQ")
+_ERROR_HEAD = struct.Struct("<cQI")
+_PIPE_SIZE = 1 << 20  # the pipe's kernel buffer, if the system allows (F_SETPIPE_SZ)
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not exported before Python 3.10
+
+
+def wait_for_writers(log_dir: str | os.PathLike[str], timeout: float | None = None) -> bool:
+  """Waits until no writer process is writing to ``log_dir``; False after ``timeout``
+  seconds if one still is (``None``: wait as long as it takes).
+
+  A :class:`ProcessEpisodeWriter`'s process outlives a recording process killed with
+  SIGKILL for as long as it needs to write what the pipe held and close the files; a
+  reader that must see everything (a test, a restart) waits here first. A live
+  writer (a Recorder still open) holds the directory until it is closed.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(os.fspath(log_dir), WRITER_LOCK)
+  if not os.path.exists(path):
+    return True
+  deadline = None if timeout is None else time.monotonic() + timeout
+  with open(path, "rb") as f:
+    while True:
+      try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline else 0))
+      except BlockingIOError:
+        if time.monotonic() >= deadline:
+          return False
+        time.sleep(0.01)
+        continue
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+      return True
+
+
+class ProcessEpisodeWriter:
+  """:class:`RiegeliEpisodeWriter` in a writer process fed through a pipe.
+
+  The recording process encodes each episode (:func:`encode_episode`) and writes its
+  bytes into the pipe; the writer process (started once, with the writer) hands them to
+  envlogger's native writer and flushes once the pipe has stayed empty for
+  ``FLUSH_DELAY`` (5 ms), or after ``max_unflushed // 2`` episodes when it does not.
+  The log is :class:`RiegeliEpisodeWriter`'s, in fewer and larger Riegeli chunks; the
+  dataset published from it is the same, record for record.
+
+  Guarantees:
+
+  * When :meth:`write` returns, the episode's bytes are in the kernel's pipe: a SIGKILL
+    of the recording process loses none of them. The writer process reads the pipe to
+    its end, writes, flushes, closes the files and exits (it ignores SIGINT and SIGTERM,
+    which reach a whole process group; it exits when the pipe closes).
+    :func:`wait_for_writers` waits for it.
+  * A SIGKILL of both processes (or a power cut) loses at most ``max_unflushed``
+    episodes whose :meth:`write` had returned: :meth:`write` blocks while that many are
+    not yet known to be flushed.
+  * :meth:`flush` returns once every episode written before it is flushed to disk.
+  * A failure in the writer process (or its death) raises ``RuntimeError`` on the next
+    call, naming the first episode not known to be on disk.
+  * :meth:`close` waits for the writer process to exit: none is left behind.
+
+  The writer process sees the pipe close when every copy of its write end is closed: a
+  recording process that forks children (``multiprocessing`` with ``fork``) shares it
+  with them, and after a SIGKILL the writer then finishes only once they have exited.
+  """
+
+  def __init__(self, log_dir: str | os.PathLike[str], config: S.SchemaConfig, *,
+               writer_options: str = DEFAULT_WRITER_OPTIONS,
+               max_episodes_per_file: int = 100_000,
+               max_unflushed: int = DEFAULT_MAX_UNFLUSHED):
+    import fcntl  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+
+    if max_unflushed < 1:
+      raise ValueError(f"max_unflushed: expected >= 1, found {max_unflushed}")
+    self.log_dir = os.fspath(log_dir)
+    os.makedirs(self.log_dir, exist_ok=True)
+    self._max_unflushed = max_unflushed
+    # The writer lock: taken here, held by the writer process through the inherited
+    # descriptor (flock belongs to the open file), so it is held from the first moment.
+    lock = os.open(os.path.join(self.log_dir, WRITER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(lock, fcntl.LOCK_SH)
+      package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+      env = dict(os.environ)
+      env["PYTHONPATH"] = os.pathsep.join(
+          [package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+      self._proc = subprocess.Popen(
+          [sys.executable, "-c", "from rlds_lm import logs; logs._writer_process_main()",
+           self.log_dir, writer_options, str(max_episodes_per_file),
+           str(max(1, max_unflushed // 2)), config.to_json(), str(lock)],
+          stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env,
+          pass_fds=(lock,))
+    finally:
+      os.close(lock)
+    self.pid = self._proc.pid
+    self._out = self._proc.stdin.fileno()
+    self._acks = self._proc.stdout.fileno()
+    try:
+      fcntl.fcntl(self._out, _F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:
+      pass  # the system's limit is lower: the default size works, with more blocking
+    os.set_blocking(self._acks, False)
+    self._ack_buffer = bytearray()
+    self._seq = 0  # episodes handed to the writer process
+    self._durable = 0  # every episode up to this one is flushed
+    self._ids: dict[int, str] = {}  # seq -> episode id, for episodes not yet durable
+    self._error: str | None = None
+    self._closed = False
+
+  def write(self, episode: Mapping[str, Any]) -> None:
+    """Encodes one validated episode and hands it to the writer process."""
+    records, metadata = encode_episode(episode)
+    self.write_encoded(records, metadata, str(episode.get(S.EPISODE_ID, "")))
+
+  def write_encoded(self, records: list[bytes], metadata: bytes,
+                    episode_id: str = "") -> None:
+    """Hands one episode, as :func:`encode_episode` returned it, to the writer process."""
+    self._check()
+    seq = self._seq + 1
+    name = episode_id.encode("utf-8")
+    head = _EPISODE_HEAD.pack(b"E", seq, len(records), len(name)) + struct.pack(
+        f"<{len(records) + 1}I", *[len(r) for r in records], len(metadata)) + name
+    self._send([head, *records, metadata])
+    self._seq = seq
+    self._ids[seq] = episode_id
+    self._read_acks(block=False)
+    while self._seq - self._durable >= self._max_unflushed and self._error is None:
+      self._read_acks(block=True)
+    self._check()
+
+  def flush(self) -> None:
+    """Returns once every episode written so far is flushed to disk."""
+    self._check()
+    if self._durable < self._seq:
+      self._send([_SEQ.pack(b"F", self._seq)])
+      while self._durable < self._seq and self._error is None:
+        self._read_acks(block=True)
+    self._check()
+
+  def close(self) -> None:
+    """Flushes, closes the files and waits for the writer process to exit."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      if self._error is None:
+        self._send([b"C"])
+    except RuntimeError:
+      pass  # the error is reported below
+    finally:
+      self._proc.stdin.close()
+    while self._read_acks(block=True):
+      pass
+    code = self._proc.wait()
+    self._proc.stdout.close()
+    if self._error is None and (code != 0 or self._durable < self._seq):
+      self._fail(f"the writer process exited with code {code}")
+    if self._error is not None:
+      raise RuntimeError(self._error)
+
+  def _send(self, parts: list[Any]) -> None:
+    try:
+      while parts:
+        sent = os.writev(self._out, parts)
+        while parts and sent >= len(parts[0]):
+          sent -= len(parts[0])
+          parts.pop(0)
+        if sent:
+          parts[0] = memoryview(parts[0])[sent:]
+    except (BrokenPipeError, OSError) as err:
+      self._read_acks(block=False)
+      if self._error is None:
+        self._fail(f"the writer process is gone ({err})")
+      raise RuntimeError(self._error) from None
+
+  def _check(self) -> None:
+    if self._closed:
+      raise RuntimeError(f"{self.log_dir}: the writer is closed")
+    if self._error is not None:
+      raise RuntimeError(self._error)
+
+  def _fail(self, why: str, seq: int | None = None) -> None:
+    lost = [s for s in sorted(self._ids) if seq is None or s >= seq]
+    first = f"episode {self._ids[lost[0]]!r}" if lost and self._ids[lost[0]] else (
+        f"episode #{lost[0]}" if lost else "no episode")
+    self._error = (f"{self.log_dir}: {why}; {len(lost)} recorded episode(s) are not known "
+                   f"to be on disk, from {first} on (pid {self.pid})")
+
+  def _read_acks(self, block: bool) -> bool:
+    """Reads the writer's answers; False once the writer process closed its end."""
+    import select  # pylint: disable=g-import-not-at-top
+
+    if block:
+      select.select([self._acks], [], [])
+    try:
+      chunk = os.read(self._acks, 1 << 16)
+    except BlockingIOError:
+      return True
+    if not chunk:
+      if self._error is None and not self._closed:
+        code = self._proc.poll()
+        self._fail(f"the writer process exited (code {code}" +
+                   (", a signal: its stderr may say why)" if code and code < 0 else ")"))
+      return False
+    buf = self._ack_buffer
+    buf += chunk
+    while buf:
+      if buf[:1] == b"D" and len(buf) >= _SEQ.size:
+        self._durable = max(self._durable, _SEQ.unpack_from(buf)[1])
+        for s in [s for s in self._ids if s <= self._durable]:
+          del self._ids[s]
+        del buf[:_SEQ.size]
+      elif buf[:1] == b"X" and len(buf) >= _ERROR_HEAD.size:
+        _, seq, size = _ERROR_HEAD.unpack_from(buf)
+        if len(buf) < _ERROR_HEAD.size + size:
+          break
+        message = bytes(buf[_ERROR_HEAD.size:_ERROR_HEAD.size + size]).decode("utf-8",
+                                                                             "replace")
+        del buf[:_ERROR_HEAD.size + size]
+        self._fail(f"the writer process failed: {message}", seq)
+      else:
+        break
+    return True
+
+  def __del__(self):
+    # Not closed (an exception in the caller): the writer still writes everything sent.
+    proc = getattr(self, "_proc", None)
+    if proc is not None and not self._closed:
+      try:
+        proc.stdin.close()
+      except Exception:  # noqa: BLE001 - best effort at interpreter shutdown
+        pass
+
+
+def _writer_process_main() -> None:
+  """The writer process of :class:`ProcessEpisodeWriter` (reads frames on stdin)."""
+  import select  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipe's end is the only stop
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  log_dir, options, per_file, flush_at, config_json, _ = sys.argv[1:7]
+  flush_at = int(flush_at)
+  fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+
+  os.set_blocking(fd_out, False)
+  owed = False  # a durable ack the full answer pipe refused, sent when the input is idle
+  orphan = False  # the recording process is gone: nobody reads answers, keep writing
+
+  def send(data: bytes) -> None:
+    nonlocal orphan
+    while data and not orphan:
+      select.select([], [fd_out], [])
+      try:
+        data = data[os.write(fd_out, data):]
+      except BlockingIOError:
+        continue
+      except BrokenPipeError:
+        orphan = True
+
+  def ack(block: bool) -> None:
+    # Acks are cumulative, so one refused while the recording process is busy writing
+    # (and not reading them: both pipes full) is sent later instead: no deadlock.
+    nonlocal owed, orphan
+    if orphan:
+      return
+    try:
+      if block:
+        send(_SEQ.pack(b"D", durable))
+      else:
+        os.write(fd_out, _SEQ.pack(b"D", durable))  # atomic: under PIPE_BUF
+      owed = False
+    except BlockingIOError:
+      owed = True
+    except BrokenPipeError:
+      orphan = True
+
+  seq = durable = 0
+  try:
+    writer = RiegeliEpisodeWriter(log_dir, S.SchemaConfig.from_json(config_json),
+                                  writer_options=options,
+                                  max_episodes_per_file=int(per_file),
+                                  flush_every=1 << 62)
+  except Exception as err:  # noqa: BLE001 - reported to the recording process
+    message = f"cannot open the log: {type(err).__name__}: {err}".encode("utf-8")
+    send(_ERROR_HEAD.pack(b"X", 1, len(message)) + message)
+    sys.exit(1)
+
+  def flush() -> None:
+    nonlocal durable
+    if durable < seq:
+      writer.flush()
+      durable = seq
+      ack(block=False)
+
+  buf = bytearray()
+  pos = 0
+  try:
+    while True:
+      kind = buf[pos:pos + 1]
+      need = 0
+      if kind == b"E" and len(buf) - pos >= _EPISODE_HEAD.size:
+        _, frame_seq, count, id_len = _EPISODE_HEAD.unpack_from(buf, pos)
+        sizes_at = pos + _EPISODE_HEAD.size
+        need = _EPISODE_HEAD.size + 4 * (count + 1) + id_len
+        if len(buf) - pos >= need:
+          sizes = struct.unpack_from(f"<{count + 1}I", buf, sizes_at)
+          need += sum(sizes)
+        else:
+          need += 1  # at least the sizes are missing
+        if len(buf) - pos >= need:
+          view = memoryview(buf)
+          at = sizes_at + 4 * (count + 1) + id_len
+          parts = []
+          for size in sizes:
+            parts.append(bytes(view[at:at + size]))
+            at += size
+          view.release()
+          pos += need
+          seq = frame_seq
+          writer.write_encoded(parts[:-1], parts[-1])
+          if seq - durable >= flush_at:
+            flush()
+          continue
+      elif kind == b"F" and len(buf) - pos >= _SEQ.size:
+        pos += _SEQ.size
+        flush()
+        ack(block=True)
+        continue
+      elif kind == b"C":
+        break
+      elif kind and kind not in (b"E", b"F"):
+        raise ValueError(f"unknown frame {bytes(kind)!r}")
+      # An incomplete frame: flush once the pipe has stayed empty for FLUSH_DELAY
+      # (a flush per episode costs the writer more than the episode itself), then wait.
+      if (durable < seq or owed) and not select.select([fd_in], [], [], FLUSH_DELAY)[0]:
+        flush()
+        if owed:
+          ack(block=True)
+      chunk = os.read(fd_in, max(_PIPE_SIZE, need))
+      if not chunk:
+        break  # the recording process is gone: what came in full is written
+      del buf[:pos]
+      pos = 0
+      buf += chunk
+    flush()
+    writer.close()
+    ack(block=True)  # the last word: everything up to seq is on disk
+  except Exception as err:  # noqa: BLE001 - reported to the recording process
+    message = f"{type(err).__name__}: {err}".encode("utf-8")
+    try:
+      send(_ERROR_HEAD.pack(b"X", max(durable + 1, 1), len(message)) + message)
+    except OSError:
+      pass
+    sys.exit(1)
 
 
 class _SerializedData:

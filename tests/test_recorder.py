@@ -193,7 +193,8 @@ def _lineage(path):
 @pytest.mark.parametrize("how", ["cut5", "cut200", "flip0.3", "flip0.5", "flip0.8"])
 def test_damaged_steps_file_loses_only_the_damaged_episode(tmp_path, how):
   episodes = rollouts(10)
-  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+  # The inline writer flushes one chunk per episode (a writer process batches them).
+  with recorder.Recorder(tmp_path, ROLLOUT, writer=recorder.INLINE) as rec:
     for e in episodes:
       rec.record(e)
   _damage(_shard_file(tmp_path, "steps.riegeli"), how)
@@ -207,7 +208,7 @@ def test_damaged_steps_file_loses_only_the_damaged_episode(tmp_path, how):
 
 
 def test_damaged_offsets_file_is_counted_not_silent(tmp_path):
-  with recorder.Recorder(tmp_path, ROLLOUT) as rec:
+  with recorder.Recorder(tmp_path, ROLLOUT, writer=recorder.INLINE) as rec:
     for e in rollouts(10):
       rec.record(e)
   _damage(_shard_file(tmp_path, "step_offsets.riegeli"), "flip0.5")
@@ -226,7 +227,7 @@ def test_damaged_offsets_file_is_counted_not_silent(tmp_path):
 
 def test_publish_log_of_a_damaged_log_warns_and_records_what_was_skipped(tmp_path):
   episodes = rollouts(6)
-  with recorder.Recorder(tmp_path / "log", ROLLOUT) as rec:
+  with recorder.Recorder(tmp_path / "log", ROLLOUT, writer=recorder.INLINE) as rec:
     for e in episodes:
       rec.record(e)
   clean = recorder.publish_log(tmp_path / "log", data_dir=tmp_path / "data", name="clean",

@@ -97,14 +97,17 @@ def _records(dataset_dir):
 def test_published_dataset_is_identical_to_envloggers_own_writers(tmp_path, config, make):
   episodes = make()
   _reference_log(tmp_path / "reference", config, episodes)
-  with recorder.Recorder(tmp_path / "recorder", config) as rec:
-    for episode in episodes:
-      rec.record(episode)
+  for writer in (recorder.INLINE, recorder.PROCESS):
+    with recorder.Recorder(tmp_path / writer, config, writer=writer) as rec:
+      for episode in episodes:
+        rec.record(episode)
   paths = [recorder.publish_log(tmp_path / log, data_dir=tmp_path / f"data-{log}",
-                                name="same") for log in ("reference", "recorder")]
-  reference, ours = (_records(p) for p in paths)
-  assert len(ours) == len(episodes)
-  assert ours == reference  # record for record, byte for byte
+                                name="same")
+           for log in ("reference", recorder.INLINE, recorder.PROCESS)]
+  reference, inline, process = (_records(p) for p in paths)
+  assert len(inline) == len(episodes)
+  assert inline == reference  # record for record, byte for byte
+  assert process == reference
 
 
 _CHILD = """
@@ -122,11 +125,12 @@ with recorder.Recorder(sys.argv[1], ROLLOUT, flush_every=2) as rec:
 """
 
 
-def _child_stderr(log_dir, **extra):
+def _child_stderr(log_dir, writer="inline", **extra):
   env = {k: v for k, v in os.environ.items()
          if k not in ("GLOG_minloglevel", "RLDS_LM_VERBOSE")}
   env.update(extra, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  done = subprocess.run([sys.executable, "-c", _CHILD, str(log_dir)], env=env,
+  code = _CHILD.replace("flush_every=2", f"flush_every=2, writer={writer!r}")
+  done = subprocess.run([sys.executable, "-c", code, str(log_dir)], env=env,
                         capture_output=True, text=True, timeout=300, check=True)
   return done.stderr
 
@@ -139,6 +143,12 @@ def test_flush_with_nothing_new_writes_nothing_and_no_empty_steps_lines(tmp_path
   between = verbose.split("MARK flushes", 1)[1].split("MARK end", 1)[0]
   assert "Empty steps" not in between, between
   assert len(list(logs.read_log(tmp_path / "verbose"))) == 3
+
+
+def test_a_writer_process_is_as_quiet(tmp_path):
+  quiet = _child_stderr(tmp_path / "quiet", writer=recorder.PROCESS)
+  assert "Empty steps" not in quiet, quiet
+  assert len(list(logs.read_log(tmp_path / "quiet"))) == 3
 
 
 def test_flush_makes_batched_episodes_readable_before_close(tmp_path):
@@ -212,3 +222,40 @@ def test_a_binding_that_refuses_serialized_bytes_gets_parsed_messages(tmp_path):
   back = list(logs.read_log(tmp_path))
   for got, want in zip(back, episodes, strict=True):
     T.assert_episodes_equal(got, want)
+
+
+def test_top_k_mass_check_decides_as_float64_does_at_the_limit():
+  # Validation settles most rows with a float32 sum and re-sums rows near the limit
+  # in float64: the decision must be the float64 one, right at the limit too.
+  episode = T.fake_rollout(ROLLOUT, seed=3)
+  teacher = episode[S.STEPS][0][S.TEACHER]
+  length, k = teacher[S.TEACHER_TOPK_LOGPROBS].shape
+  limit = 1.0 + V._MASS_SLACK
+  for offset in (-3e-4, -1e-4, -2e-5, -1e-6, 0.0, 1e-6, 2e-5, 1e-4, 3e-4):
+    row = np.full(k, np.log((limit + offset) / k), np.float32)
+    teacher[S.TEACHER_TOPK_LOGPROBS] = np.tile(row, (length, 1))
+    too_much = np.exp(row.astype(np.float64)).sum() > limit
+    outcome, message = _outcome(episode)
+    assert outcome == ("error" if too_much else "ok"), (offset, message)
+    if too_much:
+      assert "summing to <= 1" in message
+
+
+@pytest.mark.parametrize("config,episodes", [
+    (ROLLOUT, lambda: rollouts(3) + [_odd_episode()]), (AGENTIC, lambda: agentic(2)),
+    (PREFERENCE, lambda: preferences(2))], ids=["rollout-teacher", "agentic-image",
+                                                "preference"])
+def test_encode_episode_is_what_envloggers_codec_encodes(config, episodes):
+  codec, storage_pb2 = _codec()
+  for episode in episodes():
+    episode = V.validate_episode(episode, config)
+    reference = logs.episode_to_log_steps(episode)
+    records, metadata = logs.encode_episode(episode)
+    assert len(records) == len(reference)
+    for ref, record in zip(reference, records):
+      assert storage_pb2.Data.FromString(record) == codec.encode(ref)
+    assert storage_pb2.Data.FromString(metadata) == codec.encode(
+        reference[-1][2][logs.EPISODE_METADATA_KEY])
+    # Byte for byte what _wire writes of episode_to_log_steps' steps.
+    assert records == [logs._serialized(step)
+                       for step in logs.episode_to_log_steps(episode, buffers=True)]
