@@ -541,15 +541,43 @@ def view_dir(dataset: str | os.PathLike[str], split: str) -> str:
   return os.path.join(os.fspath(dataset), VIEW_DIR, split)
 
 
+_OPEN: dict[str, tuple[tuple[Any, ...], TrainingView]] = {}  # directory -> (stats, view)
+
+
+def _stats(directory: str, names) -> tuple[Any, ...]:
+  """What identifies a view's files on disk: ``view.json``'s and each file's inode, size
+  and modification time (a rebuild or an edit in place changes them)."""
+  out = []
+  for name in (VIEW_JSON, *(f"{n}.bin" for n in sorted(names))):
+    try:
+      st = os.stat(os.path.join(directory, name))
+    except OSError:
+      return ()
+    out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+  return tuple(out)
+
+
 def _open_current(directory: str, digest: str) -> TrainingView | None:
-  """The view in ``directory`` if it is there, intact and built from ``digest``."""
+  """The view in ``directory`` if it is there, intact and built from ``digest``.
+
+  A view opened before in this process whose files are unchanged (same inodes, sizes,
+  modification times) is returned again: its maps are already faulted in (reopening
+  the files maps them afresh, and every page touched costs a page fault again)."""
   if not os.path.exists(os.path.join(directory, VIEW_JSON)):
     return None
+  key = os.path.realpath(directory)
+  cached = _OPEN.get(key)
+  if cached is not None and cached[1].source_digest == digest and cached[0] == _stats(
+      directory, cached[1].meta["files"]):
+    return cached[1]
   try:
     view = TrainingView(directory)
   except ViewError as e:
     log.warning("training view %s is damaged (%s); rebuilding it", directory, e)
     return None
+  stats = _stats(directory, view.meta["files"])
+  if stats:
+    _OPEN[key] = (stats, view)
   if view.source_digest != digest:
     log.warning("training view %s is stale (built from %s, the dataset is now %s); "
                 "rebuilding it", directory, view.source_digest, digest)

@@ -318,3 +318,34 @@ def test_trainer_batches_mixing_a_view_and_a_decoded_dataset(tmp_path):
   without = D.DataPipeline({a: 0.5, b: 0.5}, config, training_view=False)
   _same_batches([mixed.batch(i) for i in range(6)], [without.batch(i) for i in range(6)])
   assert mixed.rows(2) == without.rows(2)
+
+
+def test_multiprocess_batches_in_groups_as_views_and_safe_copies_for_jax(dataset):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import loading  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  ds = R.grain_batches(dataset, batch_size=3, max_length=24, seed=5, with_teacher=True,
+                       drop_remainder=False).repeat(3)  # 15 batches: groups of 4, then 3
+  expected = list(ds)
+  assert len(expected) == 15
+  # Views of the slots: right while they are the current batch, reused afterwards.
+  with loading.multiprocess_batches(ds, workers=2, slots_per_worker=1, copy=False,
+                                    batches_per_element=4) as it:
+    views, copies = [], []
+    for batch in it:
+      views.append(batch)
+      copies.append({key: value.copy() for key, value in batch.items()})
+  _same_batches(copies, expected)
+  assert any(not np.array_equal(v[S.SEQ_TOKENS], e[S.SEQ_TOKENS])
+             for v, e in zip(views[:-8], expected))  # their slots were refilled
+  # The default copies: batches kept (here as JAX arrays, which on CPU may alias numpy
+  # memory) stay what they were while the slots are reused.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  with loading.multiprocess_batches(ds, workers=2, slots_per_worker=1,
+                                    batches_per_element=4) as it:
+    kept = [{key: jnp.asarray(value) for key, value in batch.items()} for batch in it]
+  _same_batches([{k: np.asarray(v) for k, v in b.items()} for b in kept], expected)
