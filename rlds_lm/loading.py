@@ -10,10 +10,14 @@ top-64 batch (3.2 MB) cost 12-17 ms, ten times what decoding it in process costs
 
 :func:`multiprocess_batches` keeps the transfer off fresh pages: a ring of batch slots in
 one memory-mapped file (``/dev/shm`` where there is one), mapped once by every process,
-so its pages are faulted in once. Worker processes build batch ``i`` and copy it into
-slot ``i % slots`` once the trainer's process has copied out batch ``i - slots`` (a
-per-slot counter in the same file; no locks); through Grain's queues travels only
-``(i, rows)``. The batches and their order are those of the dataset it wraps.
+so its pages are faulted in once. Worker processes fill slot ``i % slots`` with batch
+``i`` once the trainer's process is done with batch ``i - slots`` (a per-slot counter in
+the same file; no locks); through Grain's queues travel only batch numbers and row
+counts. A :func:`rlds_lm.read.grain_batches` dataset is gathered straight into the slot
+(no batch built, then copied), several consecutive batches per Grain element (Grain's
+hand-over costs a few hundred microseconds per element); the trainer's process copies
+each batch out once (or, with ``copy=False``, hands out views of the slot). The batches
+and their order are those of the dataset it wraps.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 
 _HEADER = 2  # int64 per slot: batch written, batch copied out
 _ALIGN = 64
-_POLL_S = 0.0002  # a worker waiting for its slot to be copied out
+_POLL_S = 0.0001  # a worker waiting for its slot to be copied out: first pause
+_POLL_MAX_S = 0.002  # ... and the longest
 
 
 class _Ring:
@@ -128,9 +133,13 @@ class _Gather:
 
 
 def _wait_for_slot(ring: _Ring, index: int) -> int:
+  """Slot ``index % slots`` once the trainer is done with batch ``index - slots``: polled,
+  backing off from 0.1 ms to 2 ms (a worker ahead of the trainer costs little CPU)."""
   slot = index % ring.slots
+  pause = _POLL_S
   while index >= ring.slots and ring.counters[slot, 1] < index - ring.slots:
-    time.sleep(_POLL_S)
+    time.sleep(pause)
+    pause = min(2 * pause, _POLL_MAX_S)
   return slot
 
 
@@ -191,7 +200,8 @@ class _Batches(Iterator[dict[str, np.ndarray]]):
     self.close()
 
 
-_GROUP_BYTES = 1 << 20  # batches per worker element: about this many bytes
+_GROUP_BYTES = 4 << 20  # batches per worker element: about this many bytes ...
+_GROUP_MIN = 4  # ... and at least this many
 
 
 def multiprocess_batches(dataset, *, workers: int, slots_per_worker: int = 4,
@@ -210,7 +220,8 @@ def multiprocess_batches(dataset, *, workers: int, slots_per_worker: int = 4,
   Args:
     dataset: e.g. :func:`rlds_lm.read.grain_batches`.
     workers: worker processes (Grain ``MultiprocessingOptions(num_workers=...)``).
-    slots_per_worker: elements each worker may have ready ahead of the trainer.
+    slots_per_worker: batches each worker may have ready ahead of the trainer (at least
+      two elements' worth).
     worker_init_fn: passed to Grain's ``mp_prefetch``.
     copy: True (the default): each batch is copied out of shared memory into fresh
       arrays, which the caller may keep. False: each batch is a view of its shared slot,
@@ -218,7 +229,7 @@ def multiprocess_batches(dataset, *, workers: int, slots_per_worker: int = 4,
       keep such a batch, nor hand it to ``jax.device_put``/``jnp.asarray`` without a copy:
       on CPU JAX may alias the memory, so a refilled slot would change the array under it.
     batches_per_element: consecutive batches a worker gathers per Grain element (a
-      ``grain_batches`` dataset only); None: enough for about 1 MiB.
+      ``grain_batches`` dataset only); None: about 4 MiB of batches, at least 4.
 
   Returns:
     An iterator of batches with ``close()`` (also a context manager).
@@ -235,11 +246,12 @@ def multiprocess_batches(dataset, *, workers: int, slots_per_worker: int = 4,
   batch_bytes = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in spec.values())
   group = 1
   if gather:
-    group = batches_per_element or max(1, _GROUP_BYTES // max(batch_bytes, 1))
+    group = batches_per_element or max(_GROUP_MIN, _GROUP_BYTES // max(batch_bytes, 1))
     if group < 1:
       raise ValueError(f"multiprocess_batches: batches_per_element must be >= 1, found "
                        f"{group}")
-  ring = _Ring(spec, slots=workers * slots_per_worker * group)
+  # Each worker may fill its next two elements (or slots_per_worker batches) ahead.
+  ring = _Ring(spec, slots=workers * max(slots_per_worker, 2 * group))
   try:
     if gather:
       elements = -(-len(dataset) // group)

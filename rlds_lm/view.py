@@ -451,6 +451,18 @@ class ViewBatcher:
     return dict(sorted(result.items()))  # in key order, as Grain's batch of dicts
 
 
+_ARANGES: dict[int, np.ndarray] = {}
+
+
+def _arange(length: int) -> np.ndarray:
+  """``np.arange(length)``, made once per length (read-only)."""
+  out = _ARANGES.get(length)
+  if out is None:
+    out = _ARANGES[length] = np.arange(length)
+    out.flags.writeable = False
+  return out
+
+
 class Rows:
   """Padded rows of a batch read from a view: row ``r`` is the first ``min(counts[r],
   length)`` tokens from token ``starts[r]``, then padding.
@@ -467,14 +479,24 @@ class Rows:
     self.view, self.length = view, length
     self.starts = np.asarray(starts, np.int64)
     self.counts = np.minimum(np.asarray(counts, np.int64), length)
-    total = int(view.offsets[-1])
+    last = int(view.offsets[-1]) - length  # the last window's first token
     # Rows whose window would run past the column's end read its last window and are
     # copied again by a slice (all rows when the column is shorter than the window).
-    self.late = np.flatnonzero(self.starts > total - length).tolist()
-    self.clipped = np.minimum(self.starts, max(total - length, 0))
-    self.keep = np.arange(length) < self.counts[:, None]  # [b, L]: cells before the end
-    self.pad = None if self.keep.all() else ~self.keep
-    self._tail = None
+    if self.starts.size and int(self.starts.max()) > last:
+      self.late = np.flatnonzero(self.starts > last).tolist()
+      self.clipped = np.minimum(self.starts, max(last, 0))
+    else:
+      self.late, self.clipped = [], self.starts
+    self.keep = _arange(length) < self.counts[:, None]  # [b, L]: cells before the end
+    self.padded = self.starts.size and int(self.counts.min()) < length
+    self._pad = self._tail = None
+
+  @property
+  def pad(self) -> np.ndarray:
+    """``[b, L]``: the padding cells."""
+    if self._pad is None:
+      self._pad = ~self.keep
+    return self._pad
 
   @property
   def tail(self) -> np.ndarray:
@@ -508,7 +530,7 @@ class Rows:
       s, n = int(self.starts[r]), int(self.counts[r])
       target[r, :n] = column[s:s + n]
       target[r, n:] = fill
-    if self.pad is not None and windows is not None:
+    if self.padded and windows is not None:
       if column.ndim > 1:
         target.reshape((b * length,) + column.shape[1:])[self.tail] = fill
       elif column.dtype == bool:

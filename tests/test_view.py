@@ -328,9 +328,9 @@ def test_multiprocess_batches_in_groups_as_views_and_safe_copies_for_jax(dataset
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   ds = R.grain_batches(dataset, batch_size=3, max_length=24, seed=5, with_teacher=True,
-                       drop_remainder=False).repeat(3)  # 15 batches: groups of 4, then 3
+                       drop_remainder=False).repeat(6)  # 30 batches: groups of 4, then 2
   expected = list(ds)
-  assert len(expected) == 15
+  assert len(expected) == 30
   # Views of the slots: right while they are the current batch, reused afterwards.
   with loading.multiprocess_batches(ds, workers=2, slots_per_worker=1, copy=False,
                                     batches_per_element=4) as it:
@@ -339,8 +339,9 @@ def test_multiprocess_batches_in_groups_as_views_and_safe_copies_for_jax(dataset
       views.append(batch)
       copies.append({key: value.copy() for key, value in batch.items()})
   _same_batches(copies, expected)
+  slots = 16  # 2 workers x 2 elements of 4 batches
   assert any(not np.array_equal(v[S.SEQ_TOKENS], e[S.SEQ_TOKENS])
-             for v, e in zip(views[:-8], expected))  # their slots were refilled
+             for v, e in zip(views[:-slots], expected))  # their slots were refilled
   # The default copies: batches kept (here as JAX arrays, which on CPU may alias numpy
   # memory) stay what they were while the slots are reused.
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
