@@ -249,10 +249,13 @@ class DataPipeline:
   @property
   def batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """``{key: (shape, dtype)}`` of this process's batches."""
+    return dict(self._spec())
+
+  def _spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     spec = self.__dict__.get("_batch_spec")
     if spec is None:
       spec = self._batch_spec = self._make_batch_spec()
-    return dict(spec)
+    return spec
 
   def _make_batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     b, length = self.local_batch_size, self.config.max_length
@@ -352,19 +355,18 @@ class DataPipeline:
       offsets = ends - lengths - (ends[first] - lengths[first])
     else:
       offsets = np.zeros(record.size, np.int64)
-    spec = self.batch_spec
+    spec = self._spec()
     per_token = [k for k in spec if k in _PER_TOKEN_KEYS]
-    # Every row one sequence from a view: whole rows gathered, padding included.
+    # Padding, every row one sequence from a view: whole rows gathered, padding
+    # included, and every row's per-sequence values set; nothing to initialise.
     by_rows = not packing and all(self._datasets[d].view is not None for d in used)
-    out = {}
-    for key, (shape, dtype) in spec.items():
-      # Gathered rows overwrite every cell, padding included; otherwise start from it.
-      out[key] = (np.empty(shape, dtype) if by_rows and (key in _PER_TOKEN_KEYS or key in (
-          SEGMENT_IDS, POSITIONS)) else np.zeros(shape, dtype))
-    if not by_rows:
+    if by_rows:
+      out = {key: np.empty(shape, dtype) for key, (shape, dtype) in spec.items()}
+    else:
+      out = {key: np.zeros(shape, dtype) for key, (shape, dtype) in spec.items()}
       out[TOKENS].fill(self.config.pad_id)
-    out[DATASET].fill(-1)
-    out[RECORD_INDEX].fill(-1)
+      out[DATASET].fill(-1)
+      out[RECORD_INDEX].fill(-1)
     at = (row, segment) if packing else (row,)
     out[DATASET][at] = dataset
     out[RECORD_INDEX][at] = record
