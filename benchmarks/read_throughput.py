@@ -16,17 +16,20 @@ in-memory episodes. Every reader yields batches of the same fields (``tokens``,
   ``batch``, ``prefetch``.
 * ``Grain, training view``: ``rlds_lm.read.grain_batches`` as trainers use it by default:
   batches gathered from the dataset's training view (``rlds_lm.view``: memory-mapped
-  columns, built once before the timed runs; its build time is reported), iterated as is
-  (Grain's default ``ReadOptions``: 16 threads).
+  columns, built once before the timed runs; its build time is reported), iterated as a
+  user would (``for batch in ds``: the dataset reads in the calling thread).
 * ``Grain, decoder``: ``grain_batches(training_view=False)``: each record's
   ``tf.train.Example`` parsed by ``rlds_lm.read.RawSequenceDecoder``.
 * Worker processes: each of the two above through
-  ``rlds_lm.loading.multiprocess_batches`` with 1 and 2 workers (batches handed over in a
-  ring of reused shared-memory slots), and the view through Grain's own
+  ``rlds_lm.loading.multiprocess_batches`` with 1 and 2 workers (batches gathered by the
+  workers into a ring of reused shared-memory slots and copied out once; for the view
+  with 2 workers also ``copy=False``: views of the slots), and the view through Grain's own
   ``.to_iter_dataset().mp_prefetch(2 workers)`` (fresh shared memory per array per
   batch), the way this benchmark measured Grain's workers before. Worker rows run one
-  iterator over ``repeats + 1`` epochs (as a trainer would), report its start-up (to the
-  first batch) separately and time the epochs after the first.
+  iterator over at least ``repeats + 1`` epochs and ``STREAM_MIN_BATCHES`` timed batches
+  (as a trainer would), report its start-up (to the first batch) separately, time the
+  epochs after the first (their mean) and report CPU time per batch in the trainer's
+  process and in the workers (from ``/proc``).
 * ``numpy memmap``: the reference arrays saved once as ``.npy`` and opened with
   ``mmap_mode="r"``; a batch is a fancy-indexed copy of 32 random rows.
 * ``HF datasets``: the reference arrays in Arrow (``Dataset.from_dict(...).save_to_disk``
@@ -65,7 +68,8 @@ GOAL_TOKENS_PER_S = 540_000  # one H100 training a 110M-parameter decoder, per h
 RLDS_LM_READERS = ("tf_python", "tf_graph", "grain_view", "grain_decoder",
                    "pipeline_view", "pipeline_decoder",
                    "grain_view_mp1", "grain_view_mp2", "grain_decoder_mp1",
-                   "grain_decoder_mp2", "grain_view_mp2_plain")  # through rlds_lm
+                   "grain_decoder_mp2", "grain_view_mp2_views",
+                   "grain_view_mp2_plain")  # through rlds_lm
 GOAL_VIEW_OVER_HF = 2.0  # issue 15: the view at least 2x HF datasets
 GOAL_VIEW_OVER_MEMMAP = 0.3  # ... and at least 0.3x numpy memmap
 GOAL_MP2_OVER_ONE = 1.5  # 2 worker processes at least 1.5x one process
@@ -73,6 +77,7 @@ TF_SHUFFLE_BUFFER = 256  # episodes; the other readers shuffle globally
 TF_MAX_STEPS = 16  # ragged_batch width for an episode's steps (these have 2)
 TF_PYTHON_MAX_BATCHES = 4  # the tf.data + Python reader is timed on this many batches
 VERIFY_BATCHES = 4  # batches checked row by row against the reference arrays
+STREAM_MIN_BATCHES = 1024  # worker rows: timed batches at least (over whole epochs)
 
 
 def _quiet() -> None:
@@ -236,8 +241,24 @@ def pipeline_reader(path: str, length: int, k: int, batch: int, *,
   return epoch
 
 
+def _children_cpu_s() -> float:
+  """CPU seconds (user + system) used so far by this process's live child processes
+  (Grain's workers), from /proc; 0 where there is no /proc."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+
+  total, tick = 0, os.sysconf("SC_CLK_TCK")
+  for child in multiprocessing.active_children():
+    try:
+      with open(f"/proc/{child.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      total += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+      continue
+  return total / tick
+
+
 def grain_workers_stream(path: str, length: int, k: int, batch: int, *, view: bool,
-                         workers: int, plain: bool = False) -> Callable:
+                         workers: int, plain: bool = False, copy: bool = True) -> Callable:
   """stream(epochs) -> one iterator over ``epochs`` epochs in worker processes."""
   import grain  # pylint: disable=g-import-not-at-top
 
@@ -250,7 +271,7 @@ def grain_workers_stream(path: str, length: int, k: int, batch: int, *, view: bo
     if plain:
       return iter(ds.to_iter_dataset().mp_prefetch(
           grain.MultiprocessingOptions(num_workers=workers)))
-    return loading.multiprocess_batches(ds, workers=workers)
+    return loading.multiprocess_batches(ds, workers=workers, copy=copy)
 
   return stream
 
@@ -360,7 +381,7 @@ def run_stream(stream: Callable, epochs: int, per_epoch: int,
   row, its sums), the others timed one by one; start-up = time to the first batch."""
   start = time.perf_counter()
   iterator = stream(epochs)
-  marks, real, sums, batches = [], 0, {}, 0
+  marks, cpu, real, sums, batches = [], [], 0, {}, 0
   try:
     for batch in iterator:
       if batches == 0:
@@ -375,14 +396,18 @@ def run_stream(stream: Callable, epochs: int, per_epoch: int,
         real += int(np.count_nonzero(batch["loss_mask"]))
       if batches % per_epoch == 0:
         marks.append(time.perf_counter())
+        cpu.append((time.process_time(), _children_cpu_s()))
   finally:
     close = getattr(iterator, "close", None)
     if close is not None:
       close()
   if batches != epochs * per_epoch:
     raise AssertionError(f"{batches} batches, expected {epochs} x {per_epoch}")
+  timed = (epochs - 1) * per_epoch
   return {"startup_s": startup, "seconds": list(np.diff(marks)), "sums": sums,
-          "real_tokens": real // max(1, epochs - 1)}
+          "real_tokens": real // max(1, epochs - 1),
+          "consumer_cpu_us_per_batch": (cpu[-1][0] - cpu[0][0]) / timed * 1e6,
+          "worker_cpu_us_per_batch": (cpu[-1][1] - cpu[0][1]) / timed * 1e6}
 
 
 def run_epoch(epoch: Callable, seed: int, *, max_batches: int | None = None,
@@ -435,7 +460,7 @@ def run(args) -> dict[str, Any]:
       "vocab_size": VOCAB_SIZE, "teacher_top_k": TEACHER_TOP_K, "repeats": repeats,
       "warmup_epochs": 1, "tf_shuffle_buffer": TF_SHUFFLE_BUFFER,
       "tf_max_steps": TF_MAX_STEPS, "tf_python_max_batches": TF_PYTHON_MAX_BATCHES,
-      "verify_batches": VERIFY_BATCHES,
+      "verify_batches": VERIFY_BATCHES, "stream_min_batches": STREAM_MIN_BATCHES,
       "goal_tokens_per_s": GOAL_TOKENS_PER_S, "reward_names": [E.REWARD_NAME],
       "scratch_dir": scratch,
   }
@@ -522,6 +547,9 @@ def run(args) -> dict[str, Any]:
            f"grain_decoder_mp{w}", grain_workers_stream(path, length, k, batch, view=False,
                                                         workers=w)) for w in (1, 2)
       ] + [
+          ("training view, multiprocess_batches(2 workers, copy=False: views of the slots)",
+           "grain_view_mp2_views", grain_workers_stream(path, length, k, batch, view=True,
+                                                        workers=2, copy=False)),
           ("training view, Grain mp_prefetch(2 workers) as before", "grain_view_mp2_plain",
            grain_workers_stream(path, length, k, batch, view=True, workers=2, plain=True)),
       ]
@@ -530,14 +558,21 @@ def run(args) -> dict[str, Any]:
       streams = [r for r in streams if only is None or r[1] in only]
       for label, key, stream in streams:
         try:
-          res = run_stream(stream, repeats + 1, full, verifier)
+          # At least STREAM_MIN_BATCHES timed batches: the workers' CPU time comes
+          # from /proc in clock ticks (10 ms).
+          res = run_stream(stream, max(repeats, -(-STREAM_MIN_BATCHES // full)) + 1,
+                           full, verifier)
           if not _same_sums(res["sums"], ref_sums):
             raise AssertionError(f"epoch sums {res['sums']} != reference {ref_sums}")
-          median = float(np.median(res["seconds"]))
+          # The mean epoch: workers hand over several batches per element, so single
+          # epochs are lumpy (an element can straddle an epoch's end).
+          median = float(np.mean(res["seconds"]))
           row = {
               "teacher_top_k": k, "reader": label, "key": key, "seconds": res["seconds"],
-              "median_s": median, "batches_per_run": full, "full_epoch": True,
+              "median_s": median, "mean_s": median, "batches_per_run": full, "full_epoch": True,
               "startup_s": res["startup_s"], "tokens_per_s": full * batch * length / median,
+              "consumer_cpu_us_per_batch": res["consumer_cpu_us_per_batch"],
+              "worker_cpu_us_per_batch": res["worker_cpu_us_per_batch"],
               "real_tokens_per_s": res["real_tokens"] / median,
               "batches_per_s": full / median, "verified": True,
           }
@@ -556,15 +591,17 @@ def run(args) -> dict[str, Any]:
             raise AssertionError(f"{warm['batches']} batches, expected {max_batches}")
           if max_batches == full and not _same_sums(warm["sums"], ref_sums):
             raise AssertionError(f"epoch sums {warm['sums']} != reference {ref_sums}")
-          seconds, open_s = [], []
+          seconds, open_s, cpu_s, timed_batches = [], [], 0.0, 0
           for rep in range(repeats):
             if hasattr(epoch, "prepare"):
               start = time.perf_counter()
               epoch.prepare(rep + 1)
               open_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             res = run_epoch(epoch, rep + 1, max_batches=max_batches)
             seconds.append(time.perf_counter() - start)
+            cpu_s += time.process_time() - cpu_start
+            timed_batches += res["batches"]
           median = float(np.median(seconds))
           padded = res["batches"] * batch * length
           row = {
@@ -574,6 +611,7 @@ def run(args) -> dict[str, Any]:
               "tokens_per_s": padded / median,
               "real_tokens_per_s": res["real_tokens"] / median,
               "batches_per_s": res["batches"] / median, "verified": True,
+              "consumer_cpu_us_per_batch": cpu_s / max(1, timed_batches) * 1e6,
           }
           if open_s:  # opening the dataset, not timed (once per run for a trainer)
             row["open_s"] = float(np.median(open_s))
@@ -623,6 +661,13 @@ def run(args) -> dict[str, Any]:
           ratios[f"{kind}_mp2_over_mp1"] = two["tokens_per_s"] / one["tokens_per_s"]
         if two and alone:
           ratios[f"{kind}_mp2_over_in_process"] = two["tokens_per_s"] / alone["tokens_per_s"]
+      views = by_key.get("grain_view_mp2_views")
+      if views and "grain_view" in by_key:
+        ratios["view_mp2_views_over_in_process"] = (views["tokens_per_s"]
+                                                    / by_key["grain_view"]["tokens_per_s"])
+      if views and "grain_view_mp1" in by_key:
+        ratios["view_mp2_views_over_mp1"] = (views["tokens_per_s"]
+                                             / by_key["grain_view_mp1"]["tokens_per_s"])
       plain = by_key.get("grain_view_mp2_plain")
       if plain and "grain_view" in by_key:
         ratios["view_plain_mp2_over_in_process"] = (plain["tokens_per_s"]
@@ -668,17 +713,21 @@ def markdown(data: dict[str, Any]) -> str:
       "- Grain, training view: `rlds_lm.read.grain_batches` as of the commit below, "
       "its default: batches gathered from the dataset's training view "
       "(`rlds_lm.view`, memory-mapped columns; built once before the timed runs, see "
-      "the build time below), one Grain element per batch, iterated as is (Grain's "
-      "default `ReadOptions`: 16 threads). No TensorFlow.",
+      "the build time below), one element per batch, iterated as a user would "
+      "(`for batch in ds`: the dataset reads in the calling thread). No TensorFlow.",
       "- Grain, decoder: `grain_batches(training_view=False)`: array_record through "
       "`as_data_source`, each record parsed by `RawSequenceDecoder`.",
       "- Worker processes: each of those through `rlds_lm.loading.multiprocess_batches` "
-      "(1 and 2 workers; batches handed over in a ring of reused shared-memory slots), "
+      "(1 and 2 workers; the workers gather batches straight into a ring of reused "
+      "shared-memory slots, several batches per Grain element, and the trainer's process "
+      "copies each out once; with `copy=False` it hands out views of the slots instead), "
       "and the view through Grain's own `.to_iter_dataset().mp_prefetch(2 workers)` "
       "(fresh shared memory per array per batch) as this benchmark measured workers "
       "before. These rows run one iterator over all epochs, as a trainer does: the "
       "start-up column is the time to its first batch (spawning the workers), the rate "
-      "is over the epochs after the first.",
+      "is over all the epochs after the first (their mean: a worker hands over several "
+      "batches at once, so single epochs are lumpy), at least "
+      f"{s.get('stream_min_batches', 0):,} timed batches.",
       "- trainers' DataPipeline: `rlds_lm.trainers.data.DataPipeline` (padding, its "
       "own Philox epoch order), `batch(step)` for one epoch, with the training view "
       "(default) and without; its extra keys (segment ids, positions, record indices) "
@@ -725,6 +774,9 @@ def markdown(data: dict[str, Any]) -> str:
       ("view_over_memmap", "grain_batches, view / numpy memmap", GOAL_VIEW_OVER_MEMMAP),
       ("view_mp2_over_mp1", "view, 2 workers / 1 worker", GOAL_MP2_OVER_ONE),
       ("view_mp2_over_in_process", "view, 2 workers / in process", GOAL_MP2_OVER_ONE),
+      ("view_mp2_views_over_mp1", "view, 2 workers (copy=False) / 1 worker", None),
+      ("view_mp2_views_over_in_process", "view, 2 workers (copy=False) / in process",
+       None),
       ("decoder_mp2_over_mp1", "decoder, 2 workers / 1 worker", GOAL_MP2_OVER_ONE),
       ("decoder_mp2_over_in_process", "decoder, 2 workers / in process", GOAL_MP2_OVER_ONE),
       ("view_plain_mp2_over_in_process", "view, Grain mp_prefetch(2) / in process", None),
@@ -765,6 +817,28 @@ def markdown(data: dict[str, Any]) -> str:
                if hf["tokens_per_s"] > best["tokens_per_s"] else
                f"; it beats HF datasets ({C.fmt_rate(hf['tokens_per_s'])} tokens/s)")
     lines.append(text + ".")
+  cpu_rows = []
+  for r in data["rows"]:
+    if "error" in r or r["key"] not in ("grain_view", "grain_view_mp1", "grain_view_mp2",
+                                        "grain_view_mp2_views"):
+      continue
+    if "consumer_cpu_us_per_batch" not in r:
+      continue
+    worker = r.get("worker_cpu_us_per_batch")
+    total = r["consumer_cpu_us_per_batch"] + (worker or 0)
+    cpu_rows.append([
+        f"top-{r['teacher_top_k']}" if r["teacher_top_k"] else "none", r["reader"],
+        f"{1e6 / r['batches_per_s']:,.0f}", f"{r['consumer_cpu_us_per_batch']:,.0f}",
+        "—" if worker is None else f"{worker:,.0f}", f"{total:,.0f}",
+        f"{2e6 / total:,.0f}"])
+  if cpu_rows:
+    lines += ["", "CPU time per batch (the timed epochs; workers' from /proc, their "
+              "start-up excluded). With 2 CPUs shared by the workers and the trainer's "
+              "process, no reader can exceed 2 CPUs / (CPU per batch) batches/s:", ""]
+    lines.append(C.markdown_table(
+        ["teacher", "reader", "wall us/batch", "trainer's process CPU us/batch",
+         "workers' CPU us/batch", "total CPU us/batch", "bound on 2 CPUs, batches/s"],
+        cpu_rows, ["l", "l", "r", "r", "r", "r", "r"]))
   lines += ["", "On disk and build time (same data):", ""]
   table = []
   for d in data["datasets"]:

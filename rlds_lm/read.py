@@ -414,10 +414,62 @@ class RawSequenceDecoder:
     return out
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+  x = x ^ (x >> np.uint64(30))
+  x = x * np.uint64(0xBF58476D1CE4E5B9)
+  x = x ^ (x >> np.uint64(27))
+  x = x * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+class _Permutation:
+  """A seeded bijection of ``[0, n)``, vectorised and O(1) in memory: a balanced Feistel
+  network (6 rounds, splitmix64 round function) over the smallest even number of bits
+  that holds ``n - 1``, cycle-walked back into range (the domain is less than ``4 n``,
+  so about 2 passes on average). The same ``(n, seed, epoch)`` give the same
+  permutation on every machine (integer arithmetic only)."""
+
+  ROUNDS = 6
+
+  def __init__(self, n: int, seed: int, epoch: int = 0):
+    self.n = n
+    self.half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    self.mask = np.uint64((1 << self.half) - 1)
+    base = _mix64(np.asarray([int(seed) % 2**64, int(epoch) % 2**64], np.uint64))
+    rounds = np.arange(1, self.ROUNDS + 1, dtype=np.uint64)
+    self.keys = _mix64(base[0] ^ _mix64(base[1] + rounds * _GOLDEN)).tolist()
+
+  def _encrypt(self, x: np.ndarray) -> np.ndarray:
+    half, mask = np.uint64(self.half), self.mask
+    hi, lo = x >> half, x & mask
+    for key in self.keys:
+      hi, lo = lo, hi ^ (_mix64(lo ^ np.uint64(key)) & mask)
+    return (hi << half) | lo
+
+  def __call__(self, positions) -> np.ndarray:
+    """The images of ``positions`` (ints in ``[0, n)``), as int64."""
+    y = self._encrypt(np.asarray(positions, np.uint64))
+    outside = np.flatnonzero(y >= self.n)
+    while outside.size:  # cycle walking: the cycle through x comes back below n
+      y[outside] = self._encrypt(y[outside])
+      outside = outside[y[outside] >= self.n]
+    return y.astype(np.int64)
+
+
 class _BatchRecords:
-  """Batch ``j`` -> its record indices, as ``MapDataset.range(n)[shard::count]
-  .shuffle(seed).batch(batch_size)`` orders them (Grain's ``index_shuffle``, 4 rounds),
-  without a Grain element per record."""
+  """Batch ``j`` (of epoch ``epoch``) -> its record indices. Position ``p`` of this
+  shard's records (``shard_index, shard_index + shard_count, ...``) holds the record at
+  position :class:`_Permutation` ``(records, seed, epoch)(p)`` (``p`` itself without a
+  seed); batch ``j`` is positions ``[j * batch_size, (j + 1) * batch_size)``.
+
+  The permutation is computed for a block of consecutive batches at once (about 4,096
+  positions; the last block is kept), so a batch costs a slice; memory stays O(block)."""
+
+  BLOCK_POSITIONS = 4096
 
   def __init__(self, records: int, batch_size: int, shard_index: int, shard_count: int,
                seed: int | None, drop_remainder: bool):
@@ -426,29 +478,54 @@ class _BatchRecords:
     self.records = len(range(shard_index, records, shard_count))  # this shard's
     self.batches = (self.records // batch_size if drop_remainder
                     else -(-self.records // batch_size))
+    self.block = max(1, self.BLOCK_POSITIONS // max(batch_size, 1))  # batches per block
+    self._cache: tuple[tuple[int, int], np.ndarray] | None = None
+    self._permutation: tuple[int, _Permutation] | None = None
 
   def __len__(self) -> int:
     return self.batches
 
-  def __call__(self, j: int) -> np.ndarray:
-    positions = range(j * self.batch_size, min((j + 1) * self.batch_size, self.records))
-    if self.seed is not None:
-      from grain._src.python.experimental.index_shuffle.python import (  # pylint: disable=g-import-not-at-top
-          index_shuffle_module)
-      shuffle = index_shuffle_module.index_shuffle
-      positions = [shuffle(p, max_index=self.records - 1, seed=self.seed, rounds=4)
-                   for p in positions]
-    return self.shard_index + self.shard_count * np.asarray(positions, np.int64)
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_cache": None, "_permutation": None}
+
+  def __call__(self, j: int, epoch: int = 0) -> np.ndarray:
+    block = j // self.block
+    cache = self._cache  # read once: another thread may replace it meanwhile
+    if cache is None or cache[0] != (block, epoch):
+      first = block * self.block * self.batch_size
+      positions = np.arange(first, min(self.records, first + self.block * self.batch_size),
+                            dtype=np.int64)
+      if self.seed is not None:
+        permutation = self._permutation
+        if permutation is None or permutation[0] != epoch:
+          permutation = self._permutation = (
+              epoch, _Permutation(self.records, self.seed, epoch))
+        positions = permutation[1](positions)
+      cache = self._cache = ((block, epoch),
+                             self.shard_index + self.shard_count * positions)
+    start = (j - block * self.block) * self.batch_size
+    return cache[1][start:start + self.batch_size]
 
 
-class _ViewBatch:
-  """Batch ``j`` of :func:`grain_batches` from a training view."""
+class _DecodedBatch:
+  """Record indices -> a padded batch, each record parsed by a
+  :class:`RawSequenceDecoder` (the path without a training view)."""
 
-  def __init__(self, order: _BatchRecords, batcher: V.ViewBatcher):
-    self.order, self.batcher = order, batcher
+  def __init__(self, source, decoder: RawSequenceDecoder):
+    self.source, self.decoder = source, decoder
 
-  def __call__(self, j: int) -> dict[str, np.ndarray]:
-    return self.batcher(self.order(int(j)))
+  def __call__(self, indices, *,
+               out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    sequences = [self.decoder(raw) for raw in self.source.__getitems__(indices)]
+    batch = {key: np.stack([s[key] for s in sequences]) for key in sorted(sequences[0])}
+    if out is None:
+      return batch
+    result = {}
+    for key, value in batch.items():
+      result[key] = out[key][:len(indices)]
+      result[key][...] = value
+    return result
 
 
 def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_size: int,
@@ -458,17 +535,26 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
                   training_view: bool = True):
   """A Grain ``MapDataset`` of padded ``[batch, max_length]`` batches (no TensorFlow).
 
-  Deterministic: the same dataset, arguments and seed give the same batches. With
-  ``shard_count > 1`` each JAX process reads its own interleaved slice of episodes.
+  Each element is a whole batch (a dict of arrays in key order). Deterministic: the same
+  dataset, arguments and seed give the same batches. The records are shuffled by a
+  seeded bijection of this shard's records (:class:`_Permutation`, computed for blocks
+  of batches at once); ``.repeat(n)`` reshuffles each epoch (as Grain's ``repeat`` does
+  its shuffles; ``reseed_each_epoch=False`` repeats the first). With ``shard_count > 1``
+  each JAX process reads its own interleaved slice of episodes.
 
   With ``training_view`` (the default) the batches are gathered from the dataset's
-  training view (:mod:`rlds_lm.view`, built on first use, rebuilt when stale): each
-  element of the returned dataset is a whole batch, gathered from memory-mapped columns,
-  so Grain worker processes (``mp_prefetch``) hand back one cheap element per batch.
-  Without a view (``training_view=False``, or none can be written) each record is decoded
-  by :class:`RawSequenceDecoder`. The batches are the same either way, bit for bit.
+  training view (:mod:`rlds_lm.view`, built on first use, rebuilt when stale) by
+  :class:`rlds_lm.view.ViewBatcher`. Without a view (``training_view=False``, or none can
+  be written) each record is decoded by :class:`RawSequenceDecoder`. The batches are the
+  same either way, bit for bit.
+
+  ``for batch in ds`` reads the batches in the calling thread, one after the other
+  (Grain's default iteration starts 16 threads per iterator, which cost more than a
+  batch on a small host); ``ds[i]``, slices, ``to_iter_dataset(...)``, ``mp_prefetch``
+  and :func:`rlds_lm.loading.multiprocess_batches` (whose workers gather straight into
+  shared memory) work as on any ``MapDataset``.
   """
-  import grain  # pylint: disable=g-import-not-at-top
+  from rlds_lm import _batch_dataset  # pylint: disable=g-import-not-at-top
 
   builder = open_builder(path)
   config = schema_config(builder)
@@ -477,32 +563,25 @@ def grain_batches(path: str | os.PathLike[str], *, split: str = "train", batch_s
     raise ValueError(f"{path}: with_teacher=True but the dataset stores no teacher top-k")
   view = V.open_view(builder, split) if training_view else None
   if view is not None:
-    ds = grain.MapDataset.range(len(view))  # the records' order, as below
+    records = len(view)
+    keys = [field.key for field in sequence_fields(teacher_top_k=k)]
+    make = V.ViewBatcher(view, max_length, pad_id=pad_id, keys=keys)
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     source = builder.as_data_source(
         split, file_format=P.ARRAY_RECORD,
         deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    ds = grain.MapDataset.source(source)
-  if shard_count > 1:
-    ds = ds[shard_index::shard_count]
-  if drop_remainder and len(ds) < batch_size:
-    raise ValueError(f"{path}: {len(ds)} episodes (in shard {shard_index} of "
+    records = len(source)
+    make = _DecodedBatch(source, RawSequenceDecoder(max_length, pad_id=pad_id,
+                                                    teacher_top_k=k))
+  order = _BatchRecords(records, batch_size, shard_index, shard_count,
+                        seed if shuffle else None, drop_remainder)
+  if drop_remainder and order.records < batch_size:
+    raise ValueError(f"{path}: {order.records} episodes (in shard {shard_index} of "
                      f"{shard_count}) make no full batch of {batch_size}; lower batch_size "
                      f"or pass drop_remainder=False")
-  if view is not None:
-    # One element per batch: its records computed in closed form (the order of the
-    # record-level pipeline below), gathered from the view's columns.
-    keys = [field.key for field in sequence_fields(teacher_top_k=k)]
-    order = _BatchRecords(len(view), batch_size, shard_index, shard_count,
-                          seed if shuffle else None, drop_remainder)
-    return grain.MapDataset.range(len(order)).map(
-        _ViewBatch(order, V.ViewBatcher(view, max_length, pad_id=pad_id, keys=keys)))
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.map(RawSequenceDecoder(max_length, pad_id=pad_id, teacher_top_k=k))
-  return ds.batch(batch_size, drop_remainder=drop_remainder)
+  return _batch_dataset.BatchDataset(order, make)
 
 
 def stack_sequences(sequences) -> dict[str, np.ndarray]:

@@ -330,6 +330,20 @@ class TrainingView:
     with _VERIFIED_LOCK:
       _VERIFIED.add(key)
 
+  def windows(self, key: str, length: int) -> np.ndarray | None:
+    """Column ``key`` as overlapping windows: ``[T - length + 1, length, ...]``, row ``s``
+    the ``length`` tokens from token ``s`` (a read-only strided view, nothing copied);
+    None when the column holds fewer than ``length`` tokens or no data (``[T, 0]``)."""
+    cache = self.__dict__.setdefault("_windows", {})
+    if (key, length) not in cache:
+      column = self.arrays[key]
+      total = column.shape[0]
+      cache[key, length] = (None if total < length or not column.size or length < 1 else
+                            np.lib.stride_tricks.as_strided(
+                                column, (total - length + 1, length) + column.shape[1:],
+                                (column.strides[0],) + column.strides, writeable=False))
+    return cache[key, length]
+
   def __len__(self) -> int:
     return int(self.meta["records"])
 
@@ -355,9 +369,12 @@ class ViewBatcher:
   """Record indices -> a padded batch, the same arrays as stacking
   :class:`rlds_lm.read.RawSequenceDecoder`'s outputs for those records.
 
-  A Grain map over batches of indices: each element is a whole batch gathered from the
-  memory-mapped columns (one slice copy per record and field), so worker processes
-  hand back one element per batch. Pickles as the view's directory and the arguments.
+  Each field is gathered for the whole batch at once: row ``r`` is window
+  ``offsets[indices[r]]`` of :meth:`TrainingView.windows` (the ``L`` tokens from the
+  record's first one, a strided view of the memory-mapped column: one fancy index per
+  field copies every row), then the cells after each record's end are set to the padding
+  (``pad_id`` for the tokens, 0 elsewhere). A record within ``L`` tokens of the column's
+  end is copied by a slice. Pickles as the view's directory and the arguments.
 
   Args:
     view: the :class:`TrainingView`.
@@ -383,37 +400,149 @@ class ViewBatcher:
       raise ViewError(f"{view.directory}: the view has no named reward {unknown}; it has "
                       f"{list(names)}")
     self._columns = [names.index(n) for n in self.reward_names]
+    self._fields = (*self.keys, LOSS_MASK)
 
-  def __call__(self, indices) -> dict[str, np.ndarray]:
-    indices = np.asarray(indices, np.int64).reshape(-1)
-    b, length = indices.size, self.max_length
-    arrays = self.view.arrays
-    out = {}
-    for key in (*self.keys, LOSS_MASK):
-      column = arrays[key]
-      out[key] = np.zeros((b, length) + column.shape[1:], column.dtype)
-    out[S.SEQ_TOKENS].fill(self.pad_id)
-    starts = self.view.offsets[indices]
-    counts = np.minimum(self.view.offsets[indices + 1] - starts, length)
-    # Per-token scalars: one gather per field (the source token of every filled cell).
-    # Wide fields (teacher rows): one slice copy per row, cheaper than gathering rows.
-    narrow = [k for k, a in out.items() if a.ndim == 2]
-    if narrow:
-      total = int(counts.sum())
-      first = np.cumsum(counts) - counts  # where each row's cells begin in the flat list
-      within = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
-      source = np.repeat(starts, counts) + within
-      target = np.repeat(np.arange(b, dtype=np.int64) * length, counts) + within
-      for key in narrow:
-        out[key].reshape(-1)[target] = arrays[key][source]
-    wide = [(out[k], arrays[k]) for k, a in out.items() if a.ndim > 2]
-    for row, (start, n) in enumerate(zip(starts.tolist(), counts.tolist())):
-      for target, column in wide:
-        target[row, :n] = column[start:start + n]
-    out[REWARD] = np.asarray(arrays[REWARD][indices], np.float32)
+  def spec(self, rows: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{key: (shape, dtype)}`` of a batch of ``rows`` records, in key order."""
+    arrays, length = self.view.arrays, self.max_length
+    spec = {key: ((rows, length) + arrays[key].shape[1:], arrays[key].dtype)
+            for key in self._fields}
+    spec[REWARD] = ((rows,), np.dtype(np.float32))
     if self.reward_names:
-      out[REWARDS] = np.asarray(arrays[REWARDS][indices][:, self._columns], np.float32)
-    return dict(sorted(out.items()))  # in key order, as Grain's batch of dicts
+      spec[REWARDS] = ((rows, len(self.reward_names)), np.dtype(np.float32))
+    return dict(sorted(spec.items()))
+
+  def __call__(self, indices, *,
+               out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The batch of records ``indices``.
+
+    Args:
+      indices: record indices (the batch's rows, in order).
+      out: optional arrays to write the batch into (e.g. a shared-memory slot), one per
+        key of :meth:`spec` with at least ``len(indices)`` rows; their first rows are
+        overwritten and returned.
+
+    Returns:
+      ``{key: array}`` in key order: ``[b, L]`` per-token fields (and ``[b, L, K]`` for
+      the wide ones), ``reward`` ``[b]``, ``rewards`` ``[b, R]`` when asked for.
+    """
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    b = indices.size
+    view, arrays = self.view, self.view.arrays
+    starts = view.offsets[indices]
+    rows = Rows(view, starts, view.offsets[indices + 1] - starts, self.max_length)
+    result = {}
+    for key in self._fields:
+      result[key] = rows.gather(key, self.pad_id if key == S.SEQ_TOKENS else 0,
+                                None if out is None else out[key][:b])
+    reward = arrays[REWARD][indices]
+    if out is None:
+      result[REWARD] = reward
+    else:
+      result[REWARD] = out[REWARD][:b]
+      result[REWARD][...] = reward
+    if self.reward_names:
+      rewards = arrays[REWARDS][indices][:, self._columns]
+      if out is None:
+        result[REWARDS] = np.asarray(rewards, np.float32)
+      else:
+        result[REWARDS] = out[REWARDS][:b]
+        result[REWARDS][...] = rewards
+    return dict(sorted(result.items()))  # in key order, as Grain's batch of dicts
+
+
+_ARANGES: dict[int, np.ndarray] = {}
+
+
+def _arange(length: int) -> np.ndarray:
+  """``np.arange(length)``, made once per length (read-only)."""
+  out = _ARANGES.get(length)
+  if out is None:
+    out = _ARANGES[length] = np.arange(length)
+    out.flags.writeable = False
+  return out
+
+
+class Rows:
+  """Padded rows of a batch read from a view: row ``r`` is the first ``min(counts[r],
+  length)`` tokens from token ``starts[r]``, then padding.
+
+  :meth:`gather` copies a field for every row with one fancy index over
+  :meth:`TrainingView.windows` (each row's window of ``length`` tokens), then sets the
+  cells after each row's end to the padding; a row within ``length`` tokens of the
+  column's end is copied by a slice. Shared by :class:`ViewBatcher` and the trainers'
+  input pipeline; computed once per batch for all its fields.
+  """
+
+  def __init__(self, view: TrainingView, starts: np.ndarray, counts: np.ndarray,
+               length: int):
+    self.view, self.length = view, length
+    self.starts = np.asarray(starts, np.int64)
+    self.counts = np.minimum(np.asarray(counts, np.int64), length)
+    last = int(view.offsets[-1]) - length  # the last window's first token
+    # Rows whose window would run past the column's end read its last window and are
+    # copied again by a slice (all rows when the column is shorter than the window).
+    if self.starts.size and int(self.starts.max()) > last:
+      self.late = np.flatnonzero(self.starts > last).tolist()
+      self.clipped = np.minimum(self.starts, max(last, 0))
+    else:
+      self.late, self.clipped = [], self.starts
+    self.keep = _arange(length) < self.counts[:, None]  # [b, L]: cells before the end
+    self.padded = self.starts.size and int(self.counts.min()) < length
+    self._pad = self._tail = None
+
+  @property
+  def pad(self) -> np.ndarray:
+    """``[b, L]``: the padding cells."""
+    if self._pad is None:
+      self._pad = ~self.keep
+    return self._pad
+
+  @property
+  def tail(self) -> np.ndarray:
+    """Flat ``[b * L]`` indices of the padding cells."""
+    if self._tail is None:
+      self._tail = np.flatnonzero(self.pad)
+    return self._tail
+
+  def gather(self, key: str, fill, out: np.ndarray | None = None) -> np.ndarray:
+    """Field ``key`` of every row, ``[b, length, ...]``, padded with ``fill``; written
+    into ``out`` when given (no temporary for the wide fields)."""
+    column = self.view.arrays[key]
+    b, length = self.starts.size, self.length
+    windows = self.view.windows(key, length)
+    target = out
+    if windows is None:  # no full window (short column) or an empty [T, 0] field
+      if target is None:
+        target = np.empty((b, length) + column.shape[1:], column.dtype)
+      target.fill(fill)
+      rows = range(b) if column.size else ()
+    else:
+      if target is None:
+        target = windows[self.clipped]  # one fancy index: every row's window, copied
+      elif column.ndim == 1:
+        target[...] = windows[self.clipped]
+      else:  # wide rows straight into the given arrays
+        for r, s in enumerate(self.clipped.tolist()):
+          target[r] = windows[s]
+      rows = self.late
+    for r in rows:
+      s, n = int(self.starts[r]), int(self.counts[r])
+      target[r, :n] = column[s:s + n]
+      target[r, n:] = fill
+    if self.padded and windows is not None:
+      if column.ndim > 1:
+        target.reshape((b * length,) + column.shape[1:])[self.tail] = fill
+      elif column.dtype == bool:
+        target &= self.keep
+      elif fill == 0 and column.dtype.itemsize in (1, 2, 4, 8):
+        # Zero the padding bit for bit (floats through their integer bits: a product
+        # would turn -inf or NaN into NaN).
+        bits = target.view(f"u{column.dtype.itemsize}")
+        np.multiply(bits, self.keep, out=bits)
+      else:
+        np.putmask(target, self.pad, fill)
+    return target
 
 
 # --------------------------------------------------------------------------------------
@@ -434,15 +563,43 @@ def view_dir(dataset: str | os.PathLike[str], split: str) -> str:
   return os.path.join(os.fspath(dataset), VIEW_DIR, split)
 
 
+_OPEN: dict[str, tuple[tuple[Any, ...], TrainingView]] = {}  # directory -> (stats, view)
+
+
+def _stats(directory: str, names) -> tuple[Any, ...]:
+  """What identifies a view's files on disk: ``view.json``'s and each file's inode, size
+  and modification time (a rebuild or an edit in place changes them)."""
+  out = []
+  for name in (VIEW_JSON, *(f"{n}.bin" for n in sorted(names))):
+    try:
+      st = os.stat(os.path.join(directory, name))
+    except OSError:
+      return ()
+    out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+  return tuple(out)
+
+
 def _open_current(directory: str, digest: str) -> TrainingView | None:
-  """The view in ``directory`` if it is there, intact and built from ``digest``."""
+  """The view in ``directory`` if it is there, intact and built from ``digest``.
+
+  A view opened before in this process whose files are unchanged (same inodes, sizes,
+  modification times) is returned again: its maps are already faulted in (reopening
+  the files maps them afresh, and every page touched costs a page fault again)."""
   if not os.path.exists(os.path.join(directory, VIEW_JSON)):
     return None
+  key = os.path.realpath(directory)
+  cached = _OPEN.get(key)
+  if cached is not None and cached[1].source_digest == digest and cached[0] == _stats(
+      directory, cached[1].meta["files"]):
+    return cached[1]
   try:
     view = TrainingView(directory)
   except ViewError as e:
     log.warning("training view %s is damaged (%s); rebuilding it", directory, e)
     return None
+  stats = _stats(directory, view.meta["files"])
+  if stats:
+    _OPEN[key] = (stats, view)
   if view.source_digest != digest:
     log.warning("training view %s is stale (built from %s, the dataset is now %s); "
                 "rebuilding it", directory, view.source_digest, digest)

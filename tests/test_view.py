@@ -89,6 +89,11 @@ def _grain(path, training_view, **kwargs):
     dict(batch_size=2, max_length=40, shuffle=False, shard_index=1, shard_count=3),
     dict(batch_size=2, max_length=16, seed=9, shard_index=1, shard_count=2,
          with_teacher=True),
+    # Longer than the whole token column: no window fits, every row is a slice.
+    dict(batch_size=5, max_length=4096, seed=4, with_teacher=True, drop_remainder=False,
+         pad_id=7),
+    # Rows near the column's end (a window clipped, then the row copied by a slice).
+    dict(batch_size=14, max_length=60, shuffle=False, with_teacher=True, pad_id=3),
 ])
 def test_grain_batches_with_and_without_the_view_are_equal(dataset, kwargs):
   with_view = _grain(dataset, True, **kwargs)
@@ -236,3 +241,112 @@ def test_multiprocess_batches_equal_the_in_process_batches(dataset):
   assert not os.path.exists(ring)  # the shared ring is removed with the iterator
   assert [len(b[S.SEQ_TOKENS]) for b in got[:5]] == [3, 3, 3, 3, 2]
   _same_batches(got, expected)
+
+
+def test_the_shuffle_is_a_seeded_bijection_of_the_records():
+  for n in (1, 2, 3, 7, 64, 1000, 4097):
+    p = R._Permutation(n, seed=5)
+    image = p(np.arange(n))
+    np.testing.assert_array_equal(np.sort(image), np.arange(n))
+    np.testing.assert_array_equal(image, R._Permutation(n, seed=5)(np.arange(n)))
+    if n >= 7:
+      assert not np.array_equal(image, R._Permutation(n, seed=6)(np.arange(n)))
+      assert not np.array_equal(image, R._Permutation(n, seed=5, epoch=1)(np.arange(n)))
+      assert not np.array_equal(image, np.arange(n))
+  # Blocks of batches: any batch alone equals the same batch computed with its block.
+  order = R._BatchRecords(1000, 7, 1, 3, seed=2, drop_remainder=False)
+  every = np.concatenate([order(j) for j in range(len(order))])
+  np.testing.assert_array_equal(np.sort(every), np.arange(1, 1000, 3))
+  fresh = R._BatchRecords(1000, 7, 1, 3, seed=2, drop_remainder=False)
+  np.testing.assert_array_equal(fresh(40), order(40))
+
+
+def test_iterating_grain_batches_equals_indexing_and_graines_own_iteration(dataset):
+  ds = R.grain_batches(dataset, batch_size=3, max_length=24, seed=2, with_teacher=True,
+                       drop_remainder=False)
+  by_index = [ds[i] for i in range(len(ds))]
+  _same_batches(list(ds), by_index)
+  import grain  # pylint: disable=g-import-not-at-top
+
+  _same_batches(list(ds.to_iter_dataset(grain.ReadOptions(num_threads=4))), by_index)
+  _same_batches(list(ds[1:3]), by_index[1:3])
+  # Iterator state: a restored iterator continues with the same batches.
+  it = iter(ds)
+  next(it)
+  state = it.get_state()
+  rest = list(it)
+  again = iter(ds)
+  again.set_state(state)
+  _same_batches(list(again), rest)
+  # repeat() reshuffles each epoch (every record once per epoch), unless told not to.
+  twice = list(ds.repeat(2))
+  _same_batches(twice[:len(ds)], by_index)
+  second = np.sort(np.concatenate([b[S.SEQ_TOKENS].sum(axis=1) for b in twice[len(ds):]]))
+  first = np.sort(np.concatenate([b[S.SEQ_TOKENS].sum(axis=1) for b in by_index]))
+  np.testing.assert_array_equal(second, first)
+  assert any(not np.array_equal(a[S.SEQ_TOKENS], b[S.SEQ_TOKENS])
+             for a, b in zip(twice[len(ds):], by_index))
+  _same_batches(list(ds.repeat(2, reseed_each_epoch=False))[len(ds):], by_index)
+  # The decoder path keeps the same order under repeat.
+  decoded = R.grain_batches(dataset, batch_size=3, max_length=24, seed=2, with_teacher=True,
+                            drop_remainder=False, training_view=False)
+  _same_batches(list(decoded.repeat(2)), twice)
+
+
+def test_the_view_batcher_writes_into_given_arrays(dataset):
+  ds = R.grain_batches(dataset, batch_size=4, max_length=20, seed=1, with_teacher=True,
+                       pad_id=2)
+  batcher = ds._make
+  indices = ds.records(1)
+  expected = batcher(indices)
+  spec = batcher.spec(6)  # more rows than the batch: the first ones are written
+  out = {key: np.full(shape, 99, dtype) for key, (shape, dtype) in spec.items()}
+  got = batcher(indices, out=out)
+  assert list(got) == list(expected) == list(spec)
+  for key, value in got.items():
+    assert np.shares_memory(value, out[key]), key
+    np.testing.assert_array_equal(value, expected[key], err_msg=key)
+    assert (out[key][4:] == np.asarray(99).astype(value.dtype)).all(), key  # untouched
+
+
+def test_trainer_batches_mixing_a_view_and_a_decoded_dataset(tmp_path):
+  a = _publish(tmp_path / "data", "mixed_a", range(14), invalid=(3, 8))
+  b = _publish(tmp_path / "data", "mixed_b", range(100, 109))
+  config = D.DataConfig(batch_size=4, max_length=20, seed=3)
+  mixed = D.DataPipeline({a: 0.5, b: 0.5}, config)
+  mixed._datasets[1].view = None  # dataset b decoded, a gathered from its view
+  without = D.DataPipeline({a: 0.5, b: 0.5}, config, training_view=False)
+  _same_batches([mixed.batch(i) for i in range(6)], [without.batch(i) for i in range(6)])
+  assert mixed.rows(2) == without.rows(2)
+
+
+def test_multiprocess_batches_in_groups_as_views_and_safe_copies_for_jax(dataset):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from rlds_lm import loading  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  ds = R.grain_batches(dataset, batch_size=3, max_length=24, seed=5, with_teacher=True,
+                       drop_remainder=False).repeat(6)  # 30 batches: groups of 4, then 2
+  expected = list(ds)
+  assert len(expected) == 30
+  # Views of the slots: right while they are the current batch, reused afterwards.
+  with loading.multiprocess_batches(ds, workers=2, slots_per_worker=1, copy=False,
+                                    batches_per_element=4) as it:
+    views, copies = [], []
+    for batch in it:
+      views.append(batch)
+      copies.append({key: value.copy() for key, value in batch.items()})
+  _same_batches(copies, expected)
+  slots = 16  # 2 workers x 2 elements of 4 batches
+  assert any(not np.array_equal(v[S.SEQ_TOKENS], e[S.SEQ_TOKENS])
+             for v, e in zip(views[:-slots], expected))  # their slots were refilled
+  # The default copies: batches kept (here as JAX arrays, which on CPU may alias numpy
+  # memory) stay what they were while the slots are reused.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  with loading.multiprocess_batches(ds, workers=2, slots_per_worker=1,
+                                    batches_per_element=4) as it:
+    kept = [{key: jnp.asarray(value) for key, value in batch.items()} for batch in it]
+  _same_batches([{k: np.asarray(v) for k, v in b.items()} for b in kept], expected)

@@ -16,6 +16,7 @@ import numpy as np
 
 from rlds_lm import read as R
 from rlds_lm import schema as S
+from rlds_lm import view as V
 from rlds_lm.trainers.data._contract import (
     _ALGORITHM, _ALWAYS, _FIELD_KEYS, _PER_TOKEN_KEYS, DATASET, FIELDS, LOSS_MASK, POSITIONS,
     RECORD_INDEX, REWARD, REWARDS, SEGMENT_IDS, TEACHER_SAMPLED_COUNTS, TEACHER_SAMPLED_IDS,
@@ -248,6 +249,15 @@ class DataPipeline:
   @property
   def batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """``{key: (shape, dtype)}`` of this process's batches."""
+    return dict(self._spec())
+
+  def _spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    spec = self.__dict__.get("_batch_spec")
+    if spec is None:
+      spec = self._batch_spec = self._make_batch_spec()
+    return spec
+
+  def _make_batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     b, length = self.local_batch_size, self.config.max_length
     per_seq = (b, self.config.max_segments) if self.config.packing else (b,)
     # The stored per-token fields: [B, L] and each token's shape, as the schema declares.
@@ -280,91 +290,161 @@ class DataPipeline:
 
   # -- batches -------------------------------------------------------------------------
 
-  def rows(self, step: int) -> list[list[tuple[int, int]]]:
-    """``(dataset, record)`` of each sequence in each row of this process's batch."""
+  def _segments(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, segment, dataset, record)`` arrays: every sequence of this process's batch
+    ``step``, in row order (``segment`` counts from 0 within its row)."""
     if step < 0:
       raise ValueError(f"DataPipeline: step must be >= 0, found {step}")
     local = self.local_batch_size
     slots = (step * self.config.batch_size + self.shard_index * local
              + np.arange(local, dtype=np.int64))
     datasets, units = self._mixture.locate(slots)
-    rows: list[list[tuple[int, int]]] = [[] for _ in range(local)]
+    parts = []
     for d, stream in enumerate(self._streams):
       where = np.flatnonzero(datasets == d)
-      if where.size:
-        for row, records in zip(where.tolist(), stream.units(units[where])):
-          rows[row] = [(d, r) for r in records.tolist()]
+      if not where.size:
+        continue
+      epochs, within = stream.epoch_of(units[where])
+      first_epoch = int(epochs[0])
+      for epoch in ([first_epoch] if (epochs == first_epoch).all()
+                    else np.unique(epochs).tolist()):
+        pick = epochs == epoch
+        plan = stream.plan(epoch)
+        if not self.config.packing:  # one record per row
+          rows_e = where[pick]
+          parts.append((rows_e, np.zeros(rows_e.size, np.int64),
+                        np.full(rows_e.size, d, np.int64), plan.records[within[pick]]))
+          continue
+        first = plan.offsets[within[pick]]
+        count = plan.offsets[within[pick] + 1] - first
+        segment = (np.arange(int(count.sum()), dtype=np.int64)
+                   - np.repeat(np.cumsum(count) - count, count))
+        parts.append((np.repeat(where[pick], count), segment,
+                      np.full(segment.size, d, np.int64),
+                      plan.records[np.repeat(first, count) + segment]))
+    if len(parts) == 1:  # one dataset, one epoch: already in row order
+      return parts[0]
+    row, segment, dataset, record = (np.concatenate(c) for c in zip(*parts))
+    order = np.lexsort((segment, row))
+    return row[order], segment[order], dataset[order], record[order]
+
+  def rows(self, step: int) -> list[list[tuple[int, int]]]:
+    """``(dataset, record)`` of each sequence in each row of this process's batch."""
+    row, _, dataset, record = self._segments(step)
+    rows: list[list[tuple[int, int]]] = [[] for _ in range(self.local_batch_size)]
+    for b, d, r in zip(row.tolist(), dataset.tolist(), record.tolist()):
+      rows[b].append((d, r))
     return rows
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch ``step`` (a pure function of ``step``)."""
-    rows = self.rows(step)
-    out = {key: np.zeros(shape, dtype) for key, (shape, dtype) in self.batch_spec.items()}
-    out[TOKENS].fill(self.config.pad_id)
-    out[DATASET].fill(-1)
-    out[RECORD_INDEX].fill(-1)
-    # One read per dataset for the whole batch; each record decoded once.
-    # Datasets with a training view: slices of its memory-mapped columns (the decoder's
-    # arrays before the cut). Without: one read per dataset for the whole batch, each
-    # record decoded once.
-    raws = {}
-    for d, dataset in enumerate(self._datasets):
-      wanted = sorted({r for row in rows for dd, r in row if dd == d})
-      if wanted and dataset.view is None:
-        raws.update(((d, r), raw) for r, raw in zip(wanted, dataset.source.__getitems__(wanted)))
-    per_token = [k for k in out if k in _PER_TOKEN_KEYS]
-    # Segments read from views, copied after the loop: (cell of their first token in the
-    # flattened [B * L], its token in the view, length, segment id) per dataset.
-    from_views: dict[int, list[tuple[int, int, int, int]]] = collections.defaultdict(list)
-    length = self.config.max_length
-    for b, row in enumerate(rows):
-      offset = 0
-      for s, (d, record) in enumerate(row):
-        n = int(self._streams[d].lengths[record])
-        end = offset + n
-        view = self._datasets[d].view
-        if view is None:
-          seq = self._decoder(raws[d, record])
-          for key in per_token:
-            out[key][b, offset:end] = seq[key][:n]
-          out[SEGMENT_IDS][b, offset:end] = s + 1
-          out[POSITIONS][b, offset:end] = np.arange(n, dtype=np.int32)
-          reward = seq[REWARD]
-          rewards = seq.get(REWARDS)
-        else:
-          from_views[d].append((b * length + offset, int(view.offsets[record]), n, s + 1))
-          reward = view.arrays[REWARD][record]
-          rewards = view.arrays[REWARDS][record, self._reward_columns[d]]
-        at = (b, s) if self.config.packing else (b,)
-        out[REWARD][at] = reward
-        out[DATASET][at] = d
-        out[RECORD_INDEX][at] = record
-        if REWARDS in out:
-          out[REWARDS][at] = rewards
-        offset = end
-    for d, segments in from_views.items():
-      self._copy_from_view(out, per_token, self._datasets[d].view, segments)
+    row, segment, dataset, record = self._segments(step)
+    packing, length = self.config.packing, self.config.max_length
+    used = ([int(dataset[0])] if dataset.size and (dataset == dataset[0]).all()
+            else np.unique(dataset).tolist())
+    if len(used) == 1:
+      lengths = self._streams[used[0]].lengths[record]
+    else:
+      lengths = np.empty(record.size, np.int64)
+      for d in used:
+        pick = dataset == d
+        lengths[pick] = self._streams[d].lengths[record[pick]]
+    if packing:  # where each sequence starts in its row: the lengths before it there
+      ends = np.cumsum(lengths)
+      first = np.searchsorted(row, row)  # the row's first sequence
+      offsets = ends - lengths - (ends[first] - lengths[first])
+    else:
+      offsets = np.zeros(record.size, np.int64)
+    spec = self._spec()
+    per_token = [k for k in spec if k in _PER_TOKEN_KEYS]
+    # Padding, every row one sequence from a view: whole rows gathered, padding
+    # included, and every row's per-sequence values set; nothing to initialise.
+    by_rows = not packing and all(self._datasets[d].view is not None for d in used)
+    if by_rows:
+      out = {key: np.empty(shape, dtype) for key, (shape, dtype) in spec.items()}
+    else:
+      out = {key: np.zeros(shape, dtype) for key, (shape, dtype) in spec.items()}
+      out[TOKENS].fill(self.config.pad_id)
+      out[DATASET].fill(-1)
+      out[RECORD_INDEX].fill(-1)
+    at = (row, segment) if packing else (row,)
+    out[DATASET][at] = dataset
+    out[RECORD_INDEX][at] = record
+    for d in used:
+      source = self._datasets[d]
+      pick = np.flatnonzero(dataset == d) if len(used) > 1 else slice(None)
+      view, records, rows_d = source.view, record[pick], row[pick]
+      at_d = (rows_d, segment[pick]) if packing else (rows_d,)
+      if view is None:
+        self._decode_into(out, per_token, d, source, records, at_d, offsets[pick],
+                          lengths[pick], segment[pick])
+        continue
+      out[REWARD][at_d] = view.arrays[REWARD][records]
+      if REWARDS in out:
+        out[REWARDS][at_d] = view.arrays[REWARDS][records][:, self._reward_columns[d]]
+      if by_rows:
+        self._gather_rows(out, per_token, view, records, rows_d, lengths[pick])
+      else:
+        self._copy_from_view(out, per_token, view, rows_d * length + offsets[pick],
+                             view.offsets[records], lengths[pick], segment[pick] + 1)
     return out
+
+  def _gather_rows(self, out: dict[str, np.ndarray], per_token: Sequence[str], view,
+                   records: np.ndarray, rows: np.ndarray, lengths: np.ndarray) -> None:
+    """Padding from a training view: rows ``rows`` are the first ``lengths`` tokens of
+    ``records``, each field gathered for all of them at once (:class:`rlds_lm.view.Rows`)."""
+    gathered = V.Rows(view, view.offsets[records], lengths, self.config.max_length)
+    every = rows.size == self.local_batch_size  # rows 0..B-1 in order: no scatter
+    for key in per_token:
+      fill = self.config.pad_id if key == TOKENS else 0
+      if every:
+        out[key] = gathered.gather(key, fill)
+      else:
+        out[key][rows] = gathered.gather(key, fill)
+    keep = gathered.keep
+    if every:
+      np.copyto(out[SEGMENT_IDS], keep)
+      np.multiply(np.arange(self.config.max_length, dtype=np.int32), keep,
+                  out=out[POSITIONS])
+    else:
+      out[SEGMENT_IDS][rows] = keep
+      out[POSITIONS][rows] = np.arange(self.config.max_length, dtype=np.int32) * keep
+
+  def _decode_into(self, out: dict[str, np.ndarray], per_token: Sequence[str], d: int,
+                   dataset, records: np.ndarray, at, offsets: np.ndarray,
+                   lengths: np.ndarray, segments: np.ndarray) -> None:
+    """Sequences of a dataset without a training view: one read for all of them, each
+    record decoded once."""
+    wanted = sorted(set(records.tolist()))
+    raws = dict(zip(wanted, dataset.source.__getitems__(wanted)))
+    rows = at[0].tolist()
+    for i, (record, offset, n, s) in enumerate(zip(records.tolist(), offsets.tolist(),
+                                                   lengths.tolist(), segments.tolist())):
+      seq = self._decoder(raws[record])
+      b, end = rows[i], offset + n
+      for key in per_token:
+        out[key][b, offset:end] = seq[key][:n]
+      out[SEGMENT_IDS][b, offset:end] = s + 1
+      out[POSITIONS][b, offset:end] = np.arange(n, dtype=np.int32)
+      cell = (b, s) if self.config.packing else (b,)
+      out[REWARD][cell] = seq[REWARD]
+      if REWARDS in out:
+        out[REWARDS][cell] = seq[REWARDS]
 
   @staticmethod
   def _copy_from_view(out: dict[str, np.ndarray], per_token: Sequence[str], view,
-                      segments: Sequence[tuple[int, int, int, int]]) -> None:
-    """Copies segments ``(first cell, first view token, length, segment id)`` from a
-    training view: one gather per per-token scalar, one slice per segment for the wide
-    (teacher) fields."""
-    cells, starts, counts, ids = (np.asarray(c, np.int64) for c in zip(*segments))
+                      cells: np.ndarray, starts: np.ndarray, counts: np.ndarray,
+                      ids: np.ndarray) -> None:
+    """Copies segments (first cell in the flattened ``[B * L]``, first view token,
+    length, segment id) from a training view: one fancy index per field for all of
+    them."""
     first = np.cumsum(counts) - counts
     within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
     target = np.repeat(cells, counts) + within
     source = np.repeat(starts, counts) + within
     for key in per_token:
       array = out[key]
-      if array.ndim == 2:
-        array.reshape(-1)[target] = view.arrays[key][source]
-      else:
-        flat, column = array.reshape((-1,) + array.shape[2:]), view.arrays[key]
-        for cell, start, n in zip(cells.tolist(), starts.tolist(), counts.tolist()):
-          flat[cell:cell + n] = column[start:start + n]
+      array.reshape((-1,) + array.shape[2:])[target] = view.arrays[key][source]
     out[SEGMENT_IDS].reshape(-1)[target] = np.repeat(ids, counts)
     out[POSITIONS].reshape(-1)[target] = within
 
