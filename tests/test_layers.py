@@ -35,7 +35,8 @@ _FORBIDDEN_ON_JAX_SIDE = ("pipelines", "builders", "tensorflow", "apache_beam")
 _TRAINERS_MAY_IMPORT = ("rlds_lm._compat", "rlds_lm.models", "rlds_lm.teacher",
                         "rlds_lm.tasks", "rlds_lm.read", "rlds_lm.schema",
                         "rlds_lm.recorder", "rlds_lm.publish", "rlds_lm.tokenizers",
-                        "rlds_lm.validate", "rlds_lm.logs", "rlds_lm.trainers")
+                        "rlds_lm.validate", "rlds_lm.logs", "rlds_lm.view",
+                        "rlds_lm.trainers")
 
 
 def _modules(package: str) -> list[str]:
