@@ -298,6 +298,15 @@ class DataPipeline:
     local = self.local_batch_size
     slots = (step * self.config.batch_size + self.shard_index * local
              + np.arange(local, dtype=np.int64))
+    if len(self._streams) == 1 and not self.config.packing:
+      # The common case, in closed form: one dataset (its units are the slots), one
+      # record per row, every row in one epoch.
+      stream = self._streams[0]
+      n = stream.eligible.size
+      epoch = int(slots[0]) // n if n else -1
+      if n and int(slots[-1]) // n == epoch:
+        rows, zeros = self._row_constants(local)
+        return rows, zeros, zeros, stream.plan(epoch).records[slots - epoch * n]
     datasets, units = self._mixture.locate(slots)
     parts = []
     for d, stream in enumerate(self._streams):
@@ -327,6 +336,16 @@ class DataPipeline:
     row, segment, dataset, record = (np.concatenate(c) for c in zip(*parts))
     order = np.lexsort((segment, row))
     return row[order], segment[order], dataset[order], record[order]
+
+  def _row_constants(self, local: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(arange(local), zeros(local))`` as int64, read-only, made once."""
+    constants = self.__dict__.get("_constants")
+    if constants is None or constants[0].size != local:
+      constants = (np.arange(local, dtype=np.int64), np.zeros(local, np.int64))
+      for array in constants:
+        array.flags.writeable = False
+      self._constants = constants
+    return constants
 
   def rows(self, step: int) -> list[list[tuple[int, int]]]:
     """``(dataset, record)`` of each sequence in each row of this process's batch."""
